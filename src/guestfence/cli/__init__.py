@@ -1,0 +1,83 @@
+"""The ``guestfence`` command: argument parsing and presentation only.
+
+This package is the only code that prints for the user or chooses an exit
+status. Each command module has ``register(subparsers)``, which adds its
+parser and sets ``func(args) -> int`` on it.
+
+Exit statuses:
+    0  success
+    1  the command ran and found what it reports on (audit violations)
+    2  bad input: usage, policy syntax, a plan this backend cannot express
+    3  the host lacks something (library, kernel feature, privilege)
+    4  applying failed; the previous state was kept
+  130  interrupted
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from guestfence.cli import demo, policy_cmds
+from guestfence.errors import ApplyError, GuestfenceError, HostError, PlanError, PolicyError
+
+COMMANDS = (policy_cmds, demo)
+
+EXIT_CODES: tuple[tuple[type[GuestfenceError], int], ...] = (
+    (PolicyError, 2),
+    (PlanError, 2),
+    (HostError, 3),
+    (ApplyError, 4),
+)
+
+DESCRIPTION = """\
+Keep guests -- virtual machines and sandboxed processes -- away from the host
+they run on: default deny from guest to host, explicit per-protocol allow
+rules, one policy language.
+
+Rules:  [tcp|udp|icmp://]HOST[:PORTS]      (no scheme means tcp)
+  HOST  192.0.2.1  192.0.2.0/24  [2001:db8::1]  [2001:db8::]/32
+        api.example.com  *  @host (every host address)  @gateway
+  PORTS 22  8000-8100  80,443  *            (icmp takes none)
+Deny beats allow, allow beats the default; rule order never matters.
+"""
+
+EPILOG = """\
+examples:
+  guestfence check policy.toml
+  guestfence explain --net-allow tcp://@gateway:8080 --gateway 192.0.2.1 tcp://192.0.2.1:22
+  guestfence demo
+
+Run 'guestfence COMMAND --help' for each command's options and examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guestfence",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GuestfenceError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"guestfence: {err}" if "\n" not in str(err) else str(err), file=sys.stderr)
+        return next((code for cls, code in EXIT_CODES if isinstance(err, cls)), 1)
+    except KeyboardInterrupt:
+        print("guestfence: interrupted", file=sys.stderr)
+        return 130

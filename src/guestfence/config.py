@@ -1,0 +1,209 @@
+"""Policy files (TOML) -> values. Pure except ``load_config``, which reads the file.
+
+Layout of a file::
+
+    default = "deny"                 # these three make the unnamed policy
+    allow = ["tcp://@gateway:8080"]
+    deny = []
+
+    [policy.web]                     # named policies, chosen with FILE:web
+    default = "deny"
+    allow = ["tcp://*:80,443"]
+
+Every problem in a file is reported at once, each with the file, line and
+column of the offending text. tomllib gives no positions, so string
+literals are located by scanning the text (``_Locator``); a value that
+cannot be found is reported with the file and rule but no line.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections import defaultdict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, final
+
+from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_collected
+from guestfence.policy.grammar import parse_action, parse_rule
+from guestfence.policy.model import Policy, Rule, canonical_rules
+
+POLICY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_POLICY_KEYS = ("default", "allow", "deny")
+_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"|\'([^\'\n]*)\'')
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigFile:
+    """A parsed policy file. ``policies`` maps a name (None: the unnamed one) to its policy."""
+
+    source: str
+    policies: Mapping[str | None, Policy] = field(default_factory=dict, hash=False)
+
+    def policy(self, name: str | None) -> Policy:
+        """The policy ``name`` selects; None means the file's only or unnamed one."""
+        if name is None:
+            if None in self.policies:
+                return self.policies[None]
+            if len(self.policies) == 1:
+                return next(iter(self.policies.values()))
+            raise ConfigError(
+                f"no unnamed policy; choose one with {self.source}:NAME ({_available(self)})",
+                source=self.source,
+            )
+        if name not in self.policies:
+            raise ConfigError(f"no policy named {name!r} ({_available(self)})", source=self.source)
+        return self.policies[name]
+
+
+def _available(config: ConfigFile) -> str:
+    names = sorted(n for n in config.policies if n is not None)
+    return "available: " + ", ".join(names) if names else "the file defines no policy"
+
+
+def split_policy_spec(spec: str) -> tuple[str, str | None]:
+    """``FILE[:NAME]`` -> (file, name). A path that exists as given is a file."""
+    path, colon, name = spec.rpartition(":")
+    if colon and path and POLICY_NAME.match(name) and not Path(spec).exists():
+        return path, name
+    return spec, None
+
+
+def load_config(path: str | Path) -> ConfigFile:
+    """Read and parse a policy file. Raises PolicyError (unreadable files too)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", source=source) from None
+    return parse_config(text, source=source)
+
+
+def load_policy(spec: str) -> Policy:
+    """The policy a ``FILE[:NAME]`` spec names."""
+    path, name = split_policy_spec(spec)
+    return load_config(path).policy(name)
+
+
+def parse_config(text: str, *, source: str) -> ConfigFile:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = _decode_error_line(str(exc))
+        raise ConfigError(f"invalid TOML: {exc}", source=source, line=line) from None
+    locator = _Locator(text, source)
+    errors: list[PolicyError] = []
+    policies: dict[str | None, Policy] = {}
+
+    for key in data:
+        if key not in (*_POLICY_KEYS, "policy"):
+            errors.append(locator.key_error(key, f"unknown key {key!r} (expected default, allow, deny or [policy.NAME])"))
+    if any(k in data for k in _POLICY_KEYS):
+        policies[None] = _parse_policy_table(data, locator, errors, where="")
+
+    named = data.get("policy", {})
+    if not isinstance(named, dict):
+        errors.append(locator.key_error("policy", "'policy' must be a table of named policies ([policy.NAME])"))
+        named = {}
+    for name, table in named.items():
+        if not POLICY_NAME.match(name):
+            errors.append(locator.key_error(name, f"invalid policy name {name!r} (expected letters, digits, '-' or '_')"))
+        elif not isinstance(table, dict):
+            errors.append(locator.key_error(name, f"[policy.{name}] must be a table"))
+        else:
+            for key in table:
+                if key not in _POLICY_KEYS:
+                    errors.append(locator.key_error(key, f"unknown key {key!r} in [policy.{name}] (expected default, allow or deny)"))
+            policies[name] = _parse_policy_table(table, locator, errors, where=f" in [policy.{name}]")
+
+    raise_collected(errors)
+    return ConfigFile(source=source, policies=policies)
+
+
+def _parse_policy_table(table: dict[str, Any], locator: _Locator, errors: list[PolicyError], *, where: str) -> Policy:
+    default_text = table.get("default", "deny")
+    default = None
+    if not isinstance(default_text, str):
+        errors.append(locator.key_error("default", f"'default'{where} must be \"allow\" or \"deny\""))
+    else:
+        try:
+            default = parse_action(default_text)
+        except RuleSyntaxError as e:
+            errors.append(locator.place(e))
+    rules: dict[str, list[Rule]] = {}
+    for kind in ("allow", "deny"):
+        rules[kind] = []
+        texts = table.get(kind, [])
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            errors.append(locator.key_error(kind, f"'{kind}'{where} must be a list of rule strings"))
+            continue
+        for text in texts:
+            try:
+                rules[kind].append(parse_rule(text))
+            except RuleSyntaxError as e:
+                errors.append(locator.place(e))
+    if default is None:
+        return Policy()
+    return Policy(
+        default=default,
+        allow=tuple(canonical_rules(rules["allow"])),
+        deny=tuple(canonical_rules(rules["deny"])),
+    )
+
+
+def _decode_error_line(message: str) -> int | None:
+    found = re.search(r"line (\d+)", message)
+    return int(found.group(1)) if found else None
+
+
+class _Locator:
+    """Finds where string literals and keys stand in the file text.
+
+    Literals are consumed in document order, so the k-th occurrence of the
+    same text is matched to the k-th time a value with that text is placed.
+    """
+
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.lines = text.splitlines()
+        self.literals: dict[str, deque[tuple[int, int]]] = defaultdict(deque)
+        for number, line in enumerate(self.lines, start=1):
+            for found in _STRING.finditer(line):
+                value = found.group(1) if found.group(1) is not None else found.group(2)
+                self.literals[value].append((number, found.start() + 2))
+
+    def place(self, error: RuleSyntaxError) -> RuleSyntaxError:
+        spots = self.literals.get(error.text)
+        if not spots:
+            return error.located(source=self.source, line=None, offset=1)
+        line, column = spots.popleft()
+        return error.located(source=self.source, line=line, offset=column)
+
+    def key_error(self, key: str, message: str) -> ConfigError:
+        pattern = re.compile(rf"^\s*(\[\s*)?(\S*\.)?[\"']?{re.escape(key)}[\"']?\s*(=|\])")
+        line = next((n for n, text in enumerate(self.lines, start=1) if pattern.match(text)), None)
+        return ConfigError(message, source=self.source, line=line)
+
+
+def format_config(config: ConfigFile) -> str:
+    """The file's policies in canonical form, as TOML that parses back to them."""
+    blocks = []
+    for name, policy in sorted(config.policies.items(), key=lambda item: (item[0] is not None, item[0] or "")):
+        header = "" if name is None else f"[policy.{name}]\n"
+        blocks.append(header + format_policy(policy))
+    return "\n".join(blocks)
+
+
+def format_policy(policy: Policy) -> str:
+    lines = [f'default = "{policy.default.value}"']
+    for kind, rules in (("allow", policy.allow), ("deny", policy.deny)):
+        if not rules:
+            lines.append(f"{kind} = []")
+            continue
+        lines.append(f"{kind} = [")
+        lines.extend(f'    "{rule}",' for rule in rules)
+        lines.append("]")
+    return "\n".join(lines) + "\n"

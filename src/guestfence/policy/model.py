@@ -1,0 +1,285 @@
+"""Value types of the policy language. Pure: no I/O.
+
+Every value is frozen, hashable and valid once it exists: ``__post_init__``
+checks invariants only. Turning text into values is grammar.py's job, and
+``str()`` of a value gives the canonical grammar, so
+``parse_rule(str(rule)) == rule`` holds for every rule.
+
+IPv4-mapped IPv6 addresses never appear inside these values: the grammar
+turns ``[::ffff:a.b.c.d]`` into the IPv4 address and ``Flow`` does the same
+for destinations (see ``unmap``), so no rule can be bypassed, or mis-applied,
+through the mapped form.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union, final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def unmap(address: Address) -> Address:
+    """The IPv4 address behind an IPv4-mapped IPv6 address; others unchanged."""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def unmap_network(network: Network) -> Network:
+    """An IPv6 network inside ::ffff:0:0/96 as the IPv4 network it maps."""
+    if network.version == 6 and network.subnet_of(_MAPPED):
+        base = network.network_address.ipv4_mapped
+        assert base is not None
+        return ipaddress.IPv4Network((base, network.prefixlen - 96))
+    return network
+
+
+class Proto(enum.Enum):
+    TCP = "tcp"
+    UDP = "udp"
+    ICMP = "icmp"
+
+    @property
+    def has_ports(self) -> bool:
+        return self is not Proto.ICMP
+
+
+class Action(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Symbol(enum.Enum):
+    HOST = "host"
+    """Every address local to the host at the moment of the decision."""
+    GATEWAY = "gateway"
+    """The host-side address(es) of a VM guest's link."""
+
+
+@final
+@dataclass(frozen=True, slots=True, order=True)
+class PortRange:
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lo <= self.hi <= 65535:
+            raise ValueError(f"invalid port range {self.lo}-{self.hi}")
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.lo <= port <= self.hi
+
+    def __str__(self) -> str:
+        if self == ANY_PORT:
+            return "*"
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+ANY_PORT = PortRange(0, 65535)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AnyHost:
+    def __str__(self) -> str:
+        return "*"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class NetHost:
+    """An address (a /32 or /128 network) or a CIDR block."""
+
+    network: Network
+
+    def __post_init__(self) -> None:
+        if unmap_network(self.network) != self.network:
+            raise ValueError("IPv4-mapped networks must be given as IPv4")
+
+    def __str__(self) -> str:
+        net = self.network
+        single = net.prefixlen == net.max_prefixlen
+        if net.version == 4:
+            return str(net.network_address) if single else str(net)
+        addr = f"[{net.network_address}]"
+        return addr if single else f"{addr}/{net.prefixlen}"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class NameHost:
+    """A DNS name, lower case, without a trailing dot. Resolved outside policy/."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SymbolHost:
+    symbol: Symbol
+
+    def __str__(self) -> str:
+        return f"@{self.symbol.value}"
+
+
+Host = Union[AnyHost, NetHost, NameHost, SymbolHost]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """``proto://host[:ports]``. ``ports`` is sorted, merged, and empty for ICMP."""
+
+    proto: Proto
+    host: Host
+    ports: tuple[PortRange, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.proto.has_ports and not self.ports:
+            raise ValueError(f"{self.proto.value} rules need ports")
+        if not self.proto.has_ports and self.ports:
+            raise ValueError("icmp rules take no ports")
+        if list(self.ports) != merge_ports(self.ports):
+            raise ValueError("ports must be sorted and merged")
+
+    def __str__(self) -> str:
+        text = f"{self.proto.value}://{self.host}"
+        if self.ports:
+            text += ":" + ",".join(str(p) for p in self.ports)
+        return text
+
+
+def merge_ports(ranges: Iterable[PortRange]) -> list[PortRange]:
+    """Sort ranges and merge the ones that overlap or touch."""
+    merged: list[PortRange] = []
+    for r in sorted(ranges):
+        if merged and r.lo <= merged[-1].hi + 1:
+            last = merged.pop()
+            merged.append(PortRange(last.lo, max(last.hi, r.hi)))
+        else:
+            merged.append(r)
+    return merged
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policy:
+    """A default verdict plus allow and deny rules.
+
+    Deny beats allow, allow beats the default, so rule order never matters:
+    the rules are kept deduplicated and sorted by their text, and two
+    policies with the same rules are equal.
+    """
+
+    default: Action = Action.DENY
+    allow: tuple[Rule, ...] = ()
+    deny: tuple[Rule, ...] = ()
+
+    def __post_init__(self) -> None:
+        for rules in (self.allow, self.deny):
+            if list(rules) != canonical_rules(rules):
+                raise ValueError("rules must be deduplicated and sorted (use canonical_rules)")
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        allow: Iterable[str] = (),
+        deny: Iterable[str] = (),
+        default: str = "deny",
+    ) -> Policy:
+        """A policy from rule texts, as on the command line. Raises PolicyError."""
+        from guestfence.policy.grammar import parse_policy
+
+        return parse_policy(allow=allow, deny=deny, default=default)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.deny + self.allow
+
+    def symbols(self) -> frozenset[Symbol]:
+        return frozenset(r.host.symbol for r in self.rules if isinstance(r.host, SymbolHost))
+
+    def names(self) -> frozenset[str]:
+        return frozenset(r.host.name for r in self.rules if isinstance(r.host, NameHost))
+
+
+def canonical_rules(rules: Iterable[Rule]) -> list[Rule]:
+    return sorted(set(rules), key=str)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flow:
+    """One destination a guest aims at. ``port`` is None exactly for ICMP.
+
+    ``address`` is kept as given (a mapped address shows as such in logs);
+    ``decide`` unmaps it before matching.
+    """
+
+    proto: Proto
+    address: Address
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.proto.has_ports != (self.port is not None):
+            raise ValueError(f"{self.proto.value} flows {'need' if self.proto.has_ports else 'take no'} port")
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} out of range")
+
+    def __str__(self) -> str:
+        host = str(self.address) if self.address.version == 4 else f"[{self.address}]"
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.proto.value}://{host}{port}"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    """What a decision needs to know about the world, supplied by the caller.
+
+    - ``gateways``: the addresses ``@gateway`` stands for.
+    - ``is_local``: answers "is this address the host's, right now?" for
+      ``@host``; the backend passes a route lookup, tests a set's membership.
+    - ``names``: the addresses each DNS name resolved to.
+
+    A symbol or name the context cannot answer is decided closed: an allow
+    rule about it does not match, a deny rule about it does.
+    """
+
+    gateways: frozenset[Address] = frozenset()
+    is_local: Callable[[Address], bool] | None = field(default=None, compare=False)
+    names: Mapping[str, frozenset[Address]] = field(default_factory=dict, compare=False, hash=False)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The verdict on a flow and what made it: ``rule`` None means the default."""
+
+    action: Action
+    rule: Rule | None
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.action is Action.ALLOW
+
+    @property
+    def decided_by(self) -> str:
+        if self.rule is None:
+            return f"default {self.action.value}"
+        return f"{self.action.value} {self.rule}"

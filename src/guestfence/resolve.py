@@ -1,0 +1,43 @@
+"""DNS names in rules -> addresses, once, when a backend asks.
+
+Never called by the policy core: ``decide`` gets the result through
+``Context.names``. A name that does not resolve is reported, and the
+decision treats it closed (an allow about it matches nothing, a deny about
+it matches everything of its protocol and ports).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, final
+
+from guestfence.policy.model import Address, unmap
+
+Resolver = Callable[..., list[tuple[Any, ...]]]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resolution:
+    addresses: Mapping[str, frozenset[Address]] = field(default_factory=dict, hash=False)
+    failures: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+def resolve_names(names: Iterable[str], resolver: Resolver = socket.getaddrinfo) -> Resolution:
+    addresses: dict[str, frozenset[Address]] = {}
+    failures: dict[str, str] = {}
+    for name in sorted(set(names)):
+        try:
+            infos = resolver(name, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError) as exc:
+            failures[name] = str(exc)
+            continue
+        found = frozenset(unmap(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos)
+        if found:
+            addresses[name] = found
+        else:
+            failures[name] = "no addresses"
+    return Resolution(addresses=addresses, failures=failures)
