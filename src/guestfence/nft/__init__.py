@@ -1,0 +1,1 @@
+"""nftables backends: rulesets as libnftables JSON data, applied in one transaction."""
