@@ -1,0 +1,8 @@
+"""What can a guest reach on its host? Answered by testing, not by reading rules.
+
+    collect.py   host listeners (sock_diag) and addresses -> Targets      (I/O; plan_targets pure)
+    probe.py     each target tried from the guest's side -> Observations  (I/O)
+    counters.py  drop counters of table inet guestfence                   (I/O; sum pure)
+    compare.py   compare(policy, observations, context) -> Findings       (pure)
+    report.py    table, JSON and one-file HTML                            (pure)
+"""
