@@ -1,0 +1,178 @@
+"""Small builders of libnftables JSON: objects, commands, matches, statements.
+
+Pure: each function returns plain dicts in the libnftables JSON schema
+(libnftables-json(5)). User-supplied values only ever become JSON *values*
+here; no function formats ruleset text. Every object lives in
+``names.TABLE`` of the family given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from guestfence.nft.names import TABLE
+from guestfence.policy.model import ANY_PORT, Network, PortRange
+
+Command = dict[str, Any]
+Expr = dict[str, Any]
+
+ACCEPT: Expr = {"accept": None}
+DROP: Expr = {"drop": None}
+RETURN: Expr = {"return": None}
+
+
+def _obj(family: str, **fields: Any) -> dict[str, Any]:
+    return {"family": family, "table": TABLE, **fields}
+
+
+def add_table(family: str) -> Command:
+    return {"add": {"table": {"family": family, "name": TABLE}}}
+
+
+def delete_table(family: str) -> Command:
+    return {"delete": {"table": {"family": family, "name": TABLE}}}
+
+
+def add_chain(family: str, name: str) -> Command:
+    return {"add": {"chain": _obj(family, name=name)}}
+
+
+def add_base_chain(family: str, name: str, *, hook: str, prio: int, kind: str = "filter") -> Command:
+    """A base chain with policy accept: it only dispatches, the guests' chains decide."""
+    return {"add": {"chain": _obj(family, name=name, type=kind, hook=hook, prio=prio, policy="accept")}}
+
+
+def flush_chain(family: str, name: str) -> Command:
+    return {"flush": {"chain": _obj(family, name=name)}}
+
+
+def delete_chain(family: str, name: str) -> Command:
+    return {"delete": {"chain": _obj(family, name=name)}}
+
+
+def add_counter(family: str, name: str) -> Command:
+    return {"add": {"counter": _obj(family, name=name)}}
+
+
+def delete_counter(family: str, name: str) -> Command:
+    return {"delete": {"counter": _obj(family, name=name)}}
+
+
+def add_set(family: str, name: str, key_type: str) -> Command:
+    return {"add": {"set": _obj(family, name=name, type=key_type)}}
+
+
+def add_verdict_map(family: str, name: str, key_type: str | Sequence[str]) -> Command:
+    key = key_type if isinstance(key_type, str) else list(key_type)
+    return {"add": {"map": _obj(family, name=name, type=key, map="verdict")}}
+
+
+def add_element(family: str, set_name: str, elements: Iterable[Any]) -> Command:
+    return {"add": {"element": _obj(family, name=set_name, elem=list(elements))}}
+
+
+def delete_element(family: str, set_name: str, elements: Iterable[Any]) -> Command:
+    return {"delete": {"element": _obj(family, name=set_name, elem=list(elements))}}
+
+
+def add_rule(family: str, chain: str, exprs: Sequence[Expr], comment: str | None = None) -> Command:
+    rule = _obj(family, chain=chain, expr=list(exprs))
+    if comment:
+        rule["comment"] = comment
+    return {"add": {"rule": rule}}
+
+
+def map_entry(key: Any, target_chain: str, comment: str | None = None) -> list[Any]:
+    """A verdict-map element: ``key : goto target_chain``."""
+    shown = {"elem": {"val": key, "comment": comment}} if comment else key
+    return [shown, goto(target_chain)]
+
+
+def concat(*parts: Any) -> dict[str, Any]:
+    return {"concat": list(parts)}
+
+
+# Expressions
+
+
+def payload(protocol: str, field: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def raw_th(offset_bits: int, length_bits: int) -> Expr:
+    """Raw bits of the transport header (here: the ND target address)."""
+    return {"payload": {"base": "th", "offset": offset_bits, "len": length_bits}}
+
+
+def meta(key: str) -> Expr:
+    return {"meta": {"key": key}}
+
+
+def ct(key: str) -> Expr:
+    return {"ct": {"key": key}}
+
+
+def fib_daddr_type() -> Expr:
+    return {"fib": {"flags": ["daddr"], "result": "type"}}
+
+
+def match(left: Expr, right: Any, op: str = "==") -> Expr:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def one_or_set(values: Sequence[Any]) -> Any:
+    """A single value as itself, several as an anonymous set."""
+    return values[0] if len(values) == 1 else {"set": list(values)}
+
+
+def net_value(network: Network) -> Any:
+    """An address as a string, a wider network as a prefix."""
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+
+
+def address_value(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return str(address)
+
+
+def ports_value(ports: Sequence[PortRange]) -> Any | None:
+    """The ``th dport`` right-hand side, or None when every port matches."""
+    if tuple(ports) == (ANY_PORT,):
+        return None
+    items = [r.lo if r.lo == r.hi else {"range": [r.lo, r.hi]} for r in ports]
+    return one_or_set(items)
+
+
+# Statements
+
+
+def goto(chain: str) -> Expr:
+    return {"goto": {"target": chain}}
+
+
+def jump(chain: str) -> Expr:
+    return {"jump": {"target": chain}}
+
+
+def counter_ref(name: str) -> Expr:
+    """Count into the named counter object ``name``."""
+    return {"counter": name}
+
+
+def counter() -> Expr:
+    return {"counter": None}
+
+
+def limit(rate: int, per: str, burst: int) -> Expr:
+    return {"limit": {"rate": rate, "per": per, "burst": burst}}
+
+
+def log(prefix: str) -> Expr:
+    return {"log": {"prefix": prefix, "level": "warn"}}
+
+
+def masquerade() -> Expr:
+    return {"masquerade": None}

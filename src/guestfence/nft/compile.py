@@ -1,0 +1,437 @@
+"""Policy + guests -> libnftables JSON commands. Pure: no I/O, no DNS, no clock.
+
+The ruleset (docs/vm-guests.md explains why it is shaped so)::
+
+    inet guestfence
+      prerouting  hook prerouting, priority dstnat - 10 (-110), policy accept
+          iifname vmap @guests                    -> goto guest.NAME
+          iifname . ether saddr vmap @bridged     -> goto guest.NAME   (bridge ports)
+          iifname "vmtap*" goto unregistered
+      guest.NAME        anti-spoofing; ct invalid drop; ct established,related accept;
+                        fib daddr type {local,broadcast,multicast,anycast} goto guest.NAME.host;
+                        goto guest.NAME.out
+      guest.NAME.host   what the link needs (ND, MLD, ICMP errors); deny rules; echo-request;
+                        allow rules; default
+      guest.NAME.out    deny rules; allow rules naming addresses; other guests' addresses drop;
+                        allow rules for *; default
+      guest.NAME.drop   rate-limited log prefixed with the guest's name; count; drop
+      postrouting       hook postrouting (nat): ip saddr @masquerade4 masquerade (and IPv6)
+    arp guestfence      input: iifname vmap @guests -> ARP anti-spoofing of routed guests
+    bridge guestfence   prerouting: iifname vmap @guests -> L2 anti-spoofing of bridge ports;
+                        forward: iifname vmap @ports -> guest.NAME.drop (no L2 forwarding)
+
+Rules of the compiler:
+
+1. Decisions are made in prerouting, after conntrack (-200) and before
+   destination NAT (-100): the destination seen is the one the guest aimed
+   at, so a host port forwarded elsewhere is judged as the host port it is.
+2. Per packet the cost is one map lookup whatever the number of guests; a
+   guest's own chains hold only its rules.
+3. A rule becomes one nft rule per address family it can match; a DNS name
+   becomes the addresses it resolved to (``names``); one that did not
+   resolve makes an allow match nothing and a deny match every destination.
+4. Deny before allow, allow before the default, exactly as ``decide``; the
+   fixed accepts (ND, ICMP errors) come before the policy, echo-request
+   after the denies, so a deny rule can silence ping.
+5. Guest-to-guest: another guest's address is reached only through a rule
+   that names an address (a CIDR or a DNS name); ``*`` does not cover it.
+6. ``compile_add``/``compile_remove`` touch only one guest's chains,
+   counters and elements, plus re-creating the constant base rules, so a
+   change costs the same with 1 guest or 10,000. Removal is idempotent
+   (each object is added, then deleted, in the same transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import final
+
+from guestfence.errors import PlanError
+from guestfence.nft import build as b
+from guestfence.nft.antispoof import antispoof_rules
+from guestfence.nft.build import ACCEPT, Command, Expr
+from guestfence.nft.guest import DEFAULT_PATTERN, Guest
+from guestfence.nft.names import (
+    ARP,
+    BRIDGE,
+    BRIDGED_MAP,
+    FAMILIES,
+    FORWARD,
+    GUEST_ADDRS,
+    GUESTS_MAP,
+    INET,
+    INPUT,
+    MASQUERADE,
+    PORTS_MAP,
+    POSTROUTING,
+    PREROUTING,
+    UNREGISTERED,
+    guest_chain,
+    guest_counter,
+    log_prefix,
+)
+from guestfence.policy.model import (
+    Action,
+    Address,
+    AnyHost,
+    NameHost,
+    NetHost,
+    Proto,
+    Rule,
+    Symbol,
+    SymbolHost,
+)
+
+PRIO_INET_PREROUTING = -110
+"""After conntrack (-200), before destination NAT (-100)."""
+PRIO_SRCNAT = 100
+PRIO_BRIDGE_FILTER = -200
+PRIO_ARP_FILTER = 0
+LOG_RATE = (5, "second", 10)
+"""Rate, unit and burst of the drop log: enough to diagnose, never a flood."""
+TO_HOST_TYPES = ["local", "broadcast", "multicast", "anycast"]
+LINK_ICMPV6 = ["nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report"]
+ICMP_ERRORS = {
+    "icmp": ["destination-unreachable", "time-exceeded"],
+    "icmpv6": ["destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem"],
+}
+_DADDR = {4: "ip", 6: "ip6"}
+_ICMP_L4 = {4: "icmp", 6: "ipv6-icmp"}
+_ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+
+Names = Mapping[str, frozenset[Address]]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Table-wide settings. ``pattern``: interfaces of unregistered guests ('' for none)."""
+
+    pattern: str = DEFAULT_PATTERN
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class NftPlan:
+    """One transaction: ``commands`` applied whole or not at all."""
+
+    step: str
+    commands: tuple[Command, ...] = field(default=())
+
+
+def check_guest(guest: Guest) -> None:
+    """Refuse a guest its rules cannot work for. Raises PlanError."""
+    for rule in guest.policy.rules:
+        if isinstance(rule.host, SymbolHost) and rule.host.symbol is Symbol.GATEWAY:
+            if not guest.gateways:
+                raise PlanError(f"guest {guest.name}: rule {rule} uses @gateway but the guest has no gateway (give --gateway ADDR)")
+    for gateway in guest.gateways:
+        if not guest.own(gateway.version):
+            raise PlanError(
+                f"guest {guest.name}: gateway {gateway} is IPv{gateway.version} but the guest has no IPv{gateway.version} address"
+            )
+
+
+def check_guests(guests: Sequence[Guest]) -> None:
+    """Refuse guests that would share an interface, address or name. Raises PlanError."""
+    owners: dict[object, str] = {}
+    for guest in guests:
+        check_guest(guest)
+        keys = [("name", guest.name), ("interface", guest.iface)]
+        keys += [("address", a.ip) for a in guest.addresses]
+        if guest.bridge is not None:
+            keys.append(("bridge port MAC", (guest.bridge, guest.mac)))
+        for key in keys:
+            if key in owners:
+                raise PlanError(f"guest {guest.name}: {key[0]} {_shown(key[1])} already belongs to guest {owners[key]}")
+            owners[key] = guest.name
+        if guest.bridge is not None and ("interface", guest.bridge) in owners:
+            raise PlanError(f"guest {guest.name}: bridge {guest.bridge} is another guest's interface")
+
+
+def _shown(value: object) -> str:
+    return " ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names) -> NftPlan:
+    """Replace our tables whole with ``guests`` (apply, restore)."""
+    check_guests(guests)
+    commands: list[Command] = []
+    for family in FAMILIES:
+        commands += [b.add_table(family), b.delete_table(family)]
+    commands += _skeleton(settings)
+    for guest in guests:
+        commands += _guest_objects(guest, names)
+    return NftPlan(step="replace the guestfence tables", commands=tuple(commands))
+
+
+def compile_add(guest: Guest, settings: Settings, names: Names, *, others: Sequence[Guest], replaces: Guest | None) -> NftPlan:
+    """Add ``guest`` (replacing its earlier record ``replaces``) next to ``others``."""
+    check_guests([*others, guest])
+    commands = _skeleton(settings)
+    if replaces is not None:
+        commands += _guest_removal(replaces)
+    commands += _guest_objects(guest, names)
+    return NftPlan(step=f"add guest {guest.name}", commands=tuple(commands))
+
+
+def compile_remove(guest: Guest, settings: Settings) -> NftPlan:
+    return NftPlan(step=f"remove guest {guest.name}", commands=tuple(_skeleton(settings) + _guest_removal(guest)))
+
+
+def compile_flush() -> NftPlan:
+    """Delete our tables, whether they exist or not; nothing else."""
+    commands = [c for family in FAMILIES for c in (b.add_table(family), b.delete_table(family))]
+    return NftPlan(step="flush the guestfence tables", commands=tuple(commands))
+
+
+def expected_rule_counts(guest: Guest, names: Names) -> dict[tuple[str, str], int]:
+    """(family, chain) -> number of rules, for each chain of ``guest`` (status drift)."""
+    counts: dict[tuple[str, str], int] = {}
+    for command in _guest_objects(guest, names):
+        added = command.get("add", {})
+        if "chain" in added:
+            counts.setdefault((added["chain"]["family"], added["chain"]["name"]), 0)
+        elif "rule" in added:
+            key = (added["rule"]["family"], added["rule"]["chain"])
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+# The skeleton: tables, base chains, maps and sets, and the constant base rules.
+
+
+def _skeleton(settings: Settings) -> list[Command]:
+    commands = [b.add_table(family) for family in FAMILIES]
+    commands += [
+        *(b.add_set(INET, GUEST_ADDRS[v], _ADDR_TYPE[v]) for v in (4, 6)),
+        *(b.add_set(INET, MASQUERADE[v], _ADDR_TYPE[v]) for v in (4, 6)),
+        b.add_verdict_map(INET, GUESTS_MAP, "ifname"),
+        b.add_verdict_map(INET, BRIDGED_MAP, ["ifname", "ether_addr"]),
+        b.add_verdict_map(ARP, GUESTS_MAP, "ifname"),
+        b.add_verdict_map(BRIDGE, GUESTS_MAP, "ifname"),
+        b.add_verdict_map(BRIDGE, PORTS_MAP, "ifname"),
+    ]
+    base = [
+        (INET, PREROUTING, "prerouting", PRIO_INET_PREROUTING, "filter"),
+        (INET, POSTROUTING, "postrouting", PRIO_SRCNAT, "nat"),
+        (ARP, INPUT, "input", PRIO_ARP_FILTER, "filter"),
+        (BRIDGE, PREROUTING, "prerouting", PRIO_BRIDGE_FILTER, "filter"),
+        (BRIDGE, FORWARD, "forward", PRIO_BRIDGE_FILTER, "filter"),
+    ]
+    for family, name, hook, prio, kind in base:
+        commands += [b.add_base_chain(family, name, hook=hook, prio=prio, kind=kind), b.flush_chain(family, name)]
+    for family in FAMILIES:
+        commands += [b.add_chain(family, UNREGISTERED), b.flush_chain(family, UNREGISTERED)]
+        commands.append(
+            b.add_rule(family, UNREGISTERED, [b.limit(*LOG_RATE), b.log("guestfence drop unregistered: ")])
+        )
+        commands.append(b.add_rule(family, UNREGISTERED, [b.counter(), b.DROP]))
+    iifname = b.meta("iifname")
+    dispatch = {
+        (INET, PREROUTING): [
+            [{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}],
+            [{"vmap": {"key": b.concat(iifname, b.payload("ether", "saddr")), "data": f"@{BRIDGED_MAP}"}}],
+        ],
+        (ARP, INPUT): [[{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}]],
+        (BRIDGE, PREROUTING): [[{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}]],
+        (BRIDGE, FORWARD): [[{"vmap": {"key": iifname, "data": f"@{PORTS_MAP}"}}]],
+    }
+    for (family, chain), rules in dispatch.items():
+        for exprs in rules:
+            commands.append(b.add_rule(family, chain, exprs))
+        if settings.pattern and chain != FORWARD:
+            commands.append(b.add_rule(family, chain, [b.match(iifname, settings.pattern), b.goto(UNREGISTERED)]))
+    for v in (4, 6):
+        source = b.payload(_DADDR[v], "saddr")
+        commands.append(b.add_rule(INET, POSTROUTING, [b.match(source, f"@{MASQUERADE[v]}"), b.masquerade()]))
+    return commands
+
+
+# One guest's objects, and their removal.
+
+
+def _tables_of(guest: Guest) -> tuple[str, ...]:
+    """The families holding the guest's chains: bridge ports are checked at L2
+    in the bridge table, routed guests' ARP in the arp table."""
+    return (INET, BRIDGE) if guest.bridge is not None else (INET, ARP)
+
+
+def _chains_of(guest: Guest, family: str) -> tuple[str, ...]:
+    parts: tuple[str | None, ...] = (None, "host", "out", "drop") if family == INET else (None, "drop")
+    return tuple(guest_chain(guest.name, part) for part in parts)
+
+
+def _counters_of(guest: Guest, family: str) -> tuple[str, ...]:
+    whats = ("accepted", "dropped") if family == INET else ("dropped",)
+    return tuple(guest_counter(guest.name, what) for what in whats)
+
+
+def _elements_of(guest: Guest) -> list[tuple[str, str, list[object]]]:
+    """(family, map or set, elements) the guest owns."""
+    entry = guest_chain(guest.name)
+    owned: list[tuple[str, str, list[object]]] = []
+    if guest.bridge is None:
+        owned.append((INET, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
+        owned.append((ARP, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
+    else:
+        owned.append((INET, BRIDGED_MAP, [b.map_entry(b.concat(guest.bridge, guest.mac), entry)]))
+        owned.append((BRIDGE, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
+        owned.append((BRIDGE, PORTS_MAP, [b.map_entry(guest.iface, guest_chain(guest.name, "drop"))]))
+    for v in (4, 6):
+        own = [str(a) for a in guest.own(v)]
+        if own:
+            owned.append((INET, GUEST_ADDRS[v], own))
+            if guest.masquerade:
+                owned.append((INET, MASQUERADE[v], own))
+    return owned
+
+
+def _guest_removal(guest: Guest) -> list[Command]:
+    """Delete the guest's objects; each is added first, so a missing one is no error."""
+    commands: list[Command] = []
+    for family in _tables_of(guest):
+        commands += [b.add_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [b.add_counter(family, counter) for counter in _counters_of(guest, family)]
+    for family, name, elements in _elements_of(guest):
+        commands += [b.add_element(family, name, elements), b.delete_element(family, name, [_key(e) for e in elements])]
+    for family in _tables_of(guest):
+        commands += [b.flush_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [b.delete_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [b.delete_counter(family, counter) for counter in _counters_of(guest, family)]
+    return commands
+
+
+def _key(element: object) -> object:
+    return element[0] if isinstance(element, list) else element
+
+
+def _guest_objects(guest: Guest, names: Names) -> list[Command]:
+    commands: list[Command] = []
+    for family in _tables_of(guest):
+        commands += [b.add_counter(family, counter) for counter in _counters_of(guest, family)]
+        commands += [b.add_chain(family, chain) for chain in _chains_of(guest, family)]
+    entry = guest_chain(guest.name)
+    label = f"guest {guest.name}" + (f": {guest.comment}" if guest.comment else "")
+    for family in _tables_of(guest):
+        for index, exprs in enumerate(antispoof_rules(guest, family)):
+            commands.append(b.add_rule(family, entry, exprs, comment=label if index == 0 else None))
+        commands += _drop_chain(guest, family)
+    for exprs in _entry_rules(guest):
+        commands.append(b.add_rule(INET, entry, exprs))
+    for exprs in _host_rules(guest, names):
+        commands.append(b.add_rule(INET, guest_chain(guest.name, "host"), exprs))
+    for exprs in _out_rules(guest, names):
+        commands.append(b.add_rule(INET, guest_chain(guest.name, "out"), exprs))
+    for family, name, elements in _elements_of(guest):
+        commands.append(b.add_element(family, name, elements))
+    return commands
+
+
+def _drop_chain(guest: Guest, family: str) -> list[Command]:
+    chain = guest_chain(guest.name, "drop")
+    return [
+        b.add_rule(family, chain, [b.limit(*LOG_RATE), b.log(log_prefix(guest.name))]),
+        b.add_rule(family, chain, [b.counter_ref(guest_counter(guest.name, "dropped")), b.DROP]),
+    ]
+
+
+def _accept(guest: Guest) -> list[Expr]:
+    return [b.counter_ref(guest_counter(guest.name, "accepted")), ACCEPT]
+
+
+def _entry_rules(guest: Guest) -> list[list[Expr]]:
+    drop = b.goto(guest_chain(guest.name, "drop"))
+    return [
+        [b.match(b.ct("state"), "invalid"), drop],
+        [b.match(b.ct("state"), {"set": ["established", "related"]}), *_accept(guest)],
+        [b.match(b.fib_daddr_type(), {"set": TO_HOST_TYPES}), b.goto(guest_chain(guest.name, "host"))],
+        [b.goto(guest_chain(guest.name, "out"))],
+    ]
+
+
+def _host_rules(guest: Guest, names: Names) -> list[list[Expr]]:
+    """Packets for the host itself (local, broadcast, multicast destinations)."""
+    accept = _accept(guest)
+    rules = [[b.match(b.payload("icmpv6", "type"), {"set": LINK_ICMPV6}), *accept]]
+    rules += [[b.match(b.payload(proto, "type"), {"set": types}), *accept] for proto, types in ICMP_ERRORS.items()]
+    rules += _policy_rules(guest, names, guest.policy.deny, deny=True)
+    rules += [[b.match(b.payload(proto, "type"), "echo-request"), *accept] for proto in ICMP_ERRORS]
+    rules += _policy_rules(guest, names, guest.policy.allow, deny=False)
+    rules.append(_default(guest))
+    return rules
+
+
+def _out_rules(guest: Guest, names: Names) -> list[list[Expr]]:
+    """Packets the host would forward elsewhere (other guests, other networks)."""
+    elsewhere = [r for r in guest.policy.allow if not isinstance(r.host, SymbolHost)]
+    named = [r for r in elsewhere if not isinstance(r.host, AnyHost)]
+    wildcard = [r for r in elsewhere if isinstance(r.host, AnyHost)]
+    drop = b.goto(guest_chain(guest.name, "drop"))
+    rules = _policy_rules(guest, names, [r for r in guest.policy.deny if not _is_host(r)], deny=True)
+    rules += _policy_rules(guest, names, named, deny=False)
+    rules += [[b.match(b.payload(_DADDR[v], "daddr"), f"@{GUEST_ADDRS[v]}"), drop] for v in (4, 6)]
+    rules += _policy_rules(guest, names, wildcard, deny=False)
+    rules.append(_default(guest))
+    return rules
+
+
+def _is_host(rule: Rule) -> bool:
+    return isinstance(rule.host, SymbolHost) and rule.host.symbol is Symbol.HOST
+
+
+def _default(guest: Guest) -> list[Expr]:
+    if guest.policy.default is Action.ALLOW:
+        return _accept(guest)
+    return [b.goto(guest_chain(guest.name, "drop"))]
+
+
+def _policy_rules(guest: Guest, names: Names, rules: Iterable[Rule], *, deny: bool) -> list[list[Expr]]:
+    verdict = [b.goto(guest_chain(guest.name, "drop"))] if deny else _accept(guest)
+    compiled = []
+    for rule in rules:
+        for version, host_exprs in _host_alternatives(rule, guest, names, deny=deny):
+            compiled.append([*_proto_exprs(rule, version), *host_exprs, *verdict])
+    return compiled
+
+
+def _proto_exprs(rule: Rule, version: int | None) -> list[Expr]:
+    l4proto = b.meta("l4proto")
+    if rule.proto is Proto.ICMP:
+        value = _ICMP_L4[version] if version else {"set": list(_ICMP_L4.values())}
+        return [b.match(l4proto, value)]
+    exprs = [b.match(l4proto, rule.proto.value)]
+    ports = b.ports_value(rule.ports)
+    if ports is not None:
+        exprs.append(b.match(b.payload("th", "dport"), ports))
+    return exprs
+
+
+def _host_alternatives(rule: Rule, guest: Guest, names: Names, *, deny: bool) -> list[tuple[int | None, list[Expr]]]:
+    """(IP version or None for both, destination matches), one per nft rule;
+    empty when the rule can match nothing."""
+    host = rule.host
+    if isinstance(host, AnyHost):
+        return [(None, [])]
+    if isinstance(host, NetHost):
+        version = host.network.version
+        return [(version, [b.match(b.payload(_DADDR[version], "daddr"), b.net_value(host.network))])]
+    if isinstance(host, SymbolHost) and host.symbol is Symbol.HOST:
+        return [(None, [b.match(b.fib_daddr_type(), "local")])]
+    if isinstance(host, SymbolHost):
+        return _address_sets(guest.gateways)
+    assert isinstance(host, NameHost)
+    resolved = names.get(host.name)
+    if resolved is None:
+        return [(None, [])] if deny else []
+    return _address_sets(resolved)
+
+
+def _address_sets(addresses: Iterable[Address]) -> list[tuple[int | None, list[Expr]]]:
+    alternatives: list[tuple[int | None, list[Expr]]] = []
+    for version in (4, 6):
+        chosen = sorted(str(a) for a in addresses if a.version == version)
+        if chosen:
+            alternatives.append((version, [b.match(b.payload(_DADDR[version], "daddr"), b.one_or_set(chosen))]))
+    return alternatives

@@ -1,0 +1,201 @@
+"""A VM guest as guestfence knows it: a value, valid once it exists. Pure.
+
+``parse_guest`` turns what a user typed (command line or a ``[[guest]]``
+table) into a ``Guest``, checking every field: the name against
+``names.GUEST_NAME``, interface names against ``IFACE_NAME`` (a subset of
+what Linux allows that can never be read as an nftables wildcard ``*``, set
+reference ``@`` or variable ``$`` even though we only ever pass them as JSON
+data), addresses, gateways and the MAC. Errors are PolicyError naming the
+field and the offending text.
+
+``guest_to_json``/``guest_from_json`` are the recorded form (state file).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union, final
+
+from guestfence.errors import PolicyError
+from guestfence.nft.names import GUEST_NAME
+from guestfence.policy.grammar import parse_policy
+from guestfence.policy.model import Address, Policy
+
+Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+
+IFACE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
+GUEST_PATTERN = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\*?)?\Z")
+DEFAULT_PATTERN = "vmtap*"
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+COMMENT_MAX = 100
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Guest:
+    """One guest: its link, its own addresses, its gateway(s) and its policy.
+
+    ``addresses`` are the guest's own (with their prefix, as configured in
+    the guest); ``gateways`` are the host-side addresses ``@gateway``
+    stands for. ``bridge`` names the bridge whose port ``iface`` is, for
+    guests attached through a bridge (they need ``mac``).
+    """
+
+    name: str
+    iface: str
+    addresses: tuple[Interface, ...]
+    gateways: tuple[Address, ...] = ()
+    policy: Policy = field(default_factory=Policy)
+    mac: str | None = None
+    masquerade: bool = False
+    bridge: str | None = None
+    comment: str = ""
+
+    def __post_init__(self) -> None:
+        if not GUEST_NAME.match(self.name):
+            raise ValueError(f"invalid guest name {self.name!r}")
+        for iface in (self.iface,) if self.bridge is None else (self.iface, self.bridge):
+            if not IFACE_NAME.match(iface) or iface in (".", ".."):
+                raise ValueError(f"invalid interface name {iface!r}")
+        if not self.addresses:
+            raise ValueError("a guest needs at least one address")
+        if self.mac is not None and not _MAC.match(self.mac):
+            raise ValueError(f"invalid MAC {self.mac!r}")
+        if self.bridge is not None and self.mac is None:
+            raise ValueError("a guest behind a bridge needs a MAC")
+
+    def own(self, version: int) -> tuple[Address, ...]:
+        """The guest's own addresses of one IP version."""
+        return tuple(i.ip for i in self.addresses if i.version == version)
+
+    def gateways_of(self, version: int) -> tuple[Address, ...]:
+        return tuple(g for g in self.gateways if g.version == version)
+
+
+def parse_guest(
+    *,
+    name: str,
+    iface: str,
+    addresses: Iterable[str],
+    gateways: Iterable[str] = (),
+    policy: Policy | None = None,
+    mac: str | None = None,
+    masquerade: bool = False,
+    bridge: str | None = None,
+    comment: str = "",
+    where: str = "",
+) -> Guest:
+    """A guest from typed text. ``where`` prefixes errors (e.g. a file and line)."""
+    if not isinstance(name, str) or not GUEST_NAME.match(name):
+        raise PolicyError(
+            f"{where}invalid guest name {name!r} (expected 1-32 letters, digits, '-' or '_', starting with a letter or digit)"
+        )
+    for label, value in (("interface", iface), ("bridge", bridge)):
+        if label == "bridge" and value is None:
+            continue
+        if not isinstance(value, str) or not IFACE_NAME.match(value) or value in (".", ".."):
+            raise PolicyError(
+                f"{where}guest {name}: invalid {label} name {value!r} "
+                "(expected 1-15 letters, digits, '_', '.' or '-', not starting with '.' or '-')"
+            )
+    own = tuple(_parse_interface(text, name, where) for text in addresses)
+    if not own:
+        raise PolicyError(f"{where}guest {name}: no address (give the guest's own address, e.g. --address 192.0.2.2/30)")
+    gws = tuple(_parse_address(text, name, where) for text in gateways)
+    if mac is not None:
+        mac = mac.lower() if isinstance(mac, str) else mac
+        if not isinstance(mac, str) or not _MAC.match(mac):
+            raise PolicyError(f"{where}guest {name}: invalid MAC {mac!r} (expected six hex pairs, e.g. 02:00:00:00:00:01)")
+    if bridge is not None and mac is None:
+        raise PolicyError(f"{where}guest {name}: a guest behind bridge {bridge!r} needs --mac (it is how the host tells guests on one bridge apart)")
+    if not isinstance(comment, str) or len(comment) > COMMENT_MAX or not comment.isprintable():
+        raise PolicyError(f"{where}guest {name}: the comment must be printable text of at most {COMMENT_MAX} characters")
+    return Guest(
+        name=name,
+        iface=iface,
+        addresses=tuple(dict.fromkeys(own)),
+        gateways=tuple(dict.fromkeys(gws)),
+        policy=policy or Policy(),
+        mac=mac,
+        masquerade=bool(masquerade),
+        bridge=bridge,
+        comment=comment,
+    )
+
+
+def parse_pattern(text: str, *, where: str = "") -> str:
+    """The interface pattern of unregistered guests: a name with an optional
+    trailing ``*``, or empty to turn the check off."""
+    if not isinstance(text, str) or not GUEST_PATTERN.match(text):
+        raise PolicyError(f"{where}invalid guest interface pattern {text!r} (expected e.g. 'vmtap*', or '' for none)")
+    return text
+
+
+def _parse_interface(text: str, guest: str, where: str) -> Interface:
+    try:
+        iface = ipaddress.ip_interface(text)
+    except (ValueError, TypeError):
+        raise PolicyError(f"{where}guest {guest}: invalid address {text!r} (expected e.g. 192.0.2.2/30 or 2001:db8::2/64)") from None
+    if iface.version == 6 and iface.ip.ipv4_mapped is not None:
+        raise PolicyError(f"{where}guest {guest}: {text!r} is IPv4-mapped; give the IPv4 address")
+    if iface.ip.is_unspecified or iface.ip.is_multicast or iface.ip.is_loopback:
+        raise PolicyError(f"{where}guest {guest}: {text!r} cannot be a guest's own address")
+    return iface
+
+
+def _parse_address(text: str, guest: str, where: str) -> Address:
+    try:
+        address = ipaddress.ip_address(text)
+    except (ValueError, TypeError):
+        raise PolicyError(f"{where}guest {guest}: invalid gateway {text!r} (expected an address, e.g. 192.0.2.1)") from None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        raise PolicyError(f"{where}guest {guest}: gateway {text!r} is IPv4-mapped; give the IPv4 address")
+    return address
+
+
+def policy_to_json(policy: Policy) -> dict[str, Any]:
+    return {
+        "default": policy.default.value,
+        "allow": [str(r) for r in policy.allow],
+        "deny": [str(r) for r in policy.deny],
+    }
+
+
+def guest_to_json(guest: Guest) -> dict[str, Any]:
+    return {
+        "name": guest.name,
+        "iface": guest.iface,
+        "address": [str(a) for a in guest.addresses],
+        "gateway": [str(g) for g in guest.gateways],
+        "policy": policy_to_json(guest.policy),
+        "mac": guest.mac,
+        "masquerade": guest.masquerade,
+        "bridge": guest.bridge,
+        "comment": guest.comment,
+    }
+
+
+def guest_from_json(data: Mapping[str, Any], *, where: str) -> Guest:
+    """The inverse of ``guest_to_json``. Raises PolicyError naming ``where``."""
+    try:
+        policy_data = data["policy"]
+        policy = parse_policy(
+            allow=policy_data["allow"], deny=policy_data["deny"], default=policy_data["default"]
+        )
+        return parse_guest(
+            name=data["name"],
+            iface=data["iface"],
+            addresses=data["address"],
+            gateways=data["gateway"],
+            policy=policy,
+            mac=data["mac"],
+            masquerade=data["masquerade"],
+            bridge=data["bridge"],
+            comment=data["comment"],
+            where=f"{where}: ",
+        )
+    except (KeyError, TypeError) as exc:
+        raise PolicyError(f"{where}: malformed guest record ({exc!r})") from None

@@ -1,0 +1,63 @@
+"""Every name guestfence gives an nftables object. Nothing else names objects.
+
+Our objects live in tables called ``TABLE`` in three families: ``inet``
+(the decisions), ``arp`` (ARP anti-spoofing for routed guests) and
+``bridge`` (anti-spoofing for guests whose interface is a bridge port).
+Nothing outside these tables is ever created, changed or deleted.
+
+Per-guest names join parts with ``SEPARATOR``, a character ``GUEST_NAME``
+does not allow, so guest ``a`` can never own guest ``a.x``'s objects and no
+per-guest name equals a base chain's. Guest names are checked with
+``GUEST_NAME`` once, where they enter (command line, TOML file, state file).
+"""
+
+from __future__ import annotations
+
+import re
+
+TABLE = "guestfence"
+INET, ARP, BRIDGE = "inet", "arp", "bridge"
+FAMILIES = (INET, ARP, BRIDGE)
+
+SEPARATOR = "."
+GUEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
+
+# Base chains, maps and sets, one of each per table that has them.
+PREROUTING = "prerouting"
+POSTROUTING = "postrouting"
+INPUT = "input"
+FORWARD = "forward"
+UNREGISTERED = "unregistered"
+GUESTS_MAP = "guests"
+"""Interface name -> goto the guest's chain (inet, arp, bridge)."""
+BRIDGED_MAP = "bridged"
+"""inet: bridge name . source MAC -> goto the chain of a guest behind that bridge."""
+PORTS_MAP = "ports"
+"""bridge: port name -> goto the guest's drop chain, for frames bridged to other ports."""
+GUEST_ADDRS = {4: "guest_addrs4", 6: "guest_addrs6"}
+"""Every registered guest's own addresses: only rules naming them reach another guest."""
+MASQUERADE = {4: "masquerade4", 6: "masquerade6"}
+"""Source addresses of guests registered with masquerade."""
+
+
+def guest_chain(guest: str, part: str | None = None) -> str:
+    """``guest.NAME`` (the guest's entry chain) or ``guest.NAME.PART``."""
+    return SEPARATOR.join(("guest", guest) if part is None else ("guest", guest, part))
+
+
+def guest_counter(guest: str, what: str) -> str:
+    """``guest.NAME.accepted`` / ``guest.NAME.dropped``."""
+    return guest_chain(guest, what)
+
+
+def guest_of(object_name: str) -> str | None:
+    """The guest a per-guest object name belongs to, or None for base objects."""
+    parts = object_name.split(SEPARATOR)
+    if len(parts) >= 2 and parts[0] == "guest" and GUEST_NAME.match(parts[1]):
+        return parts[1]
+    return None
+
+
+def log_prefix(guest: str) -> str:
+    """The kernel log prefix of a guest's dropped packets."""
+    return f"guestfence drop {guest}: "
