@@ -58,6 +58,11 @@ _ERRNO_STATUS = {
     errno.ECONNRESET: Status.REFUSED,
     errno.ETIMEDOUT: Status.FILTERED,
 }
+_ERRNO_DETAIL = {
+    errno.EACCES: "prohibited (ICMP administratively prohibited, or a rule in the guest)",
+    errno.EHOSTUNREACH: "host unreachable (ICMP)",
+    errno.ENETUNREACH: "network unreachable (no route in the guest)",
+}
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _SOCK_TYPES = {Proto.TCP: socket.SOCK_STREAM, Proto.UDP: socket.SOCK_DGRAM}
 _MERGE_ORDER = (
@@ -227,7 +232,7 @@ def _from_errno(code: int, target: Target) -> tuple[Status, str]:
     status = _ERRNO_STATUS.get(code, Status.UNREACHABLE)
     if status is Status.REFUSED and target.proto is Proto.UDP:
         return status, "ICMP port unreachable"
-    return status, os.strerror(code).lower()
+    return status, _ERRNO_DETAIL.get(code) or os.strerror(code).lower()
 
 
 def _silence(target: Target) -> tuple[Status, str]:

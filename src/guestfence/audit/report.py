@@ -64,7 +64,7 @@ def format_report_table(report: AuditReport) -> list[tuple[str, ...]]:
 
 
 def format_summary(report: AuditReport) -> str:
-    parts = [f"{count} {verdict}" for verdict, count in report.summary.items() if count]
+    parts = [f"{verdict}: {count}" for verdict, count in report.summary.items() if count]
     return f"{report.guest}: {len(report.findings)} services probed: " + (", ".join(parts) or "none")
 
 
