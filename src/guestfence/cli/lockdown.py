@@ -1,0 +1,199 @@
+"""``guestfence lockdown``: make interfaces dumb pipes to guests. Parsing and presentation only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from guestfence.cli.common import HelpFormatter, format_table, print_json
+from guestfence.errors import ApplyError
+from guestfence.lockdown.apply import apply_link, apply_lockdown
+from guestfence.lockdown.links import collect_links, collect_protected, link_events
+from guestfence.lockdown.pattern import parse_patterns
+from guestfence.lockdown.plan import HOOKS, Link, LockdownPlan, plan_add, plan_link, plan_remove
+from guestfence.lockdown.report import collect_report, hook_label, report_to_json
+from guestfence.lockdown.state import LockdownState, forget_interface
+from guestfence.lockdown.store import load_state, save_state, state_lock
+from guestfence.nft.apply import open_nft
+
+DEFAULT_STATE_DIR = "/var/lib/guestfence"
+
+DESCRIPTION = """\
+Make interfaces dumb pipes to guests: the host's own stack processes nothing
+that arrives on them (IPv4, IPv6, ARP), while the guests behind them (a
+macvtap/macvlan, a bridge) keep all their traffic. Rules match interface
+names, so they are in force before the interface exists; per-interface
+sysctls are set now for existing interfaces and by `lockdown watch` for new ones.
+"""
+
+EPILOG = """\
+patterns: an interface name, or a prefix followed by '*' (nftables wildcard)
+
+examples:
+  guestfence lockdown add eth0.1 'vlan*' vmtap-abcd
+  guestfence lockdown add 'vlan*' --dry-run
+  guestfence lockdown remove 'vlan*'
+  guestfence lockdown list --json
+  guestfence lockdown watch          # long-running; see docs/lockdown.md for a systemd unit
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "lockdown",
+        help="stop the host stack from processing anything on guest-only interfaces",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path(os.environ.get("GUESTFENCE_STATE_DIR", DEFAULT_STATE_DIR)),
+        help="where guestfence records what it applied (default: $GUESTFENCE_STATE_DIR or %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="lockdown_command", metavar="ACTION", required=True)
+
+    add = commands.add_parser("add", parents=[common], help="lock down interfaces matching PATTERNs",
+                              description="Lock down every interface matching a PATTERN, now and when it appears.",
+                              epilog=EPILOG, formatter_class=HelpFormatter)  # fmt: skip
+    add.add_argument("patterns", metavar="PATTERN", nargs="+")
+    add.add_argument("--force", action="store_true", help="allow a pattern matching lo or a default-route interface")
+    add.add_argument("--dry-run", action="store_true", help="print the plan (rules and sysctls); change nothing")
+    add.set_defaults(func=run_add)
+
+    remove = commands.add_parser("remove", parents=[common], help="undo what add did for PATTERNs",
+                                 description="Remove PATTERNs' rules and write back the sysctl values add replaced.",
+                                 epilog=EPILOG, formatter_class=HelpFormatter)  # fmt: skip
+    remove.add_argument("patterns", metavar="PATTERN", nargs="+")
+    remove.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    remove.set_defaults(func=run_remove)
+
+    show = commands.add_parser("list", parents=[common], help="rules in force, sysctls set, drop counters",
+                               description="Show each pattern's rules and drop counters, and the sysctls set.",
+                               formatter_class=HelpFormatter)  # fmt: skip
+    show.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    show.set_defaults(func=run_list)
+
+    watch = commands.add_parser("watch", parents=[common], help="set sysctls on matching interfaces as they appear",
+                                description="Apply the per-interface sysctls to every matching interface that "
+                                            "appears, in the netlink event that announces it. Runs until stopped.",
+                                formatter_class=HelpFormatter)  # fmt: skip
+    watch.set_defaults(func=run_watch)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    added = parse_patterns(args.patterns)
+    return _change(args, lambda state, links: plan_add(state, added, links=links, protected=collect_protected(),
+                                                        force=args.force))  # fmt: skip
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    removed = parse_patterns(args.patterns)
+    return _change(args, lambda state, links: plan_remove(state, removed, links=links))
+
+
+def _change(args: argparse.Namespace, make_plan: Callable[[LockdownState, tuple[Link, ...]], LockdownPlan]) -> int:
+    if args.dry_run:
+        plan = make_plan(load_state(args.state_dir), collect_links())
+        print_plan(plan)
+        return 0
+    with state_lock(args.state_dir):
+        state = load_state(args.state_dir)
+        plan = make_plan(state, collect_links())
+        save_state(args.state_dir, apply_lockdown(plan, open_nft(), state))
+    shown = ", ".join(str(p) for p in plan.patterns) or "nothing"
+    print(f"locked down: {shown}")
+    for link_steps in plan.harden:
+        print(f"  {link_steps.link.name}: sysctls checked ({len(link_steps.steps)})")
+    for change in plan.revert:
+        print(f"  {change.step.interface}: {change.step.name} back to {change.old}")
+    return 0
+
+
+def print_plan(plan: LockdownPlan) -> None:
+    print("nftables transaction (one batch):")
+    print(json.dumps({"nftables": list(plan.commands)}, indent=2))
+    print("sysctls (each written only if it differs):")
+    for link_steps in plan.harden:
+        for step in link_steps.steps:
+            print(f"  {step.name} = {step.value}{'  (if present)' if step.optional else ''}")
+    if not plan.harden:
+        print("  none now: no existing interface matches; `lockdown watch` sets them when one appears")
+    for change in plan.revert:
+        print(f"  {change.step.name} = {change.old}  (written back, if still {change.step.value})")
+    print("dry run: nothing changed")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    report = collect_report(load_state(args.state_dir), open_nft(), collect_links())
+    if args.json:
+        print_json(report_to_json(report))
+        return 0
+    if not report.patterns:
+        print("no interface is locked down")
+    else:
+        header = ("PATTERN", "IN FORCE", "INTERFACES", "DROPPED PACKETS (" + ", ".join(hook_label(h) for h in HOOKS) + ")")
+        rows = [header] + [
+            (str(p.pattern), "yes" if p.in_force else "NO (run lockdown add again)", ",".join(p.interfaces) or "-",
+             " / ".join(str(h.packets) for h in p.hooks))
+            for p in report.patterns
+        ]  # fmt: skip
+        print(format_table(rows))
+    sysctl_rows = [
+        (i.interface if i.present else f"{i.interface} (gone)", s.name, s.set, s.old, s.now or "-")
+        for i in report.interfaces
+        for s in i.sysctls
+    ]
+    if sysctl_rows:
+        print()
+        print(format_table([("INTERFACE", "SYSCTL", "SET", "OLD", "NOW"), *sysctl_rows]))
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    with link_events() as run_events:
+        for link in collect_links():
+            _harden_new_link(args.state_dir, link)
+        print(f"watching for new interfaces (state in {args.state_dir})", flush=True)
+        run_events(lambda kind, link: _on_link_event(args.state_dir, kind, link))
+    return 0
+
+
+def _exit_quietly(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(0)
+
+
+def _on_link_event(state_dir: Path, kind: str, link: Link) -> None:
+    if kind == "del":
+        with state_lock(state_dir):
+            state = load_state(state_dir)
+            forgotten = forget_interface(state, link.name, link.ifindex)
+            if forgotten != state:
+                save_state(state_dir, forgotten)
+        return
+    try:
+        _harden_new_link(state_dir, link)
+    except ApplyError as err:
+        print(f"guestfence: warning: {link.name}: {err}", file=sys.stderr, flush=True)
+
+
+def _harden_new_link(state_dir: Path, link: Link) -> None:
+    with state_lock(state_dir):
+        state = load_state(state_dir)
+        steps = plan_link(state, link)
+        if steps is None:
+            return
+        hardened = apply_link(steps, state)
+        if hardened != state:
+            save_state(state_dir, hardened)
+            print(f"{link.name}: sysctls set", flush=True)

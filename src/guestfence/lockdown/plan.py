@@ -1,0 +1,241 @@
+"""Lockdown patterns -> LockdownPlan: nftables commands and sysctl steps. Pure: no I/O.
+
+Where the host's stack can still get a frame that arrives on a guest-only
+interface, in the order ``__netif_receive_skb_core`` runs (kernel 6.x):
+
+1. AF_PACKET taps (``ptype_all``). Not the stack; packet sockets see every
+   frame and no hook comes before them (docs/lockdown.md).
+2. tc ingress, then the **netdev ingress** hook. Not used: it runs *before*
+   the rx_handler, so a drop there also cuts off the guest behind a
+   macvlan/macvtap (the lab test checks this).
+3. The **rx_handler** of a device with an upper device:
+   - bridge port: every frame is consumed; what is meant for the host
+     (broadcast, multicast, the bridge's MAC) leaves through the bridge
+     family's **input** hook with ``iifname`` = the port, then enters the
+     stack on the bridge device. Link-local 01:80:c2:00:00:0X frames are
+     handed back and go up on the port itself (step 4).
+   - macvlan/macvtap lower device: unicast is consumed (passthru: all of it,
+     to the guest). Broadcast and multicast are cloned to the guests *and*
+     passed on to step 4: the leak the issue is about.
+4. The protocol handlers of the device itself: ``ip_rcv``/``ipv6_rcv`` ->
+   the **inet prerouting** hook; ``arp_rcv`` -> the **arp input** hook. A
+   standalone TAP or veth (no rx_handler) gets here with every frame.
+
+So each pattern gets a drop rule at inet prerouting, arp input and bridge
+input, all matching the *input* interface by name: none of them sees the
+guest's own copies (those are re-received on the macvlan/macvtap device,
+usually in another namespace, or forwarded by the bridge), so the guest
+keeps its traffic. A fourth rule at inet output stops the host's own stack
+from sending on the interface (IPv6 DAD, router solicitations, MLD) in the
+moment between a link's creation and the watcher's sysctl writes.
+
+Rules match by name (``iifname "vlan*"``), so they are in force before the
+interface exists. Sysctls exist only per existing interface: the plan lists
+steps for the links it is given, and the link watcher applies the same steps
+to a link that appears later (``plan_link``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import final
+
+from guestfence.errors import PlanError
+from guestfence.lockdown.pattern import InterfacePattern
+from guestfence.lockdown.state import InterfaceRecord, LockdownState, SysctlChange, SysctlStep
+from guestfence.nft.apply import Command
+
+TABLE = "guestfence_lockdown"
+# Before defragmentation (-400) and conntrack (-200): a dropped packet leaves
+# no reassembly queue and no conntrack entry, and no other table sees it.
+PRIORITY = -450
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hook:
+    """One place a lockdown rule sits, and the interface key it matches."""
+
+    family: str
+    chain: str
+    key: str
+    purpose: str
+
+
+HOOKS = (
+    Hook(family="inet", chain="prerouting", key="iifname",
+         purpose="IPv4/IPv6 the interface hands to the host stack (macvlan broadcasts, standalone TAP/veth, "
+                 "link-local frames of a bridge port)"),
+    Hook(family="inet", chain="output", key="oifname",
+         purpose="the host's own IPv4/IPv6 sent on the interface (IPv6 autoconf before the sysctls land)"),
+    Hook(family="arp", chain="input", key="iifname",
+         purpose="ARP the interface hands to the host (requests, gratuitous ARP, replies)"),
+    Hook(family="bridge", chain="input", key="iifname",
+         purpose="frames a bridge port passes up to the bridge device, i.e. to the host"),
+)  # fmt: skip
+FAMILIES = tuple(dict.fromkeys(h.family for h in HOOKS))
+
+# (family, key, value, why). IPv6 steps are optional: without the IPv6
+# module, or on a link whose MTU is below 1280, the paths do not exist and
+# there is no IPv6 stack on the link to harden.
+SYSCTLS: tuple[tuple[str, str, str, str], ...] = (
+    ("ipv6", "disable_ipv6", "1", "ipv6_rcv drops everything; no link-local address, DAD, RS or MLD"),
+    ("ipv6", "accept_ra", "0", "router advertisements configure nothing if IPv6 is turned back on"),
+    ("ipv6", "autoconf", "0", "no SLAAC addresses if IPv6 is turned back on"),
+    ("ipv6", "drop_unicast_in_l2_multicast", "1", "unicast IPv6 in broadcast/multicast frames is dropped"),
+    ("ipv4", "arp_ignore", "8", "never answer an ARP request received here"),
+    ("ipv4", "arp_announce", "2", "never put another interface's address in ARP sent here"),
+    ("ipv4", "drop_unicast_in_l2_multicast", "1", "unicast IPv4 in broadcast/multicast frames is dropped"),
+    ("ipv4", "rp_filter", "1", "strict reverse path: no route points here, so unicast from here fails it"),
+)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link:
+    """An interface that exists now: its name and the kernel's index for it."""
+
+    name: str
+    ifindex: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkSteps:
+    """The sysctl steps for one existing link."""
+
+    link: Link
+    steps: tuple[SysctlStep, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockdownPlan:
+    """What applying a change does: the whole pattern set after it, one
+    nftables transaction, and sysctls to set. ``release`` are the records no
+    pattern covers any more; ``revert`` the changes in them to write back,
+    those on interfaces that still exist with the recorded index."""
+
+    patterns: tuple[InterfacePattern, ...]
+    commands: tuple[Command, ...] = field(hash=False)
+    harden: tuple[LinkSteps, ...]
+    release: tuple[InterfaceRecord, ...]
+    revert: tuple[SysctlChange, ...]
+
+
+def plan_add(
+    state: LockdownState,
+    added: tuple[InterfacePattern, ...],
+    *,
+    links: tuple[Link, ...],
+    protected: Mapping[str, str],
+    force: bool = False,
+) -> LockdownPlan:
+    """Lock down ``added`` as well. Raises PlanError when one matches a
+    protected interface (``protected`` maps its name to why) unless ``force``."""
+    if not force:
+        _refuse_protected(added, protected)
+    patterns = tuple(dict.fromkeys((*state.patterns, *added)))
+    return _plan(state, patterns, links)
+
+
+def plan_remove(state: LockdownState, removed: tuple[InterfacePattern, ...], *, links: tuple[Link, ...]) -> LockdownPlan:
+    """Stop locking down ``removed``. Raises PlanError for a pattern not in force."""
+    unknown = [p.text for p in removed if p not in state.patterns]
+    if unknown:
+        current = ", ".join(repr(p.text) for p in state.patterns) or "none"
+        raise PlanError(f"not locked down: {', '.join(map(repr, unknown))} (locked down: {current})")
+    return _plan(state, tuple(p for p in state.patterns if p not in removed), links)
+
+
+def plan_restore(state: LockdownState, *, links: tuple[Link, ...]) -> LockdownPlan:
+    """Re-apply the recorded patterns, e.g. after a reboot emptied the ruleset."""
+    return _plan(state, state.patterns, links)
+
+
+def plan_link(state: LockdownState, link: Link) -> LinkSteps | None:
+    """The sysctl steps for a link that just appeared, or None if no pattern matches it."""
+    if not any(p.matches(link.name) for p in state.patterns):
+        return None
+    return LinkSteps(link=link, steps=sysctl_steps(link.name))
+
+
+def sysctl_steps(interface: str) -> tuple[SysctlStep, ...]:
+    return tuple(
+        SysctlStep(family=family, interface=interface, key=key, value=value, optional=family == "ipv6")
+        for family, key, value, _ in SYSCTLS
+    )
+
+
+def _plan(state: LockdownState, patterns: tuple[InterfacePattern, ...], links: tuple[Link, ...]) -> LockdownPlan:
+    dropped = tuple(p for p in state.patterns if p not in patterns)
+    harden = tuple(
+        LinkSteps(link=link, steps=sysctl_steps(link.name))
+        for link in links
+        if any(p.matches(link.name) for p in patterns)
+    )
+    release = tuple(r for r in state.interfaces if not any(p.matches(r.interface) for p in patterns))
+    alive = set(links)
+    revert = tuple(
+        change
+        for record in release
+        if Link(name=record.interface, ifindex=record.ifindex) in alive
+        for change in record.changes
+    )
+    return LockdownPlan(
+        patterns=patterns, commands=compile_rules(patterns, dropped), harden=harden, release=release, revert=revert
+    )
+
+
+def _refuse_protected(patterns: tuple[InterfacePattern, ...], protected: Mapping[str, str]) -> None:
+    hits = [
+        f"{p.text!r} matches {name} ({why})"
+        for p in patterns
+        for name, why in sorted(protected.items())
+        if p.matches(name)
+    ]
+    if hits:
+        raise PlanError("refusing to lock down the host's own interfaces: " + "; ".join(hits) + " (use --force if meant)")
+
+
+def counter_name(hook: Hook, pattern: InterfacePattern) -> str:
+    """A counter name nftables accepts for any pattern: characters outside
+    [A-Za-z0-9.-] are written as _XX hex, so two patterns never share one."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in ".-") else f"_{ord(c):02x}" for c in pattern.text)
+    return f"{hook.chain}_{safe}"
+
+
+def compile_rules(patterns: tuple[InterfacePattern, ...], dropped: tuple[InterfacePattern, ...]) -> tuple[Command, ...]:
+    """The one transaction that makes the tables hold exactly ``patterns``.
+
+    Chains are flushed and refilled, so re-applying is idempotent. Named
+    counters survive a change to other patterns; a dropped pattern's
+    counters are added then deleted, which works whether or not they exist.
+    With no pattern left, each table is added then deleted: none remains.
+    """
+    commands: list[Command] = []
+    for family in FAMILIES:
+        table = {"family": family, "name": TABLE}
+        commands.append({"add": {"table": table}})
+        if not patterns:
+            commands.append({"delete": {"table": table}})
+            continue
+        where = {"family": family, "table": TABLE}
+        hooks = [h for h in HOOKS if h.family == family]
+        for hook in hooks:
+            commands.append({"add": {"chain": {**where, "name": hook.chain, "type": "filter", "hook": hook.chain,
+                                               "prio": PRIORITY, "policy": "accept"}}})  # fmt: skip
+            commands.append({"flush": {"chain": {**where, "name": hook.chain}}})
+        for hook in hooks:
+            for pattern in patterns:
+                commands.append({"add": {"counter": {**where, "name": counter_name(hook, pattern)}}})
+            for pattern in dropped:
+                commands.append({"add": {"counter": {**where, "name": counter_name(hook, pattern)}}})
+                commands.append({"delete": {"counter": {**where, "name": counter_name(hook, pattern)}}})
+        for hook in hooks:
+            for pattern in patterns:
+                match = {"match": {"op": "==", "left": {"meta": {"key": hook.key}}, "right": pattern.text}}
+                rule = {**where, "chain": hook.chain, "expr": [match, {"counter": counter_name(hook, pattern)}, {"drop": None}]}
+                commands.append({"add": {"rule": rule}})
+    return tuple(commands)
