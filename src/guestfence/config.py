@@ -10,6 +10,18 @@ Layout of a file::
     default = "deny"
     allow = ["tcp://*:80,443"]
 
+    guest_pattern = "vmtap*"         # (top level) interfaces of unregistered guests
+    [[guest]]                        # VM guests, for `guestfence apply FILE`
+    name = "vm1"
+    iface = "vmtap-abcd"
+    address = ["192.0.2.2/30"]       # a string or a list; so is gateway
+    gateway = "192.0.2.1"
+    policy = "web"                   # a [policy.NAME] of this file; without it,
+    net_allow = ["tcp://@gateway:8080"]  # the unnamed policy, if any; the rules
+    net_deny = []                    # and default here are added to it
+    default = "deny"
+    mac = "02:00:00:00:00:01"        # optional, as are masquerade, bridge, comment
+
 Every problem in a file is reported at once, each with the file, line and
 column of the offending text. tomllib gives no positions, so string
 literals are located by scanning the text (``_Locator``); a value that
@@ -27,11 +39,16 @@ from pathlib import Path
 from typing import Any, final
 
 from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_collected
+from guestfence.nft.guest import DEFAULT_PATTERN, Guest, parse_guest, parse_pattern
 from guestfence.policy.grammar import parse_action, parse_rule
 from guestfence.policy.model import Policy, Rule, canonical_rules
 
 POLICY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _POLICY_KEYS = ("default", "allow", "deny")
+_GUEST_KEYS = (
+    "name", "iface", "address", "gateway", "policy", "net_allow", "net_deny",
+    "default", "mac", "masquerade", "bridge", "comment",
+)  # fmt: skip
 _STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"|\'([^\'\n]*)\'')
 
 
@@ -42,6 +59,8 @@ class ConfigFile:
 
     source: str
     policies: Mapping[str | None, Policy] = field(default_factory=dict, hash=False)
+    guests: tuple[Guest, ...] = ()
+    guest_pattern: str = DEFAULT_PATTERN
 
     def policy(self, name: str | None) -> Policy:
         """The policy ``name`` selects; None means the file's only or unnamed one."""
@@ -99,8 +118,12 @@ def parse_config(text: str, *, source: str) -> ConfigFile:
     policies: dict[str | None, Policy] = {}
 
     for key in data:
-        if key not in (*_POLICY_KEYS, "policy"):
-            errors.append(locator.key_error(key, f"unknown key {key!r} (expected default, allow, deny or [policy.NAME])"))
+        if key not in (*_POLICY_KEYS, "policy", "guest", "guest_pattern"):
+            errors.append(
+                locator.key_error(
+                    key, f"unknown key {key!r} (expected default, allow, deny, guest_pattern, [policy.NAME] or [[guest]])"
+                )
+            )
     if any(k in data for k in _POLICY_KEYS):
         policies[None] = _parse_policy_table(data, locator, errors, where="")
 
@@ -119,8 +142,79 @@ def parse_config(text: str, *, source: str) -> ConfigFile:
                     errors.append(locator.key_error(key, f"unknown key {key!r} in [policy.{name}] (expected default, allow or deny)"))
             policies[name] = _parse_policy_table(table, locator, errors, where=f" in [policy.{name}]")
 
+    guests = _parse_guests(data.get("guest", []), policies, locator, errors)
+    pattern = DEFAULT_PATTERN
+    try:
+        pattern = parse_pattern(data.get("guest_pattern", DEFAULT_PATTERN), where=f"{source}: ")
+    except PolicyError as e:
+        errors.append(e)
     raise_collected(errors)
-    return ConfigFile(source=source, policies=policies)
+    return ConfigFile(source=source, policies=policies, guests=guests, guest_pattern=pattern)
+
+
+def _parse_guests(
+    tables: Any, policies: Mapping[str | None, Policy], locator: _Locator, errors: list[PolicyError]
+) -> tuple[Guest, ...]:
+    """The ``[[guest]]`` tables. A guest's policy is its ``policy`` (a
+    ``[policy.NAME]``; without one, the file's unnamed policy or none) plus
+    its own ``net_allow``, ``net_deny`` and ``default``."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        errors.append(locator.key_error("guest", "'guest' must be an array of tables ([[guest]])"))
+        return ()
+    guests = []
+    for number, table in enumerate(tables, start=1):
+        where = f"[[guest]] #{number}"
+        for key in table:
+            if key not in _GUEST_KEYS:
+                errors.append(locator.key_error(key, f"unknown key {key!r} in {where} (expected {', '.join(_GUEST_KEYS)})"))
+        named = table.get("policy")
+        if named is not None and (not isinstance(named, str) or named not in policies):
+            errors.append(locator.key_error("policy", f"{where}: no [policy.{named}] in this file ({_available_names(policies)})"))
+            continue
+        base = policies.get(named, Policy()) if named is not None else policies.get(None, Policy())
+        extra = _parse_policy_table(
+            {
+                "default": table.get("default", base.default.value),
+                "allow": table.get("net_allow", []),
+                "deny": table.get("net_deny", []),
+            },
+            locator,
+            errors,
+            where=f" in {where}",
+        )
+        policy = Policy(
+            default=extra.default,
+            allow=tuple(canonical_rules(base.allow + extra.allow)),
+            deny=tuple(canonical_rules(base.deny + extra.deny)),
+        )
+        try:
+            guests.append(
+                parse_guest(
+                    name=table.get("name", ""),
+                    iface=table.get("iface", ""),
+                    addresses=_strings(table.get("address", [])),
+                    gateways=_strings(table.get("gateway", [])),
+                    policy=policy,
+                    mac=table.get("mac"),
+                    masquerade=table.get("masquerade", False) is True,
+                    bridge=table.get("bridge"),
+                    comment=table.get("comment", ""),
+                    where=f"{locator.source}: {where}: ",
+                )
+            )
+        except PolicyError as e:
+            errors.append(e)
+    return tuple(guests)
+
+
+def _strings(value: Any) -> list[Any]:
+    """A TOML string or list of strings as a list (wrong types fail in parse_guest)."""
+    return [value] if isinstance(value, str) else list(value) if isinstance(value, list) else [value]
+
+
+def _available_names(policies: Mapping[str | None, Policy]) -> str:
+    names = sorted(n for n in policies if n is not None)
+    return "available: " + ", ".join(names) if names else "the file defines no named policy"
 
 
 def _parse_policy_table(table: dict[str, Any], locator: _Locator, errors: list[PolicyError], *, where: str) -> Policy:

@@ -48,7 +48,7 @@ def test_reports_every_problem_with_its_position() -> None:
         parse_config(text, source="p.toml")
     messages = [str(e).splitlines()[0] for e in caught.value.errors]
     assert messages == [
-        "p.toml:3: unknown key 'colour' (expected default, allow, deny or [policy.NAME])",
+        "p.toml:3: unknown key 'colour' (expected default, allow, deny, guest_pattern, [policy.NAME] or [[guest]])",
         "p.toml:2:33: port 0 is out of range (expected 1-65535)",
         "p.toml:5:18: icmp rules take no port",
     ]

@@ -1,0 +1,165 @@
+"""The recorded state: what guestfence applied, so ``restore`` can rebuild it
+after a reboot and ``status`` can say what drifted.
+
+One JSON document, ``state.json``, per network namespace::
+
+    {"version": 1, "guests": {...}, "lockdown": {...}}
+
+Each feature owns one top-level key and reads and writes only that key
+(``Feature`` below); adding a feature never changes another's record.
+
+Where it lives: ``--state-dir``, else ``$GUESTFENCE_STATE_DIR``, else
+``/var/lib/guestfence`` in the host's own network namespace and
+``/var/lib/guestfence/netns/NAME`` inside ``ip netns exec NAME`` (rulesets
+are per namespace, so their records must be too). The directory is locked
+(``flock``) while a command reads, changes and records, so two commands
+run at once cannot lose each other's change; writes are atomic (a
+temporary file renamed over the old one).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, final
+
+from guestfence.errors import HostError
+
+ENV_STATE_DIR = "GUESTFENCE_STATE_DIR"
+DEFAULT_STATE_DIR = Path("/var/lib/guestfence")
+STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
+VERSION = 1
+_NETNS_RUN_DIR = Path("/run/netns")
+
+
+def state_dir(explicit: str | None = None) -> Path:
+    """The state directory for this command (see the module header)."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(ENV_STATE_DIR)
+    if from_env:
+        return Path(from_env)
+    netns = current_netns_name()
+    return DEFAULT_STATE_DIR if netns is None else DEFAULT_STATE_DIR / "netns" / netns
+
+
+def current_netns_name() -> str | None:
+    """The name ``ip netns`` knows this network namespace by; else
+    ``inode-N`` when it is not PID 1's; else None (the host's own)."""
+    try:
+        mine = os.stat("/proc/self/ns/net")
+    except OSError:
+        return None
+    try:
+        entries = sorted(_NETNS_RUN_DIR.iterdir())
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            found = entry.stat()
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (mine.st_dev, mine.st_ino):
+            return entry.name
+    try:
+        init = os.stat("/proc/1/ns/net")
+    except OSError:
+        return None  # PID 1's namespace cannot be inspected (hardened /proc): assume ours
+    return None if (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino) else f"inode-{mine.st_ino}"
+
+
+@final
+class StateStore:
+    """The locked state directory: ``with StateStore(dir) as store: ...``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / STATE_FILE
+        self._lock: int | None = None
+
+    def __enter__(self) -> StateStore:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise HostError(f"cannot use the state directory {self.directory}: {exc.strerror or exc}") from exc
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def read(self) -> dict[str, Any]:
+        """The whole document; ``{}`` when nothing was recorded yet."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise HostError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise HostError(f"{self.path} is not valid JSON ({exc}); fix or remove it") from None
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise HostError(f"{self.path}: not a guestfence state file of version {VERSION}")
+        return data
+
+    def section(self, key: str) -> Any:
+        return self.read().get(key)
+
+    def write_section(self, key: str, value: Any) -> None:
+        """Record ``value`` under ``key``, leaving the other features' keys as they are."""
+        data = self.read()
+        data["version"] = VERSION
+        data[key] = value
+        temporary = self.path.with_name(f".{STATE_FILE}.tmp")
+        try:
+            with open(temporary, "w", encoding="utf-8") as out:
+                json.dump(data, out, indent=2, sort_keys=True)
+                out.write("\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            raise HostError(f"cannot record the state in {self.path}: {exc.strerror or exc}") from exc
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class FeaturePlan:
+    """What one feature will do: ``shown`` is printed by ``--dry-run``,
+    ``record`` is the feature's new section of the state file (None: leave
+    it), ``work`` is what ``Feature.apply`` needs, ``summary`` one line for
+    the user."""
+
+    key: str
+    shown: Any
+    record: Any
+    work: Any
+    summary: str
+
+
+class Feature(Protocol):
+    """One thing ``apply FILE``, ``restore`` and ``flush`` take care of.
+
+    The guest firewall is one (guestfence.nft.firewall.GUESTS); interface
+    lockdown plugs in the same way: implement these four and add the object
+    to ``FEATURES`` in guestfence.cli.guest. ``plan_*`` may read the system
+    (DNS, the kernel) but change nothing; ``apply`` changes it.
+    """
+
+    key: str
+
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None) -> FeaturePlan: ...
+    def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan: ...
+    def plan_flush(self, recorded: Mapping[str, Any] | None) -> FeaturePlan: ...
+    def apply(self, plan: FeaturePlan) -> None: ...
