@@ -41,7 +41,18 @@ __all__ = [
     "Proto",
     "Rule",
     "RuleSyntaxError",
+    "Sandbox",
     "decide",
     "parse_destination",
     "parse_rule",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The sandbox needs libseccomp's bindings; import it only when asked, so
+    # the policy core and the nft backend work without them.
+    if name == "Sandbox":
+        from guestfence.sandbox import Sandbox
+
+        return Sandbox
+    raise AttributeError(f"module 'guestfence' has no attribute {name!r}")

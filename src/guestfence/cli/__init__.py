@@ -20,10 +20,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from guestfence.cli import audit, demo, guest, lockdown, policy_cmds
+from guestfence.cli import audit, demo, guest, lockdown, policy_cmds, run
 from guestfence.errors import ApplyError, GuestfenceError, HostError, PlanError, PolicyError
 
-COMMANDS = (policy_cmds, demo, audit, lockdown, guest)
+COMMANDS = (policy_cmds, demo, audit, lockdown, guest, run)
 
 EXIT_CODES: tuple[tuple[type[GuestfenceError], int], ...] = (
     (PolicyError, 2),

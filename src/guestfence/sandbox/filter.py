@@ -1,0 +1,146 @@
+"""plan_filter() -> FilterPlan (pure), and build_filter(plan) -> libseccomp filter.
+
+The filter every sandboxed process carries (threads and children inherit
+it, and filters a guest adds can only narrow it). Its BPF layout, as
+libseccomp compiles it for the native architecture only:
+
+    arch != native (i386 int 0x80, x32, arm32 compat)   KILL_PROCESS
+    connect                                              NOTIFY
+    sendto   with dest_addr != NULL                      NOTIFY
+    sendto   with dest_addr == NULL (connected peer)     ALLOW, no round trip
+    sendmsg, sendmmsg (the name is in memory BPF
+                       cannot read)                      NOTIFY
+    socket   domain not UNIX/INET/INET6/NETLINK/ALG      ERRNO(EAFNOSUPPORT)
+    socket   INET/INET6 with SOCK_RAW or SOCK_PACKET     ERRNO(EPERM)
+    socket   INET/INET6 with IPPROTO_SCTP, IPPROTO_MPTCP ERRNO(EPROTONOSUPPORT)
+    io_uring_setup/enter/register                        ERRNO(EPERM)
+    seccomp  SET_MODE_FILTER with NEW_LISTENER           ERRNO(EBUSY)
+    setsockopt IP_OPTIONS, IPV6_RTHDR, IPV6_2292RTHDR    ERRNO(EPERM)
+    everything else                                      ALLOW
+
+Why each refusal: raw and packet sockets write whole packets to any
+address; AF_PACKET, AF_XDP, AF_VSOCK, AF_RDS, AF_TIPC... reach other hosts
+(or the hypervisor) without an IP socket; SCTP connects through
+setsockopt(SCTP_SOCKOPT_CONNECTX), MPTCP programs fall back to TCP;
+io_uring performs connect and send without these syscalls; a second
+listener would receive our notifications once ours is gone (the kernel
+refuses it with EBUSY only while ours is alive); source routing options
+send a datagram to an address other than the one decided. Integer
+arguments are compared on their low 32 bits, as the kernel reads them.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import json
+import socket
+from dataclasses import dataclass
+from typing import final
+
+ALLOWED_DOMAINS = frozenset({socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, 38})  # 38: AF_ALG
+AF_MAX = 46
+SOCK_TYPE_MASK = 0xF
+SOCK_PACKET = 10
+IPPROTO_MPTCP = 262
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+INT_MASK = 0xFFFFFFFF
+TRAPPED = ("connect", "sendto", "sendmsg", "sendmmsg")
+
+
+class Op(enum.Enum):
+    MASKED_EQ = "masked_eq"
+    NE = "ne"
+    GT = "gt"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cond:
+    arg: int
+    op: Op
+    value: int
+    mask: int = INT_MASK
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilterRule:
+    """``syscall`` gets ``errno`` (or goes to the supervisor when errno is None) if all ``conds`` hold."""
+
+    syscall: str
+    errno: int | None
+    conds: tuple[Cond, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilterPlan:
+    rules: tuple[FilterRule, ...]
+
+    def to_json(self) -> str:
+        return json.dumps([
+            [r.syscall, r.errno, [[c.arg, c.op.value, c.value, c.mask] for c in r.conds]] for r in self.rules
+        ])
+
+    @classmethod
+    def from_json(cls, text: str) -> FilterPlan:
+        return cls(rules=tuple(
+            FilterRule(syscall=name, errno=err, conds=tuple(
+                Cond(arg=arg, op=Op(op), value=value, mask=mask) for arg, op, value, mask in conds
+            ))
+            for name, err, conds in json.loads(text)
+        ))
+
+
+def _eq(arg: int, value: int, mask: int = INT_MASK) -> Cond:
+    return Cond(arg=arg, op=Op.MASKED_EQ, value=value, mask=mask)
+
+
+def plan_filter() -> FilterPlan:
+    """The filter: the same for every policy, since the policy is applied in the supervisor."""
+    rules = [
+        FilterRule(syscall="connect", errno=None),
+        FilterRule(syscall="sendto", errno=None, conds=(Cond(arg=4, op=Op.NE, value=0, mask=0),)),
+        FilterRule(syscall="sendmsg", errno=None),
+        FilterRule(syscall="sendmmsg", errno=None),
+    ]
+    rules += [
+        FilterRule(syscall="socket", errno=errno.EAFNOSUPPORT, conds=(_eq(0, domain),))
+        for domain in range(AF_MAX) if domain not in ALLOWED_DOMAINS
+    ]
+    rules.append(FilterRule(syscall="socket", errno=errno.EAFNOSUPPORT,
+                            conds=(Cond(arg=0, op=Op.GT, value=AF_MAX - 1, mask=0),)))
+    for domain in (socket.AF_INET, socket.AF_INET6):
+        for sock_type in (socket.SOCK_RAW, SOCK_PACKET):
+            rules.append(FilterRule(syscall="socket", errno=errno.EPERM,
+                                    conds=(_eq(0, domain), _eq(1, sock_type, SOCK_TYPE_MASK))))
+        for proto in (socket.IPPROTO_SCTP, IPPROTO_MPTCP):
+            rules.append(FilterRule(syscall="socket", errno=errno.EPROTONOSUPPORT,
+                                    conds=(_eq(0, domain), _eq(2, proto))))
+    rules += [FilterRule(syscall=name, errno=errno.EPERM)
+              for name in ("io_uring_setup", "io_uring_enter", "io_uring_register")]
+    rules.append(FilterRule(syscall="seccomp", errno=errno.EBUSY, conds=(
+        _eq(0, SECCOMP_SET_MODE_FILTER), _eq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER))))
+    for level, option in ((socket.IPPROTO_IP, socket.IP_OPTIONS), (socket.IPPROTO_IPV6, 57), (socket.IPPROTO_IPV6, 5)):
+        rules.append(FilterRule(syscall="setsockopt", errno=errno.EPERM, conds=(_eq(1, level), _eq(2, option))))
+    return FilterPlan(rules=tuple(rules))
+
+
+def build_filter(plan: FilterPlan):  # -> seccomp.SyscallFilter
+    """The libseccomp filter for ``plan``, native architecture only. Call in the child."""
+    import seccomp
+
+    flt = seccomp.SyscallFilter(seccomp.ALLOW)
+    flt.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
+    ops = {Op.NE: seccomp.NE, Op.GT: seccomp.GT}
+    for rule in plan.rules:
+        action = seccomp.NOTIFY if rule.errno is None else seccomp.ERRNO(rule.errno)
+        args = [
+            seccomp.Arg(c.arg, seccomp.MASKED_EQ, c.mask, c.value) if c.op is Op.MASKED_EQ
+            else seccomp.Arg(c.arg, ops[c.op], c.value)
+            for c in rule.conds
+        ]
+        flt.add_rule(action, rule.syscall, *args)
+    return flt

@@ -1,0 +1,242 @@
+"""The seccomp user-notification and pidfd calls the Python bindings lack.
+
+python3-seccomp 2.5.4 builds and loads filters, but its ``receive_notify``
+holds the GIL while it blocks and it has no ``NOTIF_ID_VALID``; the stdlib
+has no ``pidfd_getfd``, ``process_vm_readv`` or ``capset``. This module is
+the only user of ctypes and of the raw ioctl numbers. Every function raises
+``OSError`` with the kernel's errno; callers decide what an errno means.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as errno_mod
+import fcntl
+import os
+import struct
+from dataclasses import dataclass
+from typing import final
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# x86-64 and aarch64 share these numbers (the "new" generic table) except
+# where noted; both are the only architectures guestfence runs on.
+_NR = {
+    "x86_64": {"pidfd_getfd": 438, "process_vm_readv": 310, "process_vm_writev": 311, "capset": 126,
+               "capget": 125},
+    "aarch64": {"pidfd_getfd": 438, "process_vm_readv": 270, "process_vm_writev": 271, "capset": 91,
+                "capget": 90},
+}[os.uname().machine]
+
+# struct seccomp_notif: u64 id, u32 pid, u32 flags, struct seccomp_data
+# { s32 nr, u32 arch, u64 instruction_pointer, u64 args[6] }.
+NOTIF = struct.Struct("=QIIiIQ6Q")
+# struct seccomp_notif_resp: u64 id, s64 val, s32 error, u32 flags.
+NOTIF_RESP = struct.Struct("=QqiI")
+_IOC_WRITE, _IOC_READ = 1, 2
+
+
+def _ioc(direction: int, number: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (ord("!") << 8) | number
+
+
+IOCTL_NOTIF_RECV = _ioc(_IOC_READ | _IOC_WRITE, 0, NOTIF.size)
+IOCTL_NOTIF_SEND = _ioc(_IOC_READ | _IOC_WRITE, 1, NOTIF_RESP.size)
+IOCTL_NOTIF_ID_VALID = _ioc(_IOC_WRITE, 2, 8)
+IOCTL_NOTIF_SET_FLAGS = _ioc(_IOC_WRITE, 4, 8)
+USER_NOTIF_FLAG_CONTINUE = 1
+USER_NOTIF_FD_SYNC_WAKE_UP = 1
+PIDFD_THREAD = os.O_EXCL  # pidfd_open(tid, PIDFD_THREAD), Linux 6.9
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notification:
+    """One trapped system call, as the kernel reported it."""
+
+    id: int
+    pid: int
+    nr: int
+    arch: int
+    args: tuple[int, int, int, int, int, int]
+
+
+_ioctl = _libc.ioctl
+_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+
+
+def receive(notify_fd: int) -> Notification:
+    """Block (without the GIL) until the next trapped call arrives."""
+    buf = ctypes.create_string_buffer(NOTIF.size)
+    if _ioctl(notify_fd, IOCTL_NOTIF_RECV, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    nid, pid, _flags, nr, arch, _ip, *args = NOTIF.unpack(buf.raw)
+    return Notification(id=nid, pid=pid, nr=nr, arch=arch, args=tuple(args))
+
+
+def respond(notify_fd: int, notif_id: int, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
+    """Answer one call: its return ``value``, or ``-error``, or let it run.
+
+    ENOENT means the caller is gone (killed, or its syscall interrupted):
+    nothing is left to answer, which is not an error of ours.
+    """
+    flags = USER_NOTIF_FLAG_CONTINUE if cont else 0
+    resp = bytearray(NOTIF_RESP.pack(notif_id, value, -error if error else 0, flags))
+    try:
+        fcntl.ioctl(notify_fd, IOCTL_NOTIF_SEND, resp)
+    except OSError as exc:
+        if exc.errno != errno_mod.ENOENT:
+            raise
+
+
+def id_valid(notify_fd: int, notif_id: int) -> bool:
+    """Whether the task of ``notif_id`` still waits in that call (so its pid was not reused)."""
+    try:
+        fcntl.ioctl(notify_fd, IOCTL_NOTIF_ID_VALID, struct.pack("=Q", notif_id))
+    except OSError as exc:
+        if exc.errno == errno_mod.ENOENT:
+            return False
+        raise
+    return True
+
+
+def set_sync_wakeup(notify_fd: int) -> bool:
+    """Ask for synchronous wake-ups (Linux 6.6): the guest and the handler
+    hand the CPU to each other instead of going through the scheduler."""
+    try:
+        fcntl.ioctl(notify_fd, IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP)
+    except OSError:
+        return False
+    return True
+
+
+def pidfd_open(pid: int) -> int:
+    """A pidfd for thread ``pid`` (any thread on Linux >= 6.9, the leader before)."""
+    try:
+        return os.pidfd_open(pid, PIDFD_THREAD)
+    except OSError as exc:
+        if exc.errno != errno_mod.EINVAL:
+            raise
+    return os.pidfd_open(pid)
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    """Our own descriptor for the open file behind the guest's ``target_fd`` (close-on-exec)."""
+    fd = _syscall(_NR["pidfd_getfd"], ctypes.c_int(pidfd), ctypes.c_int(target_fd), ctypes.c_uint(0))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+def read_memory(pid: int, address: int, length: int) -> bytes:
+    """``length`` bytes of the guest's memory at ``address``.
+
+    Raises OSError(EFAULT) when any of it is unmapped: a short read means a
+    bad pointer, exactly as the kernel's own copy_from_user would report.
+    """
+    if length == 0:
+        return b""
+    buf = ctypes.create_string_buffer(length)
+    local = _IoVec(ctypes.addressof(buf), length)
+    remote = _IoVec(address, length)
+    got = _syscall(
+        _NR["process_vm_readv"], ctypes.c_long(pid), ctypes.byref(local), ctypes.c_ulong(1),
+        ctypes.byref(remote), ctypes.c_ulong(1), ctypes.c_ulong(0),
+    )
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if got != length:
+        raise OSError(errno_mod.EFAULT, os.strerror(errno_mod.EFAULT))
+    return buf.raw
+
+
+def write_memory(pid: int, pieces: list[tuple[int, bytes]]) -> None:
+    """Write each ``(address, data)`` into the guest, in one call."""
+    if not pieces:
+        return
+    buffers = [ctypes.create_string_buffer(data, len(data)) for _, data in pieces]
+    local = (_IoVec * len(pieces))(*(_IoVec(ctypes.addressof(b), len(d)) for b, (_, d) in zip(buffers, pieces)))
+    remote = (_IoVec * len(pieces))(*(_IoVec(addr, len(d)) for addr, d in pieces))
+    got = _syscall(
+        _NR["process_vm_writev"], ctypes.c_long(pid), local, ctypes.c_ulong(len(pieces)),
+        remote, ctypes.c_ulong(len(pieces)), ctypes.c_ulong(0),
+    )
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def set_non_dumpable() -> None:
+    """Keep same-uid processes (the guest) from ptracing us or writing our memory."""
+    if _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
+
+
+_CAPABILITY_VERSION_3 = 0x20080522
+CAP_SYS_PTRACE = 19
+
+
+def keep_only_effective(capability: int) -> None:
+    """Drop every effective capability of the calling thread except ``capability``
+    (if permitted). Per thread: other threads keep theirs."""
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _syscall(_NR["capget"], ctypes.byref(header), ctypes.byref(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    index, bit = divmod(capability, 32)
+    for i in range(2):
+        keep = (1 << bit) if i == index else 0
+        data[i].effective &= keep & data[i].permitted
+    if _syscall(_NR["capset"], ctypes.byref(header), ctypes.byref(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+_getsockopt = _libc.getsockopt
+_getsockopt.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_getpeername = _libc.getpeername
+_getpeername.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_SOL_SOCKET, _SO_TYPE, _SO_PROTOCOL, _SO_DOMAIN = 1, 3, 38, 39
+
+
+def socket_kind(fd: int) -> tuple[int, int, int]:
+    """(SO_DOMAIN, SO_TYPE, SO_PROTOCOL) of ``fd``, without wrapping it in a
+    Python socket (which could change the shared file's O_NONBLOCK)."""
+    value = ctypes.c_int()
+    size = ctypes.c_uint32(4)
+    found = []
+    for option in (_SO_DOMAIN, _SO_TYPE, _SO_PROTOCOL):
+        if _getsockopt(fd, _SOL_SOCKET, option, ctypes.byref(value), ctypes.byref(size)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        found.append(value.value)
+    return found[0], found[1], found[2]
+
+
+def is_connected(fd: int) -> bool:
+    """Whether the socket has a peer (getpeername succeeds)."""
+    storage = ctypes.create_string_buffer(128)
+    size = ctypes.c_uint32(128)
+    return _getpeername(fd, storage, ctypes.byref(size)) == 0
