@@ -121,3 +121,10 @@ def build_scene(lab: Lab) -> Scene:
         raise RuntimeError(f"services did not start: {services.stderr.read() if services.stderr else ''}")
     return Scene(lab=lab, host=host, guest=guest)
 
+
+def grouped(report: dict, field: str) -> dict[str, set[str]]:
+    """The services of an audit's JSON report, by the value of ``field`` ("probe", "verdict")."""
+    found: dict[str, set[str]] = {}
+    for f in report["findings"]:
+        found.setdefault(f[field], set()).add(f["service"])
+    return found

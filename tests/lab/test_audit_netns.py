@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.audit_scene import GUEST_LOCAL, REACHABLE_WITHOUT_RULES, UDP_SILENT, Scene, build_scene
+from tests.lab.audit_scene import GUEST_LOCAL, REACHABLE_WITHOUT_RULES, UDP_SILENT, Scene, build_scene, grouped
 from tests.lab.netlab import Lab
 
 pytestmark = pytest.mark.lab
@@ -18,28 +18,14 @@ def scene(lab: Lab) -> Iterator[Scene]:
     yield build_scene(lab)
 
 
-def by_probe(report: dict) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for f in report["findings"]:
-        found.setdefault(f["probe"], set()).add(f["service"])
-    return found
-
-
-def by_verdict(report: dict) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for f in report["findings"]:
-        found.setdefault(f["verdict"], set()).add(f["service"])
-    return found
-
-
 def test_without_rules_every_reachable_service_is_a_violation(scene: Scene) -> None:
     code, report = scene.audit_json("--udp")
-    probes = by_probe(report)
+    probes = grouped(report, "probe")
     assert probes["reachable"] == REACHABLE_WITHOUT_RULES
     assert probes["guest's own address"] == GUEST_LOCAL
     assert probes["no answer (open|filtered)"] == UDP_SILENT
     assert set(probes) == {"reachable", "guest's own address", "no answer (open|filtered)"}
-    assert by_verdict(report)["violation"] == REACHABLE_WITHOUT_RULES
+    assert grouped(report, "verdict")["violation"] == REACHABLE_WITHOUT_RULES
     assert code == 1 and report["violations"] == len(REACHABLE_WITHOUT_RULES)
     services = scene.lab.processes[0].pid
     owners = {o["pid"] for f in report["findings"] for o in f["owners"]}
@@ -50,7 +36,7 @@ def test_without_rules_every_reachable_service_is_a_violation(scene: Scene) -> N
 def test_without_udp_only_tcp_is_probed(scene: Scene) -> None:
     code, report = scene.audit_json()
     assert {f["proto"] for f in report["findings"]} == {"tcp"}
-    assert by_probe(report)["reachable"] == {s for s in REACHABLE_WITHOUT_RULES if s.startswith("tcp")}
+    assert grouped(report, "probe")["reachable"] == {s for s in REACHABLE_WITHOUT_RULES if s.startswith("tcp")}
     assert code == 1
 
 
@@ -60,7 +46,7 @@ def test_policy_names_violations_and_allowed_services_out_of_reach(scene: Scene)
         "--net-allow", "tcp://@gateway:8080", "--net-allow", "udp://@host:7",
         "--net-allow", "tcp://@host:5432", "--net-deny", "tcp://198.51.100.1:*",
     )  # fmt: skip
-    verdicts = by_verdict(report)
+    verdicts = grouped(report, "verdict")
     allowed = {"tcp://192.0.2.1:8080", "udp://192.0.2.1:7", "udp://198.51.100.1:7"}
     assert verdicts["allowed"] == allowed
     assert verdicts["violation"] == REACHABLE_WITHOUT_RULES - allowed
@@ -102,7 +88,7 @@ def test_drop_and_reject_rules_show_as_filtered_dropped_refused_unreachable(scen
         rule("tcp", 9443, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}),
     ])  # fmt: skip
     code, report = scene.audit_json("--udp", "--timeout", "2.5")  # an IPv6 reject answers the SYN retransmit, at 1 s
-    probes = by_probe(report)
+    probes = grouped(report, "probe")
     assert probes["filtered"] == {s for s in REACHABLE_WITHOUT_RULES if s.endswith(":2222")}
     assert probes["dropped"] == UDP_SILENT
     assert probes["refused"] == {"tcp://192.0.2.1:9000"}

@@ -12,10 +12,12 @@ from guestfence.audit.counters import open_counters
 from guestfence.audit.probe import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, probe_netns
 from guestfence.audit.report import AuditReport, format_report_table, format_summary, render_html, report_json
 from guestfence.cli.common import POLICY_HELP, HelpFormatter, add_policy_options, format_table, policy_from_args, print_json
-from guestfence.errors import HostError
+from guestfence.errors import HostError, PolicyError
 from guestfence.netinfo import collect_host_addresses
+from guestfence.nft.firewall import GUESTS_KEY, Registered, registry_from_json
 from guestfence.policy.model import Address, Policy
 from guestfence.resolve import resolve_names
+from guestfence.state import StateStore, state_dir
 
 AUDIT_EPILOG = POLICY_HELP + """
 Run it in the host's network namespace. It lists every listening TCP socket
@@ -25,8 +27,10 @@ in parallel, within --timeout seconds per batch. Nothing is sent anywhere
 but the host's own addresses.
 
 In the policy, @host is every host address found and @gateway the guest's
-default gateway as the guest sees it. Without any policy option the policy
-is "default deny": every reachable service is a violation.
+default gateway as the guest sees it, or, with --guest,
+that registered guest's gateway. Without any policy option the policy is
+the --guest's own, else "default deny": every reachable service is a
+violation.
 
 Probe results: reachable; refused (TCP reset, ICMP port unreachable);
 unreachable (ICMP unreachable, no route); filtered (TCP, no answer);
@@ -39,6 +43,7 @@ Exit status: 1 if any reachable service is denied by the policy, else 0.
 examples:
   guestfence audit --netns guest1
   guestfence audit --netns guest1 --policy policy.toml:vm --udp --html report.html
+  guestfence audit --netns vm1-ns --guest vm1 --udp      # vm1's registered policy
   ip netns exec hostns guestfence audit --netns guest1 --net-allow tcp://@gateway:8080 --json
 """
 
@@ -54,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     audit.add_argument("--netns", metavar="NS", required=True, help="the guest's network namespace (name or path)")
     add_policy_options(audit)
+    audit.add_argument(
+        "--guest", metavar="NAME",
+        help="a registered VM guest (guestfence guest add): @gateway is its gateway, and without "
+        "policy options its policy is the one compared",
+    )
+    audit.add_argument("--state-dir", metavar="DIR", help="where guests are recorded (default: /var/lib/guestfence)")
     audit.add_argument("--udp", action="store_true", help="probe bound UDP sockets too")
     audit.add_argument("--json", action="store_true", help="print machine-readable JSON")
     audit.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report to FILE")
@@ -66,14 +77,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    policy = policy_from_args(args)
-    names = {} if args.no_resolve else _resolve(policy)
+    registered = _registered(args.guest, args.state_dir) if args.guest else None
+    if registered is not None and not _policy_given(args):
+        policy, names = registered.guest.policy, dict(registered.names)
+    else:
+        policy = policy_from_args(args)
+        names = {} if args.no_resolve else _resolve(policy)
     host_addresses = collect_host_addresses()
     targets = plan_targets(collect_listeners(udp=args.udp), host_addresses)
-    probed = probe_netns(
-        targets, args.netns, timeout=args.timeout, nft=open_counters() if args.udp else None
-    )
-    gateways = tuple(sorted(probed.view.gateways, key=_address_key))
+    probed = probe_netns(targets, args.netns, timeout=args.timeout, nft=open_counters() if args.udp else None)
+    seen_gateways = registered.guest.gateways if registered is not None else probed.view.gateways
+    gateways = tuple(sorted(seen_gateways, key=_address_key))
     context = audit_context(host_addresses=host_addresses, gateways=gateways, names=names)
     report = AuditReport(
         guest=f"netns {args.netns}",
@@ -93,6 +107,20 @@ def run_audit(args: argparse.Namespace) -> int:
             print(format_table(format_report_table(report)))
         print(format_summary(report))
     return 1 if report.violations else 0
+
+
+def _registered(name: str, directory: str | None) -> Registered:
+    with StateStore(state_dir(directory)) as store:
+        registry = registry_from_json(store.section(GUESTS_KEY), where=str(store.path))
+    found = registry.find(name)
+    if found is None:
+        known = ", ".join(g.name for g in registry.guests()) or "none"
+        raise PolicyError(f"no registered guest {name!r} (registered: {known})")
+    return found
+
+
+def _policy_given(args: argparse.Namespace) -> bool:
+    return bool(args.policy or args.net_allow or args.net_deny or args.default)
 
 
 def _resolve(policy: Policy) -> dict[str, frozenset[Address]]:
