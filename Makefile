@@ -12,7 +12,7 @@ VENV    := .venv
 STAMP   := $(VENV)/.installed
 APT_PACKAGES := python3 python3-venv python3-nftables python3-seccomp \
                 nftables iproute2 iputils-ping procps passt slirp4netns \
-                chromium
+                chromium ethtool
 
 .PHONY: install demo test unit lab clean
 
