@@ -11,6 +11,7 @@ from guestfence.audit.compare import audit_context, compare
 from guestfence.audit.counters import open_counters
 from guestfence.audit.probe import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, probe_netns
 from guestfence.audit.report import AuditReport, format_report_table, format_summary, render_html, report_json
+from guestfence.audit.sandboxed import probe_sandboxed
 from guestfence.cli.common import POLICY_HELP, HelpFormatter, add_policy_options, format_table, policy_from_args, print_json
 from guestfence.errors import HostError, PolicyError
 from guestfence.netinfo import collect_host_addresses
@@ -26,8 +27,12 @@ and tries each one on each host address from inside the guest's namespace,
 in parallel, within --timeout seconds per batch. Nothing is sent anywhere
 but the host's own addresses.
 
+With --sandbox the probes run in a child sandboxed under the policy (the
+host's own namespace: loopback is the host's), so the audit shows whether
+the sandbox lets through exactly what the policy allows.
+
 In the policy, @host is every host address found and @gateway the guest's
-default gateway as the guest sees it, or, with --guest,
+default gateway as the guest sees it (a sandbox has none), or, with --guest,
 that registered guest's gateway. Without any policy option the policy is
 the --guest's own, else "default deny": every reachable service is a
 violation.
@@ -45,6 +50,7 @@ examples:
   guestfence audit --netns guest1 --policy policy.toml:vm --udp --html report.html
   guestfence audit --netns vm1-ns --guest vm1 --udp      # vm1's registered policy
   ip netns exec hostns guestfence audit --netns guest1 --net-allow tcp://@gateway:8080 --json
+  guestfence audit --sandbox --net-allow tcp://127.0.0.1:5432
 """
 
 
@@ -57,7 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=AUDIT_EPILOG,
         formatter_class=HelpFormatter,
     )
-    audit.add_argument("--netns", metavar="NS", required=True, help="the guest's network namespace (name or path)")
+    where = audit.add_mutually_exclusive_group(required=True)
+    where.add_argument("--netns", metavar="NS", help="probe from this network namespace (name or path)")
+    where.add_argument(
+        "--sandbox", action="store_true", help="probe from a child sandboxed (seccomp) under the policy"
+    )
     add_policy_options(audit)
     audit.add_argument(
         "--guest", metavar="NAME",
@@ -85,12 +95,15 @@ def run_audit(args: argparse.Namespace) -> int:
         names = {} if args.no_resolve else _resolve(policy)
     host_addresses = collect_host_addresses()
     targets = plan_targets(collect_listeners(udp=args.udp), host_addresses)
-    probed = probe_netns(targets, args.netns, timeout=args.timeout, nft=open_counters() if args.udp else None)
+    if args.sandbox:
+        probed = probe_sandboxed(targets, policy, timeout=args.timeout)
+    else:
+        probed = probe_netns(targets, args.netns, timeout=args.timeout, nft=open_counters() if args.udp else None)
     seen_gateways = registered.guest.gateways if registered is not None else probed.view.gateways
     gateways = tuple(sorted(seen_gateways, key=_address_key))
     context = audit_context(host_addresses=host_addresses, gateways=gateways, names=names)
     report = AuditReport(
-        guest=f"netns {args.netns}",
+        guest="sandbox" if args.sandbox else f"netns {args.netns}",
         policy=policy,
         host_addresses=host_addresses,
         gateways=gateways,

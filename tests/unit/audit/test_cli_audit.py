@@ -39,3 +39,8 @@ def test_help_explains_probe_results_and_exit_status(capsys: pytest.CaptureFixtu
     assert code == 0
     assert "dropped (UDP, a drop counter of table inet guestfence rose)" in out
     assert "Exit status: 1 if any reachable service is denied by the policy, else 0." in out
+
+
+def test_netns_and_sandbox_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "audit", "--netns", "x", "--sandbox")
+    assert code == 2 and "not allowed with argument" in err
