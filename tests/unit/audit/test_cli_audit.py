@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guestfence.cli import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.unit.test_cli import run
 
 
 def test_bad_rule_exits_2_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
