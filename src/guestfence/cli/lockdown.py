@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,15 +12,14 @@ from typing import NoReturn
 from guestfence.cli.common import HelpFormatter, format_table, print_json
 from guestfence.errors import ApplyError
 from guestfence.lockdown.apply import apply_link, apply_lockdown
+from guestfence.lockdown.feature import LOCKDOWN_KEY, recorded_state
 from guestfence.lockdown.links import collect_links, collect_protected, link_events
 from guestfence.lockdown.pattern import parse_patterns
-from guestfence.lockdown.plan import HOOKS, Link, LockdownPlan, plan_add, plan_link, plan_remove
+from guestfence.lockdown.plan import HOOKS, Link, LockdownPlan, plan_add, plan_link, plan_remove, plan_to_json
 from guestfence.lockdown.report import collect_report, hook_label, report_to_json
-from guestfence.lockdown.state import LockdownState, forget_interface
-from guestfence.lockdown.store import load_state, save_state, state_lock
+from guestfence.lockdown.state import LockdownState, forget_interface, state_to_json
 from guestfence.nft.apply import open_nft
-
-DEFAULT_STATE_DIR = "/var/lib/guestfence"
+from guestfence.state import StateStore, state_dir
 
 DESCRIPTION = """\
 Make interfaces dumb pipes to guests: the host's own stack processes nothing
@@ -30,6 +27,8 @@ that arrives on them (IPv4, IPv6, ARP), while the guests behind them (a
 macvtap/macvlan, a bridge) keep all their traffic. Rules match interface
 names, so they are in force before the interface exists; per-interface
 sysctls are set now for existing interfaces and by `lockdown watch` for new ones.
+The patterns are recorded with the rest of guestfence's state, so `guestfence
+restore`, `flush` and `apply FILE` ([lockdown] interfaces = [...]) include them.
 """
 
 EPILOG = """\
@@ -56,9 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument(
         "--state-dir",
         metavar="DIR",
-        type=Path,
-        default=Path(os.environ.get("GUESTFENCE_STATE_DIR", DEFAULT_STATE_DIR)),
-        help="where guestfence records what it applied (default: $GUESTFENCE_STATE_DIR or %(default)s)",
+        help="where guestfence records what it applied (default: $GUESTFENCE_STATE_DIR or /var/lib/guestfence)",
     )
     commands = parser.add_subparsers(dest="lockdown_command", metavar="ACTION", required=True)
 
@@ -102,39 +99,28 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def _change(args: argparse.Namespace, make_plan: Callable[[LockdownState, tuple[Link, ...]], LockdownPlan]) -> int:
-    if args.dry_run:
-        plan = make_plan(load_state(args.state_dir), collect_links())
-        print_plan(plan)
-        return 0
-    with state_lock(args.state_dir):
-        state = load_state(args.state_dir)
+    with StateStore(state_dir(args.state_dir)) as store:
+        state = recorded_state(store.section(LOCKDOWN_KEY))
         plan = make_plan(state, collect_links())
-        save_state(args.state_dir, apply_lockdown(plan, open_nft(), state))
-    shown = ", ".join(str(p) for p in plan.patterns) or "nothing"
-    print(f"locked down: {shown}")
+        if args.dry_run:
+            print_json(plan_to_json(plan))
+            if not plan.harden:
+                print("guestfence: no existing interface matches; `lockdown watch` sets the sysctls when one appears",
+                      file=sys.stderr)  # fmt: skip
+            return 0
+        store.write_section(LOCKDOWN_KEY, state_to_json(apply_lockdown(plan, open_nft(), state)))
+    print("locked down: " + (", ".join(str(p) for p in plan.patterns) or "nothing"))
     for link_steps in plan.harden:
-        print(f"  {link_steps.link.name}: sysctls checked ({len(link_steps.steps)})")
+        print(f"  {link_steps.link.name}: sysctls set")
     for change in plan.revert:
         print(f"  {change.step.interface}: {change.step.name} back to {change.old}")
     return 0
 
 
-def print_plan(plan: LockdownPlan) -> None:
-    print("nftables transaction (one batch):")
-    print(json.dumps({"nftables": list(plan.commands)}, indent=2))
-    print("sysctls (each written only if it differs):")
-    for link_steps in plan.harden:
-        for step in link_steps.steps:
-            print(f"  {step.name} = {step.value}{'  (if present)' if step.optional else ''}")
-    if not plan.harden:
-        print("  none now: no existing interface matches; `lockdown watch` sets them when one appears")
-    for change in plan.revert:
-        print(f"  {change.step.name} = {change.old}  (written back, if still {change.step.value})")
-    print("dry run: nothing changed")
-
-
 def run_list(args: argparse.Namespace) -> int:
-    report = collect_report(load_state(args.state_dir), open_nft(), collect_links())
+    with StateStore(state_dir(args.state_dir)) as store:
+        state = recorded_state(store.section(LOCKDOWN_KEY))
+    report = collect_report(state, open_nft(), collect_links())
     if args.json:
         print_json(report_to_json(report))
         return 0
@@ -161,11 +147,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_watch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_quietly)
+    directory = state_dir(args.state_dir)
     with link_events() as run_events:
         for link in collect_links():
-            _harden_new_link(args.state_dir, link)
-        print(f"watching for new interfaces (state in {args.state_dir})", flush=True)
-        run_events(lambda kind, link: _on_link_event(args.state_dir, kind, link))
+            _on_link_event(directory, "new", link)
+        print(f"watching for new interfaces (state in {directory})", flush=True)
+        run_events(lambda kind, link: _on_link_event(directory, kind, link))
     return 0
 
 
@@ -173,27 +160,23 @@ def _exit_quietly(signum: int, frame: object) -> NoReturn:
     raise SystemExit(0)
 
 
-def _on_link_event(state_dir: Path, kind: str, link: Link) -> None:
-    if kind == "del":
-        with state_lock(state_dir):
-            state = load_state(state_dir)
-            forgotten = forget_interface(state, link.name, link.ifindex)
-            if forgotten != state:
-                save_state(state_dir, forgotten)
-        return
-    try:
-        _harden_new_link(state_dir, link)
-    except ApplyError as err:
-        print(f"guestfence: warning: {link.name}: {err}", file=sys.stderr, flush=True)
-
-
-def _harden_new_link(state_dir: Path, link: Link) -> None:
-    with state_lock(state_dir):
-        state = load_state(state_dir)
-        steps = plan_link(state, link)
-        if steps is None:
-            return
-        hardened = apply_link(steps, state)
-        if hardened != state:
-            save_state(state_dir, hardened)
-            print(f"{link.name}: sysctls set", flush=True)
+def _on_link_event(directory: Path, kind: str, link: Link) -> None:
+    """Record a deleted link as gone; harden a new (or renamed) matching one.
+    A link that vanishes while being hardened is a warning, not the end."""
+    with StateStore(directory) as store:
+        state = recorded_state(store.section(LOCKDOWN_KEY))
+        if kind == "del":
+            changed = forget_interface(state, link.name, link.ifindex)
+        else:
+            steps = plan_link(state, link)
+            if steps is None:
+                return
+            try:
+                changed = apply_link(steps, state)
+            except ApplyError as err:
+                print(f"guestfence: warning: {link.name}: {err}", file=sys.stderr, flush=True)
+                return
+        if changed != state:
+            store.write_section(LOCKDOWN_KEY, state_to_json(changed))
+            if kind == "new":
+                print(f"{link.name}: sysctls set", flush=True)

@@ -12,6 +12,8 @@ if someone changed it since, their value is left alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from guestfence.errors import ApplyError, GuestfenceError, HostError
 from guestfence.lockdown.plan import LinkSteps, LockdownPlan
 from guestfence.lockdown.state import InterfaceRecord, LockdownState, SysctlChange, SysctlStep, merge_record
@@ -41,19 +43,41 @@ def _write_sysctl(step: SysctlStep, value: str) -> None:
         raise ApplyError("sysctl", f"writing {step.name}={value}", exc.strerror or str(exc)) from exc
 
 
-def _harden(link_steps: LinkSteps, journal: Journal) -> InterfaceRecord:
+def planned_record(link_steps: LinkSteps, read: Callable[[SysctlStep], str | None] = read_sysctl) -> InterfaceRecord:
+    """The writes hardening ``link_steps`` takes, as the record it leaves:
+    each step whose current value differs, with that value as the old one."""
     changes = []
     for step in link_steps.steps:
-        current = read_sysctl(step)
+        current = read(step)
         if current is None:
             if step.optional:
                 continue
             raise ApplyError("sysctl", f"setting {step.name}", f"{step.path} does not exist (is {step.interface} gone?)")
         if current != step.value:
-            _write_sysctl(step, step.value)
-            journal.append((step, current))
             changes.append(SysctlChange(step=step, old=current))
     return InterfaceRecord(interface=link_steps.link.name, ifindex=link_steps.link.ifindex, changes=tuple(changes))
+
+
+def expected_state(
+    plan: LockdownPlan, state: LockdownState, read: Callable[[SysctlStep], str | None] = read_sysctl
+) -> LockdownState:
+    """The state ``apply_lockdown(plan, ..., state)`` records, computed without changing anything."""
+    return _result(plan, state, [planned_record(link_steps, read) for link_steps in plan.harden])
+
+
+def _result(plan: LockdownPlan, state: LockdownState, records: list[InterfaceRecord]) -> LockdownState:
+    result = LockdownState(patterns=plan.patterns, interfaces=tuple(r for r in state.interfaces if r not in plan.release))
+    for record in records:
+        result = merge_record(result, record)
+    return result
+
+
+def _harden(link_steps: LinkSteps, journal: Journal) -> InterfaceRecord:
+    record = planned_record(link_steps)
+    for change in record.changes:
+        _write_sysctl(change.step, change.step.value)
+        journal.append((change.step, change.old))
+    return record
 
 
 def _revert(changes: tuple[SysctlChange, ...], journal: Journal) -> None:
@@ -84,10 +108,7 @@ def apply_lockdown(plan: LockdownPlan, nft: NftHandle, state: LockdownState) -> 
     except GuestfenceError:
         _undo(journal)
         raise
-    result = LockdownState(patterns=plan.patterns, interfaces=tuple(r for r in state.interfaces if r not in plan.release))
-    for record in records:
-        result = merge_record(result, record)
-    return result
+    return _result(plan, state, records)
 
 
 def apply_link(link_steps: LinkSteps, state: LockdownState) -> LockdownState:

@@ -65,3 +65,13 @@ def parse_patterns(texts: list[str] | tuple[str, ...]) -> tuple[InterfacePattern
             errors.append(err)
     raise_collected(errors)
     return tuple(dict.fromkeys(found))
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockdownConfig:
+    """A TOML file's ``[lockdown]`` section: the whole set of patterns, and
+    whether one may match loopback or a default-route interface."""
+
+    interfaces: tuple[InterfacePattern, ...]
+    force: bool = False

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import final
+from typing import Any, final
 
 from guestfence.errors import PlanError
 from guestfence.lockdown.pattern import InterfacePattern
@@ -132,11 +132,24 @@ def plan_add(
     protected: Mapping[str, str],
     force: bool = False,
 ) -> LockdownPlan:
-    """Lock down ``added`` as well. Raises PlanError when one matches a
-    protected interface (``protected`` maps its name to why) unless ``force``."""
+    """Lock down ``added`` as well (see ``plan_replace`` for the checks)."""
+    return plan_replace(state, (*state.patterns, *added), links=links, protected=protected, force=force)
+
+
+def plan_replace(
+    state: LockdownState,
+    patterns: tuple[InterfacePattern, ...],
+    *,
+    links: tuple[Link, ...],
+    protected: Mapping[str, str],
+    force: bool = False,
+) -> LockdownPlan:
+    """Make ``patterns`` the whole set. Raises PlanError when a pattern not
+    already in force matches a protected interface (``protected`` maps its
+    name to why) unless ``force``."""
+    patterns = tuple(dict.fromkeys(patterns))
     if not force:
-        _refuse_protected(added, protected)
-    patterns = tuple(dict.fromkeys((*state.patterns, *added)))
+        _refuse_protected(tuple(p for p in patterns if p not in state.patterns), protected)
     return _plan(state, patterns, links)
 
 
@@ -152,6 +165,12 @@ def plan_remove(state: LockdownState, removed: tuple[InterfacePattern, ...], *, 
 def plan_restore(state: LockdownState, *, links: tuple[Link, ...]) -> LockdownPlan:
     """Re-apply the recorded patterns, e.g. after a reboot emptied the ruleset."""
     return _plan(state, state.patterns, links)
+
+
+def plan_flush(state: LockdownState, *, links: tuple[Link, ...]) -> LockdownPlan:
+    """Remove the tables and write back every recorded sysctl. The caller
+    keeps the patterns in its record, so ``plan_restore`` brings them back."""
+    return _plan(state, (), links)
 
 
 def plan_link(state: LockdownState, link: Link) -> LinkSteps | None:
@@ -239,3 +258,19 @@ def compile_rules(patterns: tuple[InterfacePattern, ...], dropped: tuple[Interfa
                 rule = {**where, "chain": hook.chain, "expr": [match, {"counter": counter_name(hook, pattern)}, {"drop": None}]}
                 commands.append({"add": {"rule": rule}})
     return tuple(commands)
+
+
+def plan_to_json(plan: LockdownPlan) -> dict[str, Any]:
+    """What ``--dry-run`` prints: the batch as libnftables gets it, the
+    sysctls to set (each only if it differs) and the values to write back."""
+    return {
+        "nftables": [{"metainfo": {"json_schema_version": 1}}, *plan.commands],
+        "sysctls": [
+            {"name": step.name, "value": step.value, "optional": step.optional}
+            for link_steps in plan.harden
+            for step in link_steps.steps
+        ],
+        "write_back": [
+            {"name": change.step.name, "value": change.old, "if_still": change.step.value} for change in plan.revert
+        ],
+    }

@@ -20,15 +20,15 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_dry_run_prints_the_transaction_and_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "lockdown", "add", "gfnone*", "--dry-run", "--state-dir", str(tmp_path / "st"))
+    code, out, err = run(capsys, "lockdown", "add", "gfnone*", "--dry-run", "--state-dir", str(tmp_path))
     assert code == 0
-    batch = json.loads(out[out.index("{"):out.index("\nsysctls")])
+    shown = json.loads(out)
     assert {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "gfnone*"}} in [
-        c["add"]["rule"]["expr"][0] for c in batch["nftables"] if "rule" in c.get("add", {})
+        c["add"]["rule"]["expr"][0] for c in shown["nftables"] if "rule" in c.get("add", {})
     ]
-    assert "`lockdown watch` sets them when one appears" in out
-    assert out.rstrip().endswith("dry run: nothing changed")
-    assert not (tmp_path / "st").exists()
+    assert shown["sysctls"] == [] and shown["write_back"] == []
+    assert "`lockdown watch` sets the sysctls when one appears" in err
+    assert not (tmp_path / "state.json").exists()
 
 
 def test_a_bad_pattern_exits_2_with_its_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,8 +43,8 @@ def test_removing_what_is_not_locked_down_exits_2(tmp_path: Path, capsys: pytest
     assert "not locked down: 'vlan*' (locked down: none)" in err
 
 
-def test_a_damaged_state_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "lockdown.json").write_text("{not json")
+def test_a_damaged_record_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "lockdown": {"patterns": ["a*b"]}}))
     code, _, err = run(capsys, "lockdown", "add", "vlan*", "--dry-run", "--state-dir", str(tmp_path))
     assert code == 2
-    assert f"{tmp_path}/lockdown.json: not JSON" in err
+    assert "recorded lockdown: the recorded lockdown state is damaged" in err

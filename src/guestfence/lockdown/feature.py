@@ -1,0 +1,79 @@
+"""Lockdown as one feature of ``apply FILE``, ``restore`` and ``flush``
+(guestfence.state.Feature); its section of the state file is ``state_to_json``.
+
+- ``apply FILE`` makes the patterns equal to the file's ``[lockdown]
+  interfaces``. A file without a ``[lockdown]`` section leaves lockdown as it
+  is: a file about guests alone must not unlock interfaces.
+- ``restore`` re-applies the recorded patterns and hardens the matching
+  interfaces that exist (after a reboot both are gone).
+- ``flush`` deletes the tables and writes back the recorded sysctls; the
+  patterns stay recorded, so ``restore`` brings everything back.
+
+The section to record is computed while planning (``expected_state`` reads
+the current sysctl values); ``apply`` then does the read-compare-write under
+the same state lock, so the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, final
+
+from guestfence.lockdown.apply import apply_lockdown, expected_state
+from guestfence.lockdown.links import collect_links, collect_protected
+from guestfence.lockdown.plan import LockdownPlan, plan_flush, plan_replace, plan_restore, plan_to_json
+from guestfence.lockdown.state import LockdownState, state_from_json, state_to_json
+from guestfence.nft.apply import open_nft
+from guestfence.state import FeaturePlan
+
+LOCKDOWN_KEY = "lockdown"
+
+
+def recorded_state(recorded: Mapping[str, Any] | None) -> LockdownState:
+    return LockdownState() if recorded is None else state_from_json(recorded, source="recorded lockdown")
+
+
+@final
+class LockdownFeature:
+    key = LOCKDOWN_KEY
+
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+        if config.lockdown is None:
+            return self._nothing("lockdown unchanged (no [lockdown] in the file)")
+        state = recorded_state(recorded)
+        plan = plan_replace(state, config.lockdown.interfaces, links=collect_links(), protected=collect_protected(),
+                            force=config.lockdown.force)  # fmt: skip
+        return self._feature_plan(plan, state, expected_state(plan, state))
+
+    def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+        if recorded is None:
+            return self._nothing("no lockdown recorded")
+        state = recorded_state(recorded)
+        plan = plan_restore(state, links=collect_links())
+        return self._feature_plan(plan, state, expected_state(plan, state))
+
+    def plan_flush(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+        if recorded is None:
+            return self._nothing("no lockdown recorded")
+        state = recorded_state(recorded)
+        plan = plan_flush(state, links=collect_links())
+        return self._feature_plan(plan, state, LockdownState(patterns=state.patterns),
+                                  summary="lockdown tables removed, sysctls written back")  # fmt: skip
+
+    def apply(self, plan: FeaturePlan) -> None:
+        if plan.work is not None:
+            lockdown_plan, state = plan.work
+            apply_lockdown(lockdown_plan, open_nft(), state)
+
+    def _feature_plan(
+        self, plan: LockdownPlan, state: LockdownState, after: LockdownState, summary: str | None = None
+    ) -> FeaturePlan:
+        summary = summary or "lockdown: " + (", ".join(str(p) for p in after.patterns) or "none")
+        return FeaturePlan(key=self.key, shown=plan_to_json(plan), record=state_to_json(after), work=(plan, state),
+                           summary=summary)  # fmt: skip
+
+    def _nothing(self, summary: str) -> FeaturePlan:
+        return FeaturePlan(key=self.key, shown=None, record=None, work=None, summary=summary)
+
+
+LOCKDOWN = LockdownFeature()
