@@ -22,6 +22,10 @@ Layout of a file::
     default = "deny"
     mac = "02:00:00:00:00:01"        # optional, as are masquerade, bridge, comment
 
+    [lockdown]                       # interface lockdown, for `guestfence apply FILE`
+    interfaces = ["eth0.1", "vlan*"] # the whole set; a file without [lockdown] leaves it alone
+    force = false                    # true: a pattern may match lo or a default-route interface
+
 Every problem in a file is reported at once, each with the file, line and
 column of the offending text. tomllib gives no positions, so string
 literals are located by scanning the text (``_Locator``); a value that
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any, final
 
 from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_collected
+from guestfence.lockdown.pattern import LockdownConfig, parse_pattern as parse_interface_pattern
 from guestfence.nft.guest import DEFAULT_PATTERN, Guest, parse_guest, parse_pattern
 from guestfence.policy.grammar import parse_action, parse_rule
 from guestfence.policy.model import Policy, Rule, canonical_rules
@@ -61,6 +66,7 @@ class ConfigFile:
     policies: Mapping[str | None, Policy] = field(default_factory=dict, hash=False)
     guests: tuple[Guest, ...] = ()
     guest_pattern: str = DEFAULT_PATTERN
+    lockdown: LockdownConfig | None = None
 
     def policy(self, name: str | None) -> Policy:
         """The policy ``name`` selects; None means the file's only or unnamed one."""
@@ -118,10 +124,10 @@ def parse_config(text: str, *, source: str) -> ConfigFile:
     policies: dict[str | None, Policy] = {}
 
     for key in data:
-        if key not in (*_POLICY_KEYS, "policy", "guest", "guest_pattern"):
+        if key not in (*_POLICY_KEYS, "policy", "guest", "guest_pattern", "lockdown"):
             errors.append(
                 locator.key_error(
-                    key, f"unknown key {key!r} (expected default, allow, deny, guest_pattern, [policy.NAME] or [[guest]])"
+                    key, f"unknown key {key!r} (expected default, allow, deny, guest_pattern, [policy.NAME], [[guest]] or [lockdown])"
                 )
             )
     if any(k in data for k in _POLICY_KEYS):
@@ -148,8 +154,32 @@ def parse_config(text: str, *, source: str) -> ConfigFile:
         pattern = parse_pattern(data.get("guest_pattern", DEFAULT_PATTERN), where=f"{source}: ")
     except PolicyError as e:
         errors.append(e)
+    lockdown = _parse_lockdown(data["lockdown"], locator, errors) if "lockdown" in data else None
     raise_collected(errors)
-    return ConfigFile(source=source, policies=policies, guests=guests, guest_pattern=pattern)
+    return ConfigFile(source=source, policies=policies, guests=guests, guest_pattern=pattern, lockdown=lockdown)
+
+
+def _parse_lockdown(table: Any, locator: _Locator, errors: list[PolicyError]) -> LockdownConfig | None:
+    """The ``[lockdown]`` table: ``interfaces`` (names or ``prefix*``) and ``force``."""
+    if not isinstance(table, dict):
+        errors.append(locator.key_error("lockdown", "'lockdown' must be a table ([lockdown])"))
+        return None
+    for key in table:
+        if key not in ("interfaces", "force"):
+            errors.append(locator.key_error(key, f"unknown key {key!r} in [lockdown] (expected interfaces or force)"))
+    texts, force = table.get("interfaces", []), table.get("force", False)
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        errors.append(locator.key_error("interfaces", "'interfaces' in [lockdown] must be a list of interface names or patterns"))
+        texts = []
+    if not isinstance(force, bool):
+        errors.append(locator.key_error("force", "'force' in [lockdown] must be true or false"))
+    patterns = []
+    for text in texts:
+        try:
+            patterns.append(parse_interface_pattern(text))
+        except RuleSyntaxError as e:
+            errors.append(locator.place(e))
+    return LockdownConfig(interfaces=tuple(dict.fromkeys(patterns)), force=force is True)
 
 
 def _parse_guests(

@@ -48,7 +48,7 @@ def test_reports_every_problem_with_its_position() -> None:
         parse_config(text, source="p.toml")
     messages = [str(e).splitlines()[0] for e in caught.value.errors]
     assert messages == [
-        "p.toml:3: unknown key 'colour' (expected default, allow, deny, guest_pattern, [policy.NAME] or [[guest]])",
+        "p.toml:3: unknown key 'colour' (expected default, allow, deny, guest_pattern, [policy.NAME], [[guest]] or [lockdown])",
         "p.toml:2:33: port 0 is out of range (expected 1-65535)",
         "p.toml:5:18: icmp rules take no port",
     ]
@@ -79,3 +79,14 @@ def test_formatted_config_parses_back_to_the_same_policies() -> None:
     config = parse_config(FILE, source="p.toml")
     again = parse_config(format_config(config), source="again.toml")
     assert dict(again.policies) == dict(config.policies)
+
+
+def test_lockdown_section_lists_interface_patterns_with_positions() -> None:
+    config = parse_config('[lockdown]\ninterfaces = ["eth0.1", "vlan*", "eth0.1"]\n', source="p.toml")
+    assert config.lockdown is not None and not config.lockdown.force
+    assert [p.text for p in config.lockdown.interfaces] == ["eth0.1", "vlan*"]
+    assert parse_config('allow = []\n', source="p.toml").lockdown is None
+    with pytest.raises(PolicyError) as caught:
+        parse_config('[lockdown]\ninterfaces = ["vl?n"]\nforce = "yes"\n', source="p.toml")
+    assert "p.toml:2:18: '?' is not an nftables wildcard" in str(caught.value)
+    assert "p.toml:3: 'force' in [lockdown] must be true or false" in str(caught.value)

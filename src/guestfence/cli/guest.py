@@ -23,6 +23,7 @@ from guestfence.cli.common import (
     print_json,
 )
 from guestfence.config import load_config
+from guestfence.lockdown.feature import LOCKDOWN
 from guestfence.nft.firewall import (
     GUESTS,
     GUESTS_KEY,
@@ -43,7 +44,7 @@ from guestfence.state import Feature, FeaturePlan, StateStore, state_dir
 # What `apply FILE`, `restore` and `flush` take care of, in this order. Each
 # feature owns one key of the state file (guestfence.state.Feature); a new
 # one (interface lockdown) is added here and nowhere else.
-FEATURES: tuple[Feature, ...] = (GUESTS,)
+FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN)
 
 ADD_EPILOG = POLICY_HELP + """
 The guest reaches exactly what its policy allows: default deny, deny beats
