@@ -1,0 +1,74 @@
+"""Lockdown as part of the recorded state: `apply FILE` with a [lockdown]
+section, `flush` (tables gone, sysctls written back, record kept) and
+`restore` (everything back, as after a reboot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.lab.netlab import Lab, sh
+from tests.lab.test_lockdown_receive import guestfence
+from tests.lab.test_lockdown_watch import hardened, sysctl
+
+pytestmark = pytest.mark.lab
+
+
+def lockdown_tables(netns: str) -> list[str]:
+    return [line for line in sh("nft", "list", "tables", netns=netns).stdout.splitlines() if "guestfence_lockdown" in line]
+
+
+def recorded_patterns(state: Path) -> list[str]:
+    return json.loads((state / "state.json").read_text())["lockdown"]["patterns"]
+
+
+def test_apply_file_flush_and_restore_carry_lockdown(lab: Lab, tmp_path: Path) -> None:
+    host, switch = lab.netns("gfh"), lab.netns("gfs")
+    lab.veth(switch, "sw0", host, "up0")
+    state = tmp_path / "state"
+    locked = tmp_path / "locked.toml"
+    locked.write_text('[lockdown]\ninterfaces = ["up*"]\n')
+
+    applied = guestfence(host, "apply", str(locked), "--state-dir", str(state))
+    assert applied.returncode == 0, applied.stderr
+    assert len(lockdown_tables(host)) == 3 and hardened(host, "up0")
+    assert recorded_patterns(state) == ["up*"]
+
+    unrelated = tmp_path / "guests-only.toml"
+    unrelated.write_text('default = "deny"\n')
+    assert guestfence(host, "apply", str(unrelated), "--state-dir", str(state)).returncode == 0
+    assert len(lockdown_tables(host)) == 3 and recorded_patterns(state) == ["up*"]
+
+    assert guestfence(host, "flush", "--state-dir", str(state)).returncode == 0
+    assert lockdown_tables(host) == []
+    assert sysctl(host, "ipv6", "up0", "disable_ipv6") == "0"
+    assert recorded_patterns(state) == ["up*"]
+
+    restored = guestfence(host, "restore", "--state-dir", str(state))
+    assert restored.returncode == 0, restored.stderr
+    assert len(lockdown_tables(host)) == 3 and hardened(host, "up0")
+
+    emptied = tmp_path / "empty.toml"
+    emptied.write_text("[lockdown]\ninterfaces = []\n")
+    assert guestfence(host, "apply", str(emptied), "--state-dir", str(state)).returncode == 0
+    assert lockdown_tables(host) == [] and sysctl(host, "ipv4", "up0", "arp_ignore") == "0"
+
+
+def test_apply_file_refuses_the_uplink_unless_the_section_forces_it(lab: Lab, tmp_path: Path) -> None:
+    host, switch = lab.netns("gfh"), lab.netns("gfs")
+    lab.veth(switch, "sw0", host, "up0")
+    lab.addr(host, "up0", "192.0.2.2/24")
+    sh("ip", "route", "add", "default", "via", "192.0.2.254", netns=host)
+    state = tmp_path / "state"
+    path = tmp_path / "uplink.toml"
+    path.write_text('[lockdown]\ninterfaces = ["up0"]\n')
+
+    refused = guestfence(host, "apply", str(path), "--state-dir", str(state))
+
+    assert refused.returncode == 2 and "'up0' matches up0 (default route, IPv4)" in refused.stderr
+    assert lockdown_tables(host) == []
+    path.write_text('[lockdown]\ninterfaces = ["up0"]\nforce = true\n')
+    assert guestfence(host, "apply", str(path), "--state-dir", str(state)).returncode == 0
+    assert hardened(host, "up0")
