@@ -1,0 +1,76 @@
+"""Errors are the kernel's: the same calls run bare and sandboxed give the same results.
+
+Each snippet is run twice, bare and under a policy that allows its
+destinations; every call that the kernel would fail must fail the same
+way in the sandbox (EFAULT, EINPROGRESS, EBADF, ENOTSOCK, EINVAL...).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sandbox.conftest import Listener
+from tests.sandbox.guest import run_bare, run_sandboxed
+
+CASES = {
+    "nonblocking_connect": 'out["r"] = connect("127.0.0.1", PORT, blocking=False)',
+    "connect_refused_port": 'out["r"] = connect("127.0.0.1", 1)',
+    "connect_bad_pointer": '''
+s = socket.socket()
+out["r"] = libc.connect(s.fileno(), ctypes.c_void_p(8), 16) == -1 and ctypes.get_errno()''',
+    "connect_bad_fd": 'out["r"] = libc.connect(999, sin("127.0.0.1", PORT), 16) == -1 and ctypes.get_errno()',
+    "connect_not_a_socket": '''
+fd = os.open("/dev/null", os.O_RDONLY)
+out["r"] = libc.connect(fd, sin("127.0.0.1", PORT), 16) == -1 and ctypes.get_errno()''',
+    "connect_short_address": '''
+s = socket.socket()
+out["r"] = libc.connect(s.fileno(), sin("127.0.0.1", PORT), 8) == -1 and ctypes.get_errno()''',
+    "connect_negative_length": '''
+s = socket.socket()
+out["r"] = libc.connect(s.fileno(), sin("127.0.0.1", PORT), -1) == -1 and ctypes.get_errno()''',
+    "connect_twice": '''
+s = socket.socket()
+out["first"] = s.connect_ex(("127.0.0.1", PORT))
+out["again"] = s.connect_ex(("127.0.0.1", PORT))''',
+    "connect_unspec_disconnects_udp": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("127.0.0.1", PORT))
+out["r"] = libc.connect(u.fileno(), struct.pack("=H", 0) + b"\\0" * 14, 16)
+out["peer"] = u.connect_ex(("127.0.0.1", PORT))''',
+    "sendto_bad_buffer": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+out["r"] = libc.sendto(u.fileno(), ctypes.c_void_p(8), 4, 0, sin("127.0.0.1", PORT), 16) == -1 and ctypes.get_errno()''',
+    "sendto_bad_address": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+out["r"] = libc.sendto(u.fileno(), b"x", 1, 0, ctypes.c_void_p(8), 16) == -1 and ctypes.get_errno()''',
+    "sendto_oversized_datagram": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+out["r"] = sendto("127.0.0.1", PORT, b"x" * 70000, sock=u)''',
+    "sendto_nonblocking_tcp_unconnected_with_name": '''
+s = socket.socket(); s.setblocking(False)
+out["r"] = libc.sendto(s.fileno(), b"x", 1, 0, sin("127.0.0.1", PORT), 16) == -1 and ctypes.get_errno()''',
+    "tcp_fast_open_send": '''
+s = socket.socket()
+r = libc.sendto(s.fileno(), b"hello", 5, 0x20000000, sin("127.0.0.1", PORT), 16)
+out["r"] = r if r >= 0 else -ctypes.get_errno()''',
+    "sendmmsg_bad_vector": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+out["r"] = libc.sendmmsg(u.fileno(), ctypes.c_void_p(8), 2, 0) == -1 and ctypes.get_errno()''',
+    "sendmmsg_zero": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+out["r"] = sendmmsg(u.fileno(), [])''',
+    "sendmsg_bad_iovec": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+name = sin("127.0.0.1", PORT)
+hdr = struct.pack("=QI4xQQQQi4x", ctypes.cast(ctypes.c_char_p(name), ctypes.c_void_p).value, 16, 8, 1, 0, 0, 0)
+out["r"] = libc.sendmsg(u.fileno(), hdr, 0) == -1 and ctypes.get_errno()''',
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sandboxed_call_fails_as_bare(case: str, tcp_server: Listener) -> None:
+    code = CASES[case].replace("PORT", str(tcp_server.port))
+    policy = {"allow": [f"tcp://127.0.0.1:{tcp_server.port}", f"udp://127.0.0.1:{tcp_server.port}",
+                        "tcp://127.0.0.1:1"]}
+    assert run_sandboxed(code, **policy) == run_bare(code)
