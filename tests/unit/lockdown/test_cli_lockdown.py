@@ -7,16 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from guestfence.cli import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.unit.test_cli import run
 
 
 def test_dry_run_prints_the_transaction_and_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
