@@ -112,6 +112,8 @@ def _change(args: argparse.Namespace, make_plan: Callable[[LockdownState, tuple[
     print("locked down: " + (", ".join(str(p) for p in plan.patterns) or "nothing"))
     for link_steps in plan.harden:
         print(f"  {link_steps.link.name}: sysctls set")
+    if plan.patterns and not plan.harden:
+        print("  no interface matches yet: the rules already hold; `lockdown watch` sets the sysctls when one appears")
     for change in plan.revert:
         print(f"  {change.step.interface}: {change.step.name} back to {change.old}")
     return 0
