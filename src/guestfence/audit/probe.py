@@ -36,7 +36,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar, final
 
 from pyroute2 import IPRoute, netns as pyroute2_netns
@@ -91,7 +91,6 @@ class GuestView:
     gateways: frozenset[Address] = frozenset()
     own_addresses: frozenset[Address] = frozenset()
     interfaces: tuple[tuple[int, str], ...] = ()
-    separate: bool = True
 
 
 @final
@@ -115,13 +114,8 @@ def probe_netns(
     fd = _open_netns(netns)
     try:
         view = _in_netns(fd, collect_guest_view, {t.address for t in targets})
-        separate = not _same_file(fd, "/proc/self/ns/net")
-        view = GuestView(
-            gateways=view.gateways,
-            own_addresses=view.own_addresses if separate else frozenset(),
-            interfaces=view.interfaces,
-            separate=separate,
-        )
+        if _same_file(fd, "/proc/self/ns/net"):
+            view = replace(view, own_addresses=frozenset())  # the guest's addresses are the host's
 
         def open_sockets(specs: Sequence[SocketSpec]) -> list[socket.socket]:
             return _in_netns(fd, _open_sockets, specs)

@@ -61,7 +61,7 @@ def probe_sandboxed(
     with lock:
         refused = dict(denials)
     return Probed(
-        view=GuestView(interfaces=interfaces, separate=False),
+        view=GuestView(interfaces=interfaces),
         observations=tuple(_mark_refused(o, refused) for o in observations),
     )
 
