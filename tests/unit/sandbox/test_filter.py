@@ -1,0 +1,30 @@
+"""The filter plan: what traps, what is refused, and that libseccomp accepts it."""
+
+from __future__ import annotations
+
+import errno
+
+from guestfence.sandbox.filter import TRAPPED, FilterPlan, Op, build_filter, plan_filter
+
+
+def test_plan_traps_exactly_the_destination_calls() -> None:
+    trapped = {r.syscall for r in plan_filter().rules if r.errno is None}
+    assert trapped == set(TRAPPED)
+
+
+def test_sendto_without_destination_needs_no_round_trip() -> None:
+    (rule,) = [r for r in plan_filter().rules if r.syscall == "sendto"]
+    assert [(c.arg, c.op, c.value) for c in rule.conds] == [(4, Op.NE, 0)]
+
+
+def test_refusals() -> None:
+    refused = {(r.syscall, r.errno) for r in plan_filter().rules if r.errno is not None}
+    assert {("io_uring_setup", errno.EPERM), ("socket", errno.EAFNOSUPPORT), ("socket", errno.EPERM),
+            ("seccomp", errno.EBUSY), ("setsockopt", errno.EPERM)} <= refused
+
+
+def test_plan_round_trips_through_json_and_compiles() -> None:
+    plan = plan_filter()
+    assert FilterPlan.from_json(plan.to_json()) == plan
+    pfc = build_filter(plan)
+    assert pfc is not None
