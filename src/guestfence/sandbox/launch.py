@@ -12,7 +12,10 @@ single-threaded process (no fork-with-threads hazards):
    supervisor it is meant for), then answers one byte.
 3. Close the listener, so that it lives only in the supervisor: when the
    supervisor dies, the kernel fails every trapped call (ENOSYS).
-4. exec CMD; on failure exit 127 (not found) or 126, as a shell does.
+4. Give back the signal dispositions the Python interpreter changed
+   (SIGPIPE, SIGXFSZ ignored), as subprocess does: the command must start
+   as it would bare. pasta, for one, refuses to start with SIGPIPE ignored.
+5. exec CMD; on failure exit 127 (not found) or 126, as a shell does.
 
 Errors before the hand-over are written as ``error MESSAGE`` instead.
 """
@@ -20,7 +23,10 @@ Errors before the hand-over are written as ``error MESSAGE`` instead.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+
+PYTHON_IGNORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def main(argv: list[str]) -> int:
@@ -39,6 +45,8 @@ def main(argv: list[str]) -> int:
         return 126
     os.close(listener)
     os.close(sock_fd)
+    for signum in PYTHON_IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
     try:
         os.execvp(command[0], command)
     except OSError as exc:

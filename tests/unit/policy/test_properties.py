@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from guestfence.errors import RuleSyntaxError
@@ -76,6 +76,9 @@ def test_every_address_inside_a_cidr_rule_is_decided_by_it(network, data: st.Dat
     policy = Policy(default=Action.DENY, allow=(rule,))
     offset = data.draw(st.integers(0, network.num_addresses - 1))
     inside = network.network_address + offset
+    # An IPv6 rule whose range merely contains ::ffff:0:0/96 governs only real
+    # IPv6: a mapped destination is decided as the IPv4 address it maps.
+    assume(inside.version == 4 or inside.ipv4_mapped is None)
     decision = decide(policy, Flow(proto=Proto.TCP, address=inside, port=80))
     assert decision.action is Action.ALLOW and decision.rule == rule
     if network.version == 4:
