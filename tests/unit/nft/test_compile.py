@@ -1,0 +1,170 @@
+"""compile.py: policy + guests -> libnftables JSON. Golden files hold whole
+batches (regenerate with GUESTFENCE_REGEN_GOLDEN=1 and review the diff);
+the other tests pin one behaviour each."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from guestfence.errors import PlanError
+from guestfence.nft.compile import (
+    Settings,
+    compile_add,
+    compile_flush,
+    compile_remove,
+    compile_ruleset,
+    expected_rule_counts,
+)
+from guestfence.nft.guest import Guest, parse_guest
+from guestfence.nft.names import FAMILIES, GUEST_ADDRS, TABLE, guest_of
+from guestfence.policy.model import Policy
+
+GOLDEN = Path(__file__).parent / "golden"
+NAMES = {"api.example.com": frozenset({ipaddress.ip_address("203.0.113.7"), ipaddress.ip_address("2001:db8::7")})}
+
+
+def guest(name: str = "vm1", index: int = 1, *, allow: tuple[str, ...] = ("tcp://@gateway:8080",),
+          deny: tuple[str, ...] = (), default: str = "deny", **extra: object) -> Guest:  # fmt: skip
+    base = 4 * index
+    return parse_guest(
+        name=name,
+        iface=f"vmtap-{name}",
+        addresses=[f"192.0.2.{base + 2}/30", f"2001:db8:{index}::2/64"],
+        gateways=[f"192.0.2.{base + 1}"],
+        policy=Policy.parse(allow=allow, deny=deny, default=default),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def check_golden(case: str, commands: object) -> None:
+    path = GOLDEN / f"{case}.json"
+    text = json.dumps(commands, indent=1, sort_keys=True) + "\n"
+    if os.environ.get("GUESTFENCE_REGEN_GOLDEN") == "1":
+        path.write_text(text)
+    assert text == path.read_text(), f"{case}: compiled JSON differs from {path} (GUESTFENCE_REGEN_GOLDEN=1 to regenerate)"
+
+
+def test_golden_routed_guest_ruleset() -> None:
+    vm = guest(allow=("tcp://@gateway:8080", "api.example.com:443", "icmp://*", "udp://*:53"),
+               deny=("tcp://@host:22", "gone.example:443"), masquerade=True, comment="web VM")  # fmt: skip
+    check_golden("routed_ruleset", list(compile_ruleset([vm], Settings(), NAMES).commands))
+
+
+def test_golden_bridged_guest_add_and_remove() -> None:
+    vm = guest("br1", 2, mac="02:00:00:00:00:02", bridge="br0")
+    check_golden("bridged_add", list(compile_add(vm, Settings(), {}, others=[], replaces=None).commands))
+    check_golden("bridged_remove", list(compile_remove(vm, Settings()).commands))
+
+
+def test_golden_flush() -> None:
+    check_golden("flush", list(compile_flush().commands))
+
+
+def _rules(commands: tuple[dict, ...], chain: str) -> list[list[dict]]:
+    return [c["add"]["rule"]["expr"] for c in commands if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain]
+
+
+def _verdicts(rules: list[list[dict]]) -> list[str]:
+    return [next(k for k in rule[-1]) + ("" if "goto" not in rule[-1] else ":" + rule[-1]["goto"]["target"]) for rule in rules]
+
+
+def test_every_object_lives_in_our_tables() -> None:
+    plan = compile_ruleset([guest(), guest("vm2", 2, bridge="br0", mac="02:00:00:00:00:02")], Settings(), NAMES)
+    for command in plan.commands:
+        (_, objects), = command.items()
+        (kind, body), = objects.items()
+        assert body["family"] in FAMILIES
+        assert (body["name"] if kind == "table" else body["table"]) == TABLE
+
+
+def test_adding_a_guest_touches_only_its_own_objects_whatever_the_number_of_guests() -> None:
+    others = [guest(f"g{i}", i) for i in range(2, 60)]
+    small = compile_add(guest(), Settings(), {}, others=others[:1], replaces=None).commands
+    large = compile_add(guest(), Settings(), {}, others=others, replaces=None).commands
+    assert small == large
+    named = [c for c in large for body in c.values() for obj in body.values() if isinstance(obj, dict) and "name" in obj]
+    owners = {guest_of(obj["name"]) for c in named for body in c.values() for obj in body.values()}
+    assert owners <= {None, "vm1"}
+
+
+def test_deny_rules_come_before_echo_and_allows_and_the_default_drops() -> None:
+    commands = compile_ruleset([guest(allow=("tcp://@gateway:8080",), deny=("icmp://@host",))], Settings(), {}).commands
+    host = _rules(commands, "guest.vm1.host")
+    verdicts = _verdicts(host)
+    assert verdicts[-1] == "goto:guest.vm1.drop"
+    deny_index = next(i for i, r in enumerate(host) if {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}}, "right": "local"}} in r)
+    echo_index = next(i for i, r in enumerate(host) if any(e.get("match", {}).get("right") == "echo-request" for e in r))
+    assert deny_index < echo_index and verdicts[deny_index] == "goto:guest.vm1.drop"
+
+
+def test_default_allow_accepts_at_the_end_but_other_guests_stay_out_of_reach() -> None:
+    commands = compile_ruleset([guest(allow=(), default="allow")], Settings(), {}).commands
+    out = _rules(commands, "guest.vm1.out")
+    assert _verdicts(out)[-1] == "accept"
+    assert [r[0]["match"]["right"] for r in out[:2]] == [f"@{GUEST_ADDRS[4]}", f"@{GUEST_ADDRS[6]}"]
+
+
+def test_wildcard_allows_come_after_the_other_guests_drop_and_named_ones_before() -> None:
+    commands = compile_ruleset([guest(allow=("tcp://*:80", "tcp://198.51.100.0/24:7000"))], Settings(), {}).commands
+    out = _rules(commands, "guest.vm1.out")
+    rights = [json.dumps(r) for r in out]
+    named = next(i for i, r in enumerate(rights) if "198.51.100.0" in r)
+    others = next(i for i, r in enumerate(rights) if "@guest_addrs4" in r)
+    wildcard = next(i for i, r in enumerate(rights) if '"right": 80' in r)
+    assert named < others < wildcard
+
+
+def test_unresolved_names_decide_closed() -> None:
+    commands = compile_ruleset([guest(allow=("nowhere.example:443",), deny=("gone.example:22",))], Settings(), {}).commands
+    host = json.dumps(_rules(commands, "guest.vm1.host"))
+    assert '"right": 443' not in host, "an allow about an unresolved name matches nothing"
+    deny = [r for r in _rules(commands, "guest.vm1.host") if '"right": 22' in json.dumps(r)]
+    assert len(deny) == 1 and "daddr" not in json.dumps(deny[0]), "a deny about it matches every destination"
+
+
+def test_resolved_names_become_one_rule_per_family() -> None:
+    commands = compile_ruleset([guest(allow=("api.example.com:443",))], Settings(), NAMES).commands
+    rules = [json.dumps(r) for r in _rules(commands, "guest.vm1.out") if '"right": 443' in json.dumps(r)]
+    assert len(rules) == 2 and "203.0.113.7" in rules[0] and "2001:db8::7" in rules[1]
+
+
+def test_gateway_rules_without_a_gateway_are_refused() -> None:
+    lacking = parse_guest(name="vm1", iface="vmtap-a", addresses=["192.0.2.2/30"],
+                          policy=Policy.parse(allow=["tcp://@gateway:8080"]))  # fmt: skip
+    with pytest.raises(PlanError, match=r"rule tcp://@gateway:8080 uses @gateway but the guest has no gateway"):
+        compile_ruleset([lacking], Settings(), {})
+
+
+def test_gateway_of_a_family_the_guest_lacks_is_refused() -> None:
+    lacking = parse_guest(name="vm1", iface="vmtap-a", addresses=["192.0.2.2/30"], gateways=["2001:db8::1"])
+    with pytest.raises(PlanError, match="gateway 2001:db8::1 is IPv6 but the guest has no IPv6 address"):
+        compile_add(lacking, Settings(), {}, others=[], replaces=None)
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (dict(name="vm2", iface="vmtap-vm1", addresses=["192.0.2.10/30"]), "interface vmtap-vm1 already belongs to guest vm1"),
+        (dict(name="vm2", iface="vmtap-b", addresses=["192.0.2.6/30"]), "address 192.0.2.6 already belongs to guest vm1"),
+    ],
+)
+def test_guests_may_not_share_interfaces_or_addresses(second: dict, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        compile_add(parse_guest(**second), Settings(), {}, others=[guest()], replaces=None)
+
+
+def test_pattern_can_be_turned_off() -> None:
+    commands = compile_ruleset([], Settings(pattern=""), {}).commands
+    assert "vmtap" not in json.dumps(commands)
+
+
+def test_expected_rule_counts_cover_every_chain_of_the_guest() -> None:
+    counts = expected_rule_counts(guest(), {})
+    assert set(counts) == {("inet", "guest.vm1"), ("inet", "guest.vm1.host"), ("inet", "guest.vm1.out"),
+                           ("inet", "guest.vm1.drop"), ("arp", "guest.vm1"), ("arp", "guest.vm1.drop")}  # fmt: skip
+    assert all(n > 0 for n in counts.values())

@@ -1,0 +1,65 @@
+"""names.py and guest.py: what a guest may be called and what it is made of."""
+
+from __future__ import annotations
+
+import pytest
+
+from guestfence.errors import PolicyError
+from guestfence.nft.guest import guest_from_json, guest_to_json, parse_guest, parse_pattern
+from guestfence.nft.names import GUEST_NAME, SEPARATOR, guest_chain, guest_of
+from guestfence.policy.model import Policy
+
+
+def test_separator_is_not_allowed_in_guest_names_so_objects_cannot_collide() -> None:
+    assert guest_chain("a", "host") == guest_chain(f"a{SEPARATOR}host"), "this is why the name is refused"
+    assert not GUEST_NAME.match(f"a{SEPARATOR}host")
+    assert guest_of(guest_chain("vm-1", "drop")) == "vm-1"
+    assert guest_of("prerouting") is None
+
+
+@pytest.mark.parametrize("name", ['x" ; flush ruleset', "a.b", "vm1}", "@guests", "", "-vm", "x" * 33, "vm\n1", "vm 1"])
+def test_rejects_guest_names_that_could_mean_something_else(name: str) -> None:
+    with pytest.raises(PolicyError, match="invalid guest name"):
+        parse_guest(name=name, iface="vmtap-a", addresses=["192.0.2.2/30"])
+
+
+@pytest.mark.parametrize("iface", ["@guests", "vmtap*", 'x";flush', "$var", "a/b", ".", "..", "x" * 16, "-x", ""])
+def test_rejects_interface_names_nftables_would_read_as_more_than_a_name(iface: str) -> None:
+    with pytest.raises(PolicyError, match="invalid interface name"):
+        parse_guest(name="vm1", iface=iface, addresses=["192.0.2.2/30"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(addresses=[]), "no address"),
+        (dict(addresses=["192.0.2.300/30"]), "invalid address '192.0.2.300/30'"),
+        (dict(addresses=["::ffff:192.0.2.2/128"]), "IPv4-mapped"),
+        (dict(addresses=["0.0.0.0/0"]), "cannot be a guest's own address"),
+        (dict(gateways=["gw"]), "invalid gateway 'gw'"),
+        (dict(mac="02:00:00:00:00"), "invalid MAC"),
+        (dict(bridge="br0"), "needs --mac"),
+        (dict(comment="a\nb"), "printable text"),
+    ],
+)
+def test_rejects_bad_fields_naming_the_guest(fields: dict, message: str) -> None:
+    base = dict(name="vm1", iface="vmtap-a", addresses=["192.0.2.2/30"])
+    with pytest.raises(PolicyError, match=f"guest vm1: .*{message}"):
+        parse_guest(**{**base, **fields})
+
+
+def test_recorded_form_reads_back_to_the_same_guest() -> None:
+    guest = parse_guest(
+        name="vm1", iface="vnet3", addresses=["192.0.2.2/30", "2001:db8::2/64"], gateways=["192.0.2.1"],
+        policy=Policy.parse(allow=["tcp://@gateway:8080"], deny=["tcp://@host:22"]), mac="02:AA:00:00:00:01",
+        masquerade=True, bridge="br0", comment="web",
+    )  # fmt: skip
+    assert guest.mac == "02:aa:00:00:00:01"
+    assert guest_from_json(guest_to_json(guest), where="state") == guest
+
+
+def test_pattern_is_a_name_with_an_optional_trailing_star() -> None:
+    assert parse_pattern("vmtap*") == "vmtap*" and parse_pattern("") == ""
+    for bad in ("*", "vm*tap", "@x", "a b*"):
+        with pytest.raises(PolicyError, match="invalid guest interface pattern"):
+            parse_pattern(bad)
