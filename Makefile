@@ -11,7 +11,7 @@ PYTHON  := /usr/bin/python3
 VENV    := .venv
 STAMP   := $(VENV)/.installed
 APT_PACKAGES := python3 python3-venv python3-nftables python3-seccomp \
-                nftables iproute2 iputils-ping procps passt slirp4netns \
+                nftables iproute2 iputils-ping procps passt slirp4netns gcc \
                 chromium ethtool
 
 .PHONY: install demo test unit lab clean
