@@ -45,7 +45,7 @@ from typing import Any, final
 from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_collected
 from guestfence.lockdown.pattern import LockdownConfig, parse_pattern as parse_interface_pattern
 from guestfence.nft.guest import DEFAULT_PATTERN, Guest, parse_guest, parse_pattern
-from guestfence.policy.grammar import parse_action, parse_rule
+from guestfence.policy.grammar import parse_action, parse_rules
 from guestfence.policy.model import Policy, Rule, canonical_rules
 
 POLICY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -266,7 +266,7 @@ def _parse_policy_table(table: dict[str, Any], locator: _Locator, errors: list[P
             continue
         for text in texts:
             try:
-                rules[kind].append(parse_rule(text))
+                rules[kind].extend(parse_rules(text))
             except RuleSyntaxError as e:
                 errors.append(locator.place(e))
     if default is None:

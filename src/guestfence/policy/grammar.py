@@ -12,6 +12,12 @@ The grammar (DESIGN.md section 1)::
 
     destination := [scheme "://"] address [":" N]     (for ``explain``)
 
+One shorthand is expanded at parse time by ``parse_rules``: a host with
+neither scheme nor port (``@host``, ``192.0.2.1``) means every protocol to
+it, ``tcp://H:*``, ``udp://H:*`` and ``icmp://H``, so
+``--net-deny @host`` keeps a guest off the host whatever it speaks.
+``parse_rule`` itself reads exactly one rule and refuses that form.
+
 Normalisation, so that ``str(parse_rule(t))`` is the one canonical text:
 the scheme is always written; DNS names are lower case without a trailing
 dot; ``[::ffff:a.b.c.d]`` (and mapped CIDRs) become IPv4; port lists are
@@ -77,6 +83,31 @@ def parse_rule(text: str) -> Rule:
     return Rule(proto=proto, host=host, ports=tuple(ports))
 
 
+def parse_rules(text: str) -> tuple[Rule, ...]:
+    """The rules one rule text stands for: one, or three for a bare host."""
+    if not _is_bare_host(text):
+        return (parse_rule(text),)
+    try:
+        _check_characters(text)
+        host, _ = _parse_host(text, 0, for_destination=False)
+    except _Fail as f:
+        raise _syntax_error(text, f) from None
+    assert not isinstance(host, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    return (
+        Rule(proto=Proto.TCP, host=host, ports=(ANY_PORT,)),
+        Rule(proto=Proto.UDP, host=host, ports=(ANY_PORT,)),
+        Rule(proto=Proto.ICMP, host=host),
+    )
+
+
+def _is_bare_host(text: object) -> bool:
+    if not isinstance(text, str) or not text or "://" in text:
+        return False
+    if text.startswith("["):
+        return "]" in text and ":" not in text.partition("]")[2]
+    return ":" not in text
+
+
 def parse_destination(text: str) -> Flow:
     """One destination (``tcp://192.0.2.1:22``) for explain. Raises RuleSyntaxError."""
     try:
@@ -112,7 +143,7 @@ def parse_policy(*, allow: Iterable[str] = (), deny: Iterable[str] = (), default
     for kind, texts in (("allow", allow), ("deny", deny)):
         for text in texts:
             try:
-                parsed[kind].append(parse_rule(text))
+                parsed[kind].extend(parse_rules(text))
             except RuleSyntaxError as e:
                 errors.append(e.located(source=f"--net-{kind}", line=None, offset=1))
     raise_collected(errors)
@@ -132,9 +163,7 @@ def _parse(text: str, *, for_destination: bool) -> tuple[Proto, object, list[Por
         raise _Fail(f"expected a string, got {type(text).__name__}", 0, 1)
     if not text:
         raise _Fail(f"empty rule (expected a host, {_EXAMPLE}; use * for any host)", 0, 1)
-    bad = next((i for i, c in enumerate(text) if c.isspace() or not c.isprintable()), None)
-    if bad is not None:
-        raise _Fail("unexpected whitespace or control character (rules contain no spaces)", bad, 1)
+    _check_characters(text)
 
     proto, pos = Proto.TCP, 0
     if "://" in text:
@@ -161,6 +190,12 @@ def _parse(text: str, *, for_destination: bool) -> tuple[Proto, object, list[Por
         raise _Fail(f"unexpected {text[pos]!r} after the host (expected ':' and ports)", pos, 1)
     ports = _parse_ports(text, pos + 1, for_destination=for_destination)
     return proto, host, ports
+
+
+def _check_characters(text: str) -> None:
+    bad = next((i for i, c in enumerate(text) if c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        raise _Fail("unexpected whitespace or control character (rules contain no spaces)", bad, 1)
 
 
 def _parse_host(text: str, pos: int, *, for_destination: bool) -> tuple[object, int]:

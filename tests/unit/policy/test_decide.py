@@ -106,3 +106,10 @@ def test_ipv6_rule_does_not_match_ipv4_flow() -> None:
     assert decide(policy, parse_destination("tcp://192.0.2.1:80")).action is Action.DENY
     assert decide(policy, parse_destination("tcp://[::ffff:192.0.2.1]:80")).action is Action.DENY
     assert decide(policy, parse_destination("tcp://[2001:db8::1]:80")).action is Action.ALLOW
+
+
+def test_deny_bare_host_covers_every_protocol() -> None:
+    policy = parse_policy(default="allow", deny=["@host"])
+    for dest in ("tcp://198.51.100.7:22", "udp://198.51.100.7:53", "icmp://198.51.100.7"):
+        assert decide(policy, parse_destination(dest), CONTEXT).action is Action.DENY
+    assert decide(policy, parse_destination("udp://203.0.113.1:53"), CONTEXT).action is Action.ALLOW

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from guestfence.errors import RuleSyntaxError
-from guestfence.policy.grammar import parse_destination, parse_rule
+from guestfence.policy.grammar import parse_destination, parse_rule, parse_rules
 from guestfence.policy.model import (
     ANY_PORT,
     AnyHost,
@@ -144,3 +144,27 @@ def test_parses_destinations(text: str, proto: Proto, address: str, port: int | 
 def test_rejects_destinations_that_are_not_one_address_and_port(text: str, message: str) -> None:
     with pytest.raises(RuleSyntaxError, match=message):
         parse_destination(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expanded"),
+    [
+        ("@host", ["tcp://@host:*", "udp://@host:*", "icmp://@host"]),
+        ("[2001:db8::]/32", ["tcp://[2001:db8::]/32:*", "udp://[2001:db8::]/32:*", "icmp://[2001:db8::]/32"]),
+        ("192.0.2.1:22", ["tcp://192.0.2.1:22"]),
+        ("udp://192.0.2.1:53", ["udp://192.0.2.1:53"]),
+    ],
+)
+def test_bare_host_expands_to_every_protocol(text: str, expanded: list[str]) -> None:
+    assert [str(r) for r in parse_rules(text)] == expanded
+
+
+def test_bare_host_is_refused_where_exactly_one_rule_is_read() -> None:
+    with pytest.raises(RuleSyntaxError, match="missing port for tcp"):
+        parse_rule("@host")
+
+
+def test_bare_host_errors_point_into_the_text_as_typed() -> None:
+    with pytest.raises(RuleSyntaxError) as caught:
+        parse_rules("@hots")
+    assert (caught.value.column, caught.value.text) == (1, "@hots")
