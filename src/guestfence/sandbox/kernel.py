@@ -14,6 +14,7 @@ import errno as errno_mod
 import fcntl
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from typing import final
 
@@ -67,13 +68,32 @@ _ioctl = _libc.ioctl
 _ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 
 
+class _Scratch(threading.local):
+    """Per-thread ctypes buffers reused by every call (allocating them costs
+    more than the system calls they serve)."""
+
+    def __init__(self) -> None:
+        self.notif = ctypes.create_string_buffer(NOTIF.size)
+        self.value = ctypes.c_int()
+        self.size = ctypes.c_uint32()
+        self.value_ref = ctypes.byref(self.value)
+        self.size_ref = ctypes.byref(self.size)
+        self.iovecs = (ctypes.c_uint64 * 16)()
+        self.local_ref = ctypes.addressof(self.iovecs)
+        self.remote_ref = ctypes.addressof(self.iovecs) + 8 * 8
+
+
+_scratch = _Scratch()
+
+
 def receive(notify_fd: int) -> Notification:
     """Block (without the GIL) until the next trapped call arrives."""
-    buf = ctypes.create_string_buffer(NOTIF.size)
+    buf = _scratch.notif
+    ctypes.memset(buf, 0, NOTIF.size)  # the kernel insists on a zeroed struct
     if _ioctl(notify_fd, IOCTL_NOTIF_RECV, buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    nid, pid, _flags, nr, arch, _ip, *args = NOTIF.unpack(buf.raw)
+    nid, pid, _flags, nr, arch, _ip, *args = NOTIF.unpack_from(buf)
     return Notification(id=nid, pid=pid, nr=nr, arch=arch, args=tuple(args))
 
 
@@ -136,27 +156,48 @@ class _IoVec(ctypes.Structure):
     _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
 
 
+_process_vm_readv = _libc.process_vm_readv
+_process_vm_readv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                              ctypes.c_ulong)
+_process_vm_readv.restype = ctypes.c_ssize_t
+MAX_PIECES = 4
+
+
 def read_memory(pid: int, address: int, length: int) -> bytes:
     """``length`` bytes of the guest's memory at ``address``.
 
     Raises OSError(EFAULT) when any of it is unmapped: a short read means a
     bad pointer, exactly as the kernel's own copy_from_user would report.
     """
-    if length == 0:
-        return b""
-    buf = ctypes.create_string_buffer(length)
-    local = _IoVec(ctypes.addressof(buf), length)
-    remote = _IoVec(address, length)
-    got = _syscall(
-        _NR["process_vm_readv"], ctypes.c_long(pid), ctypes.byref(local), ctypes.c_ulong(1),
-        ctypes.byref(remote), ctypes.c_ulong(1), ctypes.c_ulong(0),
-    )
+    return read_memory_many(pid, ((address, length),))[0]
+
+
+def read_memory_many(pid: int, pieces: tuple[tuple[int, int], ...]) -> list[bytes]:
+    """Several ``(address, length)`` pieces (at most MAX_PIECES) in one system call."""
+    total = sum(length for _, length in pieces)
+    if total == 0:
+        return [b"" for _ in pieces]
+    buf = ctypes.create_string_buffer(total)
+    iovecs = _scratch.iovecs
+    base = ctypes.addressof(buf)
+    for i, (address, length) in enumerate(pieces):
+        iovecs[2 * i] = base
+        iovecs[2 * i + 1] = length
+        iovecs[8 + 2 * i] = address
+        iovecs[8 + 2 * i + 1] = length
+        base += length
+    got = _process_vm_readv(pid, _scratch.local_ref, len(pieces), _scratch.remote_ref, len(pieces), 0)
     if got < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    if got != length:
+    if got != total:
         raise OSError(errno_mod.EFAULT, os.strerror(errno_mod.EFAULT))
-    return buf.raw
+    raw = buf.raw
+    out, offset = [], 0
+    for _, length in pieces:
+        out.append(raw[offset:offset + length])
+        offset += length
+    return out
 
 
 def write_memory(pid: int, pieces: list[tuple[int, bytes]]) -> None:
@@ -224,14 +265,14 @@ _SOL_SOCKET, _SO_TYPE, _SO_PROTOCOL, _SO_DOMAIN = 1, 3, 38, 39
 def socket_kind(fd: int) -> tuple[int, int, int]:
     """(SO_DOMAIN, SO_TYPE, SO_PROTOCOL) of ``fd``, without wrapping it in a
     Python socket (which could change the shared file's O_NONBLOCK)."""
-    value = ctypes.c_int()
-    size = ctypes.c_uint32(4)
+    scratch = _scratch
     found = []
     for option in (_SO_DOMAIN, _SO_TYPE, _SO_PROTOCOL):
-        if _getsockopt(fd, _SOL_SOCKET, option, ctypes.byref(value), ctypes.byref(size)) != 0:
+        scratch.size.value = 4
+        if _getsockopt(fd, _SOL_SOCKET, option, scratch.value_ref, scratch.size_ref) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
-        found.append(value.value)
+        found.append(scratch.value.value)
     return found[0], found[1], found[2]
 
 

@@ -81,39 +81,29 @@ class Destination:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SockAddr:
-    """A sockaddr as the guest passed it: ``raw`` is what gets sent on its
-    behalf, ``destination`` what the kernel will take from it (None: no
-    address, the kernel uses the connected peer or rejects the call)."""
-
-    raw: bytes
-    destination: Destination | None
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Message:
-    """One sendmsg: name (None when msg_name is NULL), payload, control bytes."""
+    """One sendmsg: the sockaddr bytes (None when msg_name is NULL), payload, control bytes."""
 
-    name: SockAddr | None
+    name: bytes | None
     payload: bytes
     control: bytes
 
 
-def parse_sockaddr(raw: bytes, *, domain: int, is_connect: bool) -> SockAddr:
-    """What the kernel will take as the destination of ``raw`` on a ``domain`` socket."""
+def parse_sockaddr(raw: bytes, *, domain: int, is_connect: bool) -> Destination | None:
+    """What the kernel will take as the destination of ``raw`` on a ``domain``
+    socket; None when it takes none (it uses the connected peer, or refuses)."""
     if len(raw) < 2:
-        return SockAddr(raw=raw, destination=None)
+        return None
     family = int.from_bytes(raw[:2], "little")
     if family == socket.AF_UNSPEC and domain == socket.AF_INET and not is_connect:
         family = socket.AF_INET
     if family == socket.AF_INET and len(raw) >= 16 and domain in (socket.AF_INET, socket.AF_INET6):
         port, packed = _SOCKADDR_IN.unpack_from(raw)
-        return SockAddr(raw=raw, destination=Destination(address=ipaddress.IPv4Address(packed), port=port))
+        return Destination(address=ipaddress.IPv4Address(packed), port=port)
     if family == socket.AF_INET6 and len(raw) >= 24 and domain == socket.AF_INET6:
         port, _flowinfo, packed = _SOCKADDR_IN6.unpack_from(raw)
-        return SockAddr(raw=raw, destination=Destination(address=ipaddress.IPv6Address(packed), port=port))
-    return SockAddr(raw=raw, destination=None)
+        return Destination(address=ipaddress.IPv6Address(packed), port=port)
+    return None
 
 
 def sockaddr_length(value: int) -> int:
@@ -124,26 +114,25 @@ def sockaddr_length(value: int) -> int:
     return length
 
 
-def read_sockaddr(read: Reader, address: int, length_arg: int, *, domain: int, is_connect: bool) -> SockAddr:
-    length = sockaddr_length(length_arg)
-    return parse_sockaddr(read_bytes(read, address, length), domain=domain, is_connect=is_connect)
+def read_sockaddr(read: Reader, address: int, length_arg: int) -> bytes:
+    return read_bytes(read, address, sockaddr_length(length_arg))
 
 
-def read_payload(read: Reader, address: int, length: int, *, stream: bool) -> bytes:
-    """The bytes to send; a stream send above MAX_PAYLOAD becomes a short send."""
+def payload_length(length: int, *, stream: bool) -> int:
+    """How much of a send to copy; a stream send above MAX_PAYLOAD becomes a short send."""
     if length > MAX_PAYLOAD:
         if not stream:
             raise GuestFault(errno.EMSGSIZE)
-        length = MAX_PAYLOAD
-    return read_bytes(read, address, length)
+        return MAX_PAYLOAD
+    return length
 
 
-def read_message(read: Reader, raw_header: bytes, *, domain: int, stream: bool) -> Message:
+def read_message(read: Reader, raw_header: bytes, *, stream: bool) -> Message:
     """One ``struct msghdr`` (already copied) and everything it points to."""
     name_ptr, name_len, iov_ptr, iov_len, control_ptr, control_len, _flags = MSGHDR.unpack(raw_header)
     name = None
     if name_ptr and name_len:
-        name = read_sockaddr(read, name_ptr, name_len, domain=domain, is_connect=False)
+        name = read_sockaddr(read, name_ptr, name_len)
     if iov_len > MAX_IOV:
         raise GuestFault(errno.EMSGSIZE)
     payload = read_iovecs(read, read_bytes(read, iov_ptr, iov_len * IOVEC.size), stream=stream)

@@ -109,8 +109,8 @@ def _fill(header: _MsgHdr, message: Message, keep: list[object]) -> _MsgHdr:
     header.iov = ctypes.pointer(iov)
     header.iovlen = 1
     if message.name is not None:
-        header.name = message.name.raw
-        header.namelen = len(message.name.raw)
+        header.name = message.name
+        header.namelen = len(message.name)
     if message.control:
         header.control = message.control
         header.controllen = len(message.control)

@@ -37,27 +37,28 @@ from typing import final
 
 import seccomp
 
-from guestfence.policy.model import Context, Policy
+from guestfence.policy.model import Context, Policy, Symbol
 from guestfence.sandbox import kernel, onbehalf
 from guestfence.sandbox.materialize import (
     MAX_MMSG,
     MMSGHDR_SIZE,
     MSGHDR,
-    Destination,
     GuestFault,
     Message,
-    SockAddr,
     as_int32,
     mmsg_headers,
-    read_message,
+    parse_sockaddr,
+    payload_length,
     read_bytes,
-    read_payload,
+    read_message,
     read_sockaddr,
+    sockaddr_length,
 )
 from guestfence.sandbox.onbehalf import Outcome
-from guestfence.sandbox.verdict import SocketKind, verdict
+from guestfence.sandbox.verdict import SocketKind, Verdict, verdict
 
 MAX_IDLE = 4
+MAX_CACHED_VERDICTS = 4096
 INITIAL_THREADS = 2
 CONTINUE = Outcome(value=-1)
 """Sentinel: let the kernel run the call (non-INET sockets only)."""
@@ -140,6 +141,8 @@ class Supervisor:
         self._threads = 0
         self._done = threading.Event()
         self._privileged = os.geteuid() == 0
+        self._verdicts: dict[tuple[SocketKind, bytes, bool], Verdict] = {}
+        self._cacheable = Symbol.HOST not in settings.policy.symbols()
 
     def start(self) -> None:
         kernel.set_sync_wakeup(self.listener)
@@ -214,17 +217,34 @@ class Supervisor:
             print(f"guestfence: supervisor error on {SYSCALL_NAMES[notif.nr]}: {exc!r}", file=sys.stderr)
             return Outcome(error=self.settings.deny_errno)
 
-    def decide(self, call: _Call, kind: SocketKind, destination: Destination | None) -> bool:
-        """Whether the call may go on; logs the denial when not."""
-        if destination is None:
+    def allows(self, call: _Call, fd: int, kind: SocketKind, name: bytes | None, *, is_connect: bool) -> bool:
+        """Whether the call may go on; logs the denial when not.
+
+        A name on a connected stream socket is no destination: TCP ignores
+        it (only an unconnected fast-open send connects to it). Verdicts are
+        remembered per (socket kind, sockaddr bytes) unless the policy names
+        ``@host``, whose answer can change from one call to the next: names
+        were resolved at start, so nothing else can.
+        """
+        if name is None or (kind.is_stream and not is_connect and kernel.is_connected(fd)):
             return True
-        result = verdict(self.settings.policy, self.settings.context, kind, destination)
+        key = (kind, name, is_connect)
+        result = self._verdicts.get(key)
+        if result is None:
+            destination = parse_sockaddr(name, domain=kind.domain, is_connect=is_connect)
+            if destination is None:
+                return True  # no address the kernel will use: it refuses the call or uses the peer
+            result = verdict(self.settings.policy, self.settings.context, kind, destination)
+            if self._cacheable:
+                if len(self._verdicts) >= MAX_CACHED_VERDICTS:
+                    self._verdicts.clear()
+                self._verdicts[key] = result
         if not result.allowed and self.settings.on_denied is not None:
             self.settings.on_denied(Denial(
                 pid=call.pid,
                 syscall=SYSCALL_NAMES[call.notif.nr],
-                protocol=result.flow.proto.value if result.flow else f"protocol {kind.protocol}",
-                destination=str(result.flow) if result.flow else _show(destination),
+                protocol=result.flow.proto.value if result.flow else str(kind.protocol),
+                destination=result.destination,
                 decided_by=result.decided_by,
             ))
         return result.allowed
@@ -235,33 +255,17 @@ class Supervisor:
             raise GuestFault(errno.ESRCH)
 
 
-def _show(destination: Destination) -> str:
-    address = destination.address
-    host = str(address) if address.version == 4 else f"[{address}]"
-    return f"{host}:{destination.port}"
-
-
-def _destination(fd: int, kind: SocketKind, name: SockAddr | None) -> Destination | None:
-    """Where the kernel will send: none for a name on a connected stream
-    socket, which TCP ignores (only an unconnected fast-open send uses it)."""
-    if name is None or name.destination is None:
-        return None
-    if kind.is_stream and kernel.is_connected(fd):
-        return None
-    return name.destination
-
-
 def handle_connect(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, address, length = call.notif.args[:3]
     fd, kind = call.take_socket(fd_arg)
     try:
         if not kind.is_inet:
             return CONTINUE
-        name = read_sockaddr(call.read, address, length, domain=kind.domain, is_connect=True)
+        name = read_sockaddr(call.read, address, length)
         sup.still_waiting(call)
-        if not sup.decide(call, kind, name.destination):
+        if not sup.allows(call, fd, kind, name, is_connect=True):
             return Outcome(error=sup.settings.deny_errno)
-        return onbehalf.connect(fd, name.raw)
+        return onbehalf.connect(fd, name)
     finally:
         os.close(fd)
 
@@ -272,12 +276,15 @@ def handle_sendto(sup: Supervisor, call: _Call) -> Outcome:
     try:
         if not kind.is_inet:
             return CONTINUE
-        name = read_sockaddr(call.read, address, address_length, domain=kind.domain, is_connect=False)
-        payload = read_payload(call.read, buffer, length, stream=kind.is_stream)
+        pieces = ((address, sockaddr_length(address_length)), (buffer, payload_length(length, stream=kind.is_stream)))
+        try:
+            name, payload = kernel.read_memory_many(call.pid, pieces)
+        except OSError as exc:
+            raise GuestFault(exc.errno or errno.EFAULT) from None
         sup.still_waiting(call)
-        if not sup.decide(call, kind, _destination(fd, kind, name)):
+        if not sup.allows(call, fd, kind, name, is_connect=False):
             return Outcome(error=sup.settings.deny_errno)
-        return onbehalf.sendto(fd, payload, as_int32(flags), name.raw)
+        return onbehalf.sendto(fd, payload, as_int32(flags), name)
     finally:
         os.close(fd)
 
@@ -288,10 +295,9 @@ def handle_sendmsg(sup: Supervisor, call: _Call) -> Outcome:
     try:
         if not kind.is_inet:
             return CONTINUE
-        message = read_message(call.read, read_bytes(call.read, header, MSGHDR.size), domain=kind.domain,
-                               stream=kind.is_stream)
+        message = read_message(call.read, read_bytes(call.read, header, MSGHDR.size), stream=kind.is_stream)
         sup.still_waiting(call)
-        if not sup.decide(call, kind, _destination(fd, kind, message.name)):
+        if not sup.allows(call, fd, kind, message.name, is_connect=False):
             return Outcome(error=sup.settings.deny_errno)
         return onbehalf.sendmsg(fd, message, as_int32(flags))
     finally:
@@ -314,8 +320,8 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
         stop = Outcome()
         try:
             for header in mmsg_headers(read_bytes(call.read, vector, count * MMSGHDR_SIZE)):
-                message = read_message(call.read, header, domain=kind.domain, stream=kind.is_stream)
-                if not sup.decide(call, kind, _destination(fd, kind, message.name)):
+                message = read_message(call.read, header, stream=kind.is_stream)
+                if not sup.allows(call, fd, kind, message.name, is_connect=False):
                     stop = Outcome(error=sup.settings.deny_errno)
                     break
                 messages.append(message)

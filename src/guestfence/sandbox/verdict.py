@@ -77,6 +77,9 @@ class SocketKind:
 class Verdict:
     allowed: bool
     flow: Flow | None
+    """None for a protocol no rule can name."""
+    destination: str
+    """``proto://host:port`` for logs, or ``protocol N host:port``."""
     decided_by: str
     """The rule or default that decided, as ``explain`` prints it."""
 
@@ -84,8 +87,11 @@ class Verdict:
 def verdict(policy: Policy, context: Context, kind: SocketKind, destination: Destination) -> Verdict:
     proto = kind.proto
     if proto is None:
-        return Verdict(allowed=False, flow=None, decided_by=f"protocol {kind.protocol} is not governed by any rule")
+        address = destination.address
+        host = str(address) if address.version == 4 else f"[{address}]"
+        return Verdict(allowed=False, flow=None, destination=f"protocol {kind.protocol} {host}:{destination.port}",
+                       decided_by=f"protocol {kind.protocol} is not governed by any rule")
     port = destination.port if proto.has_ports else None
     flow = Flow(proto=proto, address=destination.address, port=port)
     decision = decide(policy, flow, context)
-    return Verdict(allowed=decision.allowed, flow=flow, decided_by=decision.decided_by)
+    return Verdict(allowed=decision.allowed, flow=flow, destination=str(flow), decided_by=decision.decided_by)

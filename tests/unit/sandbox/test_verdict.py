@@ -42,6 +42,10 @@ def test_verdict_by_socket_protocol(kind: SocketKind, destination: Destination, 
     assert (result.allowed, result.decided_by) == (allowed, decided_by)
 
 
+def test_unknown_protocol_is_logged_with_its_number() -> None:
+    assert verdict(POLICY, Context(), SCTP, dest("2001:db8::1", 22)).destination == "protocol 132 [2001:db8::1]:22"
+
+
 def test_ping_flow_has_no_port() -> None:
     result = verdict(POLICY, Context(), PING4, dest("192.0.2.1", 1234))
     assert result.flow is not None and result.flow.proto is Proto.ICMP and result.flow.port is None
