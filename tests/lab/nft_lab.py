@@ -1,10 +1,10 @@
 """A host namespace with services, and guests attached to it by veth or TAP,
-for the nft lab tests and the benchmark.
+for the nft lab tests.
 
-The "host" namespace runs one listener process answering on every address
-it owns (``::`` dual-stack): TCP ports ``SERVICE_TCP`` send ``ok`` and
-close, UDP ports ``SERVICE_UDP`` echo ``ok``. A "guest" namespace reaches
-it over:
+The "host" namespace runs one listener (``guestfence.demolab serve``, the
+demo's own) answering on every address it owns: TCP ports ``SERVICE_TCP``
+and UDP ports ``SERVICE_UDP``; guests try them with demolab's prober. A
+"guest" namespace reaches it over:
 
 - veth: ``vmtap-NAME`` (host) <-> ``eth0`` (guest);
 - TAP: a real TAP device ``vmtap-NAME`` in the host, whose file descriptor
@@ -28,7 +28,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,69 +36,6 @@ from tests.lab.netlab import Lab, sh
 SERVICE_TCP = (22, 5432, 8080)
 SERVICE_UDP = (53, 8080)
 GUESTFENCE = str(Path(sys.executable).with_name("guestfence"))
-
-LISTENER = r"""
-import selectors, socket, sys
-tcp_ports, udp_ports = [int(p) for p in sys.argv[1].split(",")], [int(p) for p in sys.argv[2].split(",")]
-sel = selectors.DefaultSelector()
-for port in tcp_ports:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", port)); s.listen(64); sel.register(s, selectors.EVENT_READ, "tcp")
-for port in udp_ports:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::", port)); sel.register(s, selectors.EVENT_READ, "udp")
-print("ready", flush=True)
-while True:
-    for key, _ in sel.select():
-        s = key.fileobj
-        try:
-            if key.data == "tcp":
-                c, _ = s.accept(); c.sendall(b"ok"); c.close()
-            else:
-                data, peer = s.recvfrom(2048); s.sendto(b"ok", peer)
-        except OSError:
-            pass
-"""
-
-PROBE = r"""
-import json, socket, subprocess, sys, threading
-targets, timeout = json.loads(sys.argv[1]), float(sys.argv[2])
-source = sys.argv[3] if len(sys.argv) > 3 else ""
-results = {}
-def split(rest):
-    host, _, port = rest.rpartition(":")
-    return host.strip("[]"), int(port)
-def family(host):
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-def bound(s, host):
-    if source and family(source) == family(host):
-        s.bind((source, 0))
-def attempt(target):
-    scheme, _, rest = target.partition("://")
-    try:
-        if scheme == "icmp":
-            cmd = ["ping", "-c1", "-W", str(max(1, int(timeout)))] + (["-I", source] if source else []) + [rest]
-            results[target] = subprocess.run(cmd, capture_output=True).returncode == 0
-            return
-        host, port = split(rest)
-        kind = socket.SOCK_STREAM if scheme == "tcp" else socket.SOCK_DGRAM
-        with socket.socket(family(host), kind) as s:
-            s.settimeout(timeout); bound(s, host)
-            if scheme == "tcp":
-                s.connect((host, port)); results[target] = s.recv(16) == b"ok"
-            else:
-                s.sendto(b"hi", (host, port)); results[target] = s.recv(16) == b"ok"
-    except OSError:
-        results[target] = False
-threads = [threading.Thread(target=attempt, args=(t,)) for t in targets]
-for t in threads: t.start()
-for t in threads: t.join()
-print(json.dumps(results))
-"""
-
 
 @dataclass
 class GuestLink:
@@ -130,7 +66,8 @@ class Scene:
         self.listen(self.host, SERVICE_TCP, SERVICE_UDP)
 
     def listen(self, netns: str, tcp: tuple[int, ...], udp: tuple[int, ...] = (9,)) -> None:
-        proc = self.lab.spawn([sys.executable, "-c", LISTENER, ",".join(map(str, tcp)), ",".join(map(str, udp))], netns=netns)
+        ports = [",".join(map(str, tcp)), ",".join(map(str, udp))]
+        proc = self.lab.spawn([sys.executable, "-m", "guestfence.demolab", "serve", *ports], netns=netns)
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 10)
         assert ready and proc.stdout.readline().strip() == b"ready", "listener did not start"
@@ -184,8 +121,8 @@ class Scene:
         )  # fmt: skip
 
     def probe(self, netns: str, targets: list[str], *, timeout: float = 1.0, source: str = "") -> dict[str, bool]:
-        done = sh(sys.executable, "-c", PROBE, json.dumps(targets), str(timeout), source, netns=netns,
-                  timeout=30 + timeout * len(targets))  # fmt: skip
+        done = sh(sys.executable, "-m", "guestfence.demolab", "probe", json.dumps(targets), str(timeout), source,
+                  netns=netns, timeout=30 + timeout * len(targets))  # fmt: skip
         return json.loads(done.stdout)
 
     def reachable(self, netns: str, targets: list[str], **kwargs: object) -> set[str]:
@@ -250,15 +187,6 @@ def relay(tap: str, netns: str, iface: str) -> None:
             frame, address = wire.recvfrom(65536)
             if address[2] != PACKET_OUTGOING:
                 os.write(tap_fd, frame)
-
-
-def wait_until(check: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["relay"]:
