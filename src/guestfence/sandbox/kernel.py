@@ -15,6 +15,7 @@ import fcntl
 import os
 import struct
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import final
 
@@ -161,6 +162,7 @@ _process_vm_readv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, cty
                               ctypes.c_ulong)
 _process_vm_readv.restype = ctypes.c_ssize_t
 MAX_PIECES = 4
+IOV_MAX = 1024
 
 
 def read_memory(pid: int, address: int, length: int) -> bytes:
@@ -172,21 +174,38 @@ def read_memory(pid: int, address: int, length: int) -> bytes:
     return read_memory_many(pid, ((address, length),))[0]
 
 
-def read_memory_many(pid: int, pieces: tuple[tuple[int, int], ...]) -> list[bytes]:
-    """Several ``(address, length)`` pieces (at most MAX_PIECES) in one system call."""
+def read_memory_many(pid: int, pieces: Sequence[tuple[int, int]]) -> list[bytes]:
+    """Every ``(address, length)`` piece, in one system call per IOV_MAX pieces.
+
+    OSError(EFAULT) when any piece is unreadable (it does not say which).
+    """
+    out: list[bytes] = []
+    for start in range(0, len(pieces), IOV_MAX):
+        out += _read_chunk(pid, pieces[start:start + IOV_MAX])
+    return out
+
+
+def _read_chunk(pid: int, pieces: Sequence[tuple[int, int]]) -> list[bytes]:
     total = sum(length for _, length in pieces)
     if total == 0:
         return [b"" for _ in pieces]
     buf = ctypes.create_string_buffer(total)
-    iovecs = _scratch.iovecs
+    count = len(pieces)
+    if count <= MAX_PIECES:
+        iovecs, local, remote = _scratch.iovecs, _scratch.local_ref, _scratch.remote_ref
+    else:
+        iovecs = (ctypes.c_uint64 * (4 * count))()
+        local = ctypes.addressof(iovecs)
+        remote = local + 16 * count
+    half = len(iovecs) // 2
     base = ctypes.addressof(buf)
     for i, (address, length) in enumerate(pieces):
         iovecs[2 * i] = base
         iovecs[2 * i + 1] = length
-        iovecs[8 + 2 * i] = address
-        iovecs[8 + 2 * i + 1] = length
+        iovecs[half + 2 * i] = address
+        iovecs[half + 2 * i + 1] = length
         base += length
-    got = _process_vm_readv(pid, _scratch.local_ref, len(pieces), _scratch.remote_ref, len(pieces), 0)
+    got = _process_vm_readv(pid, local, count, remote, count, 0)
     if got < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -41,6 +41,8 @@ from guestfence.policy.model import Address
 
 Reader = Callable[[int, int], bytes]
 """``read(address, length) -> bytes``; raises OSError(EFAULT) on unmapped memory."""
+ManyReader = Callable[[Sequence[tuple[int, int]]], list[bytes]]
+"""``read_many([(address, length), ...]) -> [bytes, ...]`` in one go; OSError if any fails."""
 
 MAX_SOCKADDR = 128
 MAX_IOV = 1024
@@ -169,6 +171,65 @@ def check_control(control: bytes) -> None:
         if (level, kind) in REROUTING_CMSGS:
             raise GuestFault(errno.EPERM)
         offset += (length + 7) & ~7
+
+
+def read_messages(read: Reader, read_many: ManyReader, headers: Sequence[bytes], *,
+                  stream: bool) -> tuple[list[Message], GuestFault | None]:
+    """Every sendmmsg entry, in two batched reads; on a fault, the entries
+    before the faulting one and the fault, found by reading one at a time
+    (the kernel, too, sends up to the first bad entry)."""
+    try:
+        return _read_messages_batched(read_many, headers, stream=stream), None
+    except GuestFault:
+        pass
+    messages: list[Message] = []
+    for header in headers:
+        try:
+            messages.append(read_message(read, header, stream=stream))
+        except GuestFault as fault:
+            return messages, fault
+    return messages, None
+
+
+def _read_messages_batched(read_many: ManyReader, headers: Sequence[bytes], *, stream: bool) -> list[Message]:
+    pieces: list[tuple[int, int]] = []
+    for header in headers:
+        name_ptr, name_len, iov_ptr, iov_len, control_ptr, control_len, _flags = MSGHDR.unpack(header)
+        if iov_len > MAX_IOV:
+            raise GuestFault(errno.EMSGSIZE)
+        if control_len > MAX_CONTROL:
+            raise GuestFault(errno.ENOBUFS)
+        has_name = name_ptr and name_len
+        pieces += [(name_ptr, sockaddr_length(name_len) if has_name else 0), (iov_ptr, iov_len * IOVEC.size),
+                   (control_ptr, control_len)]
+    firsts = _many(read_many, pieces)
+    payload_pieces: list[list[tuple[int, int]]] = []
+    for i in range(len(headers)):
+        wanted, total = [], 0
+        for base, length in IOVEC.iter_unpack(firsts[3 * i + 1]):
+            room = MAX_PAYLOAD - total
+            if length > room and not stream:
+                raise GuestFault(errno.EMSGSIZE)
+            length = min(length, room)
+            wanted.append((base, length))
+            total += length
+        payload_pieces.append(wanted)
+    payloads = _many(read_many, [piece for wanted in payload_pieces for piece in wanted])
+    messages, offset = [], 0
+    for i, wanted in enumerate(payload_pieces):
+        control = firsts[3 * i + 2]
+        check_control(control)
+        messages.append(Message(name=firsts[3 * i] or None, payload=b"".join(payloads[offset:offset + len(wanted)]),
+                                control=control))
+        offset += len(wanted)
+    return messages
+
+
+def _many(read_many: ManyReader, pieces: Sequence[tuple[int, int]]) -> list[bytes]:
+    try:
+        return read_many(pieces)
+    except OSError as exc:
+        raise GuestFault(exc.errno or errno.EFAULT) from None
 
 
 def mmsg_headers(raw: bytes) -> Sequence[bytes]:

@@ -31,7 +31,7 @@ import os
 import select
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import final
 
@@ -51,6 +51,7 @@ from guestfence.sandbox.materialize import (
     payload_length,
     read_bytes,
     read_message,
+    read_messages,
     read_sockaddr,
     sockaddr_length,
 )
@@ -98,6 +99,9 @@ class _Call:
 
     def read(self, address: int, length: int) -> bytes:
         return kernel.read_memory(self.pid, address, length)
+
+    def read_many(self, pieces: Sequence[tuple[int, int]]) -> list[bytes]:
+        return kernel.read_memory_many(self.pid, pieces)
 
     def take_socket(self, fd_arg: int) -> tuple[int, SocketKind]:
         """Our pinned copy of the guest's ``fd_arg`` and what it is. GuestFault(EBADF/ENOTSOCK)."""
@@ -278,7 +282,7 @@ def handle_sendto(sup: Supervisor, call: _Call) -> Outcome:
             return CONTINUE
         pieces = ((address, sockaddr_length(address_length)), (buffer, payload_length(length, stream=kind.is_stream)))
         try:
-            name, payload = kernel.read_memory_many(call.pid, pieces)
+            name, payload = call.read_many(pieces)
         except OSError as exc:
             raise GuestFault(exc.errno or errno.EFAULT) from None
         sup.still_waiting(call)
@@ -316,17 +320,15 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
     try:
         if not kind.is_inet:
             return CONTINUE
+        headers = mmsg_headers(read_bytes(call.read, vector, count * MMSGHDR_SIZE))
+        read, fault = read_messages(call.read, call.read_many, headers, stream=kind.is_stream)
+        stop = Outcome(error=fault.errno) if fault else Outcome()
         messages: list[Message] = []
-        stop = Outcome()
-        try:
-            for header in mmsg_headers(read_bytes(call.read, vector, count * MMSGHDR_SIZE)):
-                message = read_message(call.read, header, stream=kind.is_stream)
-                if not sup.allows(call, fd, kind, message.name, is_connect=False):
-                    stop = Outcome(error=sup.settings.deny_errno)
-                    break
-                messages.append(message)
-        except GuestFault as fault:
-            stop = Outcome(error=fault.errno)
+        for message in read:
+            if not sup.allows(call, fd, kind, message.name, is_connect=False):
+                stop = Outcome(error=sup.settings.deny_errno)
+                break
+            messages.append(message)
         sup.still_waiting(call)
         if not messages:
             return stop

@@ -17,6 +17,7 @@ from guestfence.sandbox.materialize import (
     check_control,
     parse_sockaddr,
     read_message,
+    read_messages,
     payload_length,
     read_sockaddr,
     sockaddr_length,
@@ -71,6 +72,8 @@ class Memory:
 
     def __call__(self, address: int, length: int) -> bytes:
         self.reads.append((address, length))
+        if length == 0:
+            return b""
         start = address - 0x1000
         if start < 0 or start + length > len(self.data):
             raise OSError(errno.EFAULT, "bad address")
@@ -130,3 +133,20 @@ def test_rerouting_control_messages_are_eperm(level: int, kind: int, refused: bo
         assert info.value.errno == errno.EPERM
     else:
         check_control(control)
+
+
+def test_read_messages_batches_and_stops_at_the_first_faulting_entry() -> None:
+    memory = Memory(V4 + struct.pack("=QQ", 0x1020, 3) + b"abc")
+    many_calls: list[int] = []
+
+    def read_many(pieces):  # type: ignore[no-untyped-def]
+        many_calls.append(len(pieces))
+        return [memory(address, length) for address, length in pieces]
+
+    good = _msghdr(0x1000, 16, 0x1010, 1)
+    messages, fault = read_messages(memory, read_many, [good, good], stream=False)
+    assert fault is None and [m.payload for m in messages] == [b"abc", b"abc"]
+    assert many_calls == [6, 2]  # names+iovecs+controls, then payloads
+    bad = _msghdr(0x1000, 16, 0x9000, 1)
+    messages, fault = read_messages(memory, read_many, [good, bad, good], stream=False)
+    assert len(messages) == 1 and fault is not None and fault.errno == errno.EFAULT
