@@ -20,10 +20,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from guestfence.cli import audit, demo, guest, lockdown, policy_cmds, run
+from guestfence.cli import audit, demo, guest, lockdown, policy_cmds, rootless, run
 from guestfence.errors import ApplyError, GuestfenceError, HostError, PlanError, PolicyError
 
-COMMANDS = (policy_cmds, demo, audit, lockdown, guest, run)
+COMMANDS = (policy_cmds, demo, guest, lockdown, run, rootless, audit)
 
 EXIT_CODES: tuple[tuple[type[GuestfenceError], int], ...] = (
     (PolicyError, 2),

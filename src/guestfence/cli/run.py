@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 from guestfence.cli.common import POLICY_HELP, HelpFormatter, add_policy_options, policy_from_args
@@ -55,9 +56,9 @@ def run_command(args: argparse.Namespace) -> int:
     if not command:
         raise PolicyError("no command given (usage: guestfence run [options] -- CMD ARGS...)")
     policy = policy_from_args(args)
-    log = _open_log(args.log)
+    log = open_log(args.log)
     sandbox = Sandbox(policy, deny_errno=args.deny_errno,
-                      on_denied=None if log is None else _denial_logger(log, as_json=args.json_log))
+                      on_denied=None if log is None else denial_logger(log, as_json=args.json_log))
     for name, why in sorted(sandbox.resolution.failures.items()):
         print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
     if args.verbose:
@@ -71,7 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
     return 128 - status if status < 0 else status
 
 
-def _open_log(target: str | None) -> TextIO | None:
+def open_log(target: str | None) -> TextIO | None:
     if target is None:
         return None
     if target == "-":
@@ -82,16 +83,23 @@ def _open_log(target: str | None) -> TextIO | None:
         raise PolicyError(f"--log {target!r}: {exc.strerror}") from exc
 
 
-def _denial_logger(log: TextIO, *, as_json: bool):
+def denial_logger(log: TextIO, *, as_json: bool, guest_view: Callable[[str], str | None] | None = None):
+    """A Denial callback writing one line per denial; ``guest_view`` names the
+    destination as the guest saw it, where a wrapped stack translated it."""
     lock = threading.Lock()
 
     def write(denial: Denial) -> None:
+        seen = None if guest_view is None else guest_view(denial.destination)
         if as_json:
-            line = json.dumps({"event": "denied", "pid": denial.pid, "syscall": denial.syscall,
-                               "protocol": denial.protocol, "destination": denial.destination,
-                               "decided_by": denial.decided_by})
+            record = {"event": "denied", "pid": denial.pid, "syscall": denial.syscall,
+                      "protocol": denial.protocol, "destination": denial.destination,
+                      "decided_by": denial.decided_by}
+            if guest_view is not None:
+                record["guest_destination"] = seen
+            line = json.dumps(record)
         else:
-            line = (f"guestfence: denied {denial.syscall} {denial.destination} (pid {denial.pid}): "
+            as_seen = f" (guest aimed at {seen})" if seen is not None and seen != denial.destination else ""
+            line = (f"guestfence: denied {denial.syscall} {denial.destination}{as_seen} (pid {denial.pid}): "
                     f"{denial.decided_by}")
         with lock:
             log.write(line + "\n")

@@ -1,0 +1,135 @@
+"""``guestfence rootless``: run slirp4netns, passt or pasta kept off the host's own addresses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import signal
+
+from guestfence.cli.common import POLICY_HELP, HelpFormatter, add_policy_options, policy_from_args, print_json
+from guestfence.cli.run import denial_logger, open_log
+from guestfence.errors import HostError, PolicyError
+from guestfence.policy.grammar import parse_destination
+from guestfence.policy.model import Action, Flow, Policy
+from guestfence.rootless.guard import host_guard
+from guestfence.rootless.stacks import Stack, StackCommand, guest_view, passt_command, slirp4netns_command
+from guestfence.sandbox import Sandbox
+
+EPILOG = POLICY_HELP + """
+The stack runs under guestfence's seccomp supervisor with the policy
+"default allow, deny @host" (every protocol), plus your rules. Deny beats
+allow, so an allow on @host (--net-allow tcp://@host:8080) is honoured by
+denying only the *rest* of the host. @host is decided by a route lookup at
+each connect: every address the host owns, loopback included, now -- an
+address added while the guest runs is refused from its first connection.
+
+slirp4netns works fully rootless. passt and pasta move into a user namespace
+of their own and make themselves non-dumpable, so only a supervisor with
+CAP_SYS_PTRACE can read their calls: run guestfence as root with
+--as-user USER (the stack runs as USER), or use the nftables mode of
+docs/rootless.md.
+
+examples:
+  guestfence rootless slirp4netns 4242                         # PID of a process in the guest netns
+  guestfence rootless slirp4netns --netns /run/user/1000/netns/ctr tap0 -- --disable-host-loopback
+  guestfence rootless slirp4netns 4242 --net-allow 'tcp://@host:8080' --log -
+  sudo guestfence rootless pasta --as-user alice -- --config-net -- podman-like-cmd
+  guestfence rootless passt --dry-run -- --vhost-user --socket /tmp/passt-vm
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "rootless",
+        help="run slirp4netns, passt or pasta so its guest cannot reach the host's own addresses",
+        description="Run a userspace network stack under the seccomp supervisor, denying the host's own addresses.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    _add_options(parser)
+    parser.add_argument("stack", choices=[s.value for s in Stack], help="the network stack to run")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="[PID [TAPNAME]] [OPTIONS] [-- STACK ARGS]",
+                        help="slirp4netns: PID of a process in the guest's netns (or --netns PATH), tap name "
+                             "(tap0); after --, arguments for the stack itself")
+    parser.set_defaults(func=run_rootless)
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    """The options, accepted before and after the stack's name (see _parse_rest)."""
+    parser.add_argument("--netns", metavar="PATH", help="slirp4netns: the guest's netns as a path instead of a PID")
+    add_policy_options(parser)
+    parser.add_argument("--as-user", metavar="USER",
+                        help="run the stack as USER while the supervisor keeps root (needed for passt/pasta)")
+    parser.add_argument("--log", metavar="FILE|-", help="log every denied attempt to FILE (- for stderr)")
+    parser.add_argument("--json-log", action="store_true", help="log one JSON object per line")
+    parser.add_argument("--dry-run", action="store_true", help="print the command and policy; run nothing")
+
+
+def _parse_rest(args: argparse.Namespace) -> list[str]:
+    """Read PID, TAPNAME and options that follow the stack's name into ``args``;
+    return the stack's own arguments (those after ``--``)."""
+    rest = list(args.rest)
+    head, extra = (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
+    parser = argparse.ArgumentParser(prog=f"guestfence rootless {args.stack}", add_help=False)
+    _add_options(parser)
+    parser.add_argument("target", nargs="?", default="")
+    parser.add_argument("tap", nargs="?", default="tap0")
+    parser.parse_intermixed_args(head, namespace=args)
+    return extra
+
+
+def run_rootless(args: argparse.Namespace) -> int:
+    stack = Stack(args.stack)
+    extra = _parse_rest(args)
+    command = _stack_command(stack, args, extra)
+    chosen = policy_from_args(args)
+    policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
+    argv = _as_user(command.argv, args.as_user)
+    if args.dry_run:
+        print_json({"command": list(argv), "default": policy.default.value,
+                    "allow": [str(r) for r in policy.allow], "deny": [str(r) for r in policy.deny]})
+        return 0
+    if stack.needs_ptrace_capability and os.geteuid() != 0:
+        raise HostError(
+            f"{stack.value} makes itself non-dumpable in a user namespace of its own, so a supervisor "
+            f"without CAP_SYS_PTRACE cannot read its calls; run guestfence as root with --as-user USER, "
+            f"or use the nftables mode (docs/rootless.md)"
+        )
+    return _supervise(argv, policy, command, args)
+
+
+def _stack_command(stack: Stack, args: argparse.Namespace, extra: list[str]) -> StackCommand:
+    if stack is Stack.SLIRP4NETNS:
+        return slirp4netns_command(args.netns or args.target, args.tap, extra)
+    if args.target or args.netns:
+        raise PolicyError(f"{stack.value} takes no PID or --netns here; pass its own options after --")
+    return passt_command(stack, extra)
+
+
+def _as_user(argv: tuple[str, ...], user: str | None) -> tuple[str, ...]:
+    if user is None:
+        return argv
+    if os.geteuid() != 0:
+        raise PolicyError("--as-user needs guestfence to run as root")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PolicyError(f"--as-user {user!r}: no such user") from None
+    return ("setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups", "--", *argv)
+
+
+def _supervise(argv: tuple[str, ...], policy: Policy, command: StackCommand, args: argparse.Namespace) -> int:
+    log = open_log(args.log)
+
+    def seen_by_guest(destination: str) -> str | None:
+        flow = parse_destination(destination)
+        address = guest_view(command, flow.address)
+        return None if address is None else str(Flow(proto=flow.proto, address=address, port=flow.port))
+
+    on_denied = None if log is None else denial_logger(log, as_json=args.json_log, guest_view=seen_by_guest)
+    proc = Sandbox(policy, on_denied=on_denied).popen(list(argv))
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
+    status = proc.wait()
+    return 128 - status if status < 0 else status

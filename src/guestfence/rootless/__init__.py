@@ -1,0 +1,1 @@
+"""Rootless userspace network stacks (slirp4netns, passt, pasta) kept off the host's own addresses."""
