@@ -100,12 +100,8 @@ def _eq(arg: int, value: int, mask: int = INT_MASK) -> Cond:
 
 def plan_filter() -> FilterPlan:
     """The filter: the same for every policy, since the policy is applied in the supervisor."""
-    rules = [
-        FilterRule(syscall="connect", errno=None),
-        FilterRule(syscall="sendto", errno=None, conds=(Cond(arg=4, op=Op.NE, value=0, mask=0),)),
-        FilterRule(syscall="sendmsg", errno=None),
-        FilterRule(syscall="sendmmsg", errno=None),
-    ]
+    only_with_destination = {"sendto": (Cond(arg=4, op=Op.NE, value=0, mask=0),)}
+    rules = [FilterRule(syscall=name, errno=None, conds=only_with_destination.get(name, ())) for name in TRAPPED]
     rules += [
         FilterRule(syscall="socket", errno=errno.EAFNOSUPPORT, conds=(_eq(0, domain),))
         for domain in range(AF_MAX) if domain not in ALLOWED_DOMAINS

@@ -143,7 +143,6 @@ class Supervisor:
         self._lock = threading.Lock()
         self._idle = 0
         self._threads = 0
-        self._done = threading.Event()
         self._privileged = os.geteuid() == 0
         self._verdicts: dict[tuple[SocketKind, bytes, bool], Verdict] = {}
         self._cacheable = Symbol.HOST not in settings.policy.symbols()
@@ -152,10 +151,6 @@ class Supervisor:
         kernel.set_sync_wakeup(self.listener)
         for _ in range(INITIAL_THREADS):
             self._spawn()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Whether every handler thread has ended (the filter is orphaned)."""
-        return self._done.wait(timeout)
 
     def _spawn(self) -> None:
         with self._lock:
@@ -176,8 +171,9 @@ class Supervisor:
             with self._lock:
                 self._idle -= 1
                 self._threads -= 1
-                if self._threads == 0:
-                    self._done.set()
+                last = self._threads == 0
+            if last:
+                os.close(self.listener)
 
     def _serve_one(self, pidfds: dict[int, int]) -> bool:
         try:
