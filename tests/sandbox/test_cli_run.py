@@ -9,17 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from guestfence.cli import main
 from tests.sandbox.conftest import Listener
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.unit.test_cli import run
 
 
 def test_exit_status_is_the_commands_own(capsys: pytest.CaptureFixture[str]) -> None:
