@@ -60,8 +60,12 @@ def delete_counter(family: str, name: str) -> Command:
     return {"delete": {"counter": _obj(family, name=name)}}
 
 
-def add_set(family: str, name: str, key_type: str) -> Command:
-    return {"add": {"set": _obj(family, name=name, type=key_type)}}
+def add_set(family: str, name: str, key_type: str, elements: Sequence[Any] = ()) -> Command:
+    """A named set; with ``elements``, created holding them (re-adding is a no-op)."""
+    body = _obj(family, name=name, type=key_type)
+    if elements:
+        body["elem"] = list(elements)
+    return {"add": {"set": body}}
 
 
 def add_verdict_map(family: str, name: str, key_type: str | Sequence[str]) -> Command:

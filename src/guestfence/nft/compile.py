@@ -49,6 +49,7 @@ from typing import final
 
 from guestfence.errors import PlanError
 from guestfence.nft import build as b
+from guestfence.nft import names as n
 from guestfence.nft.antispoof import antispoof_rules
 from guestfence.nft.build import ACCEPT, Command, Expr
 from guestfence.nft.guest import DEFAULT_PATTERN, Guest
@@ -90,12 +91,21 @@ PRIO_BRIDGE_FILTER = -200
 PRIO_ARP_FILTER = 0
 LOG_RATE = (5, "second", 10)
 """Rate, unit and burst of the drop log: enough to diagnose, never a flood."""
-TO_HOST_TYPES = ["local", "broadcast", "multicast", "anycast"]
-LINK_ICMPV6 = ["nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report"]
-ICMP_ERRORS = {
-    "icmp": ["destination-unreachable", "time-exceeded"],
-    "icmpv6": ["destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem"],
+CONSTANT_SETS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    (INET, n.TO_HOST_TYPES): ("fib_addrtype", ("local", "broadcast", "multicast", "anycast")),
+    (INET, n.LINK_ICMPV6): ("icmpv6_type", ("nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report")),
+    (INET, n.ERRORS_ICMP): ("icmp_type", ("destination-unreachable", "time-exceeded")),
+    (INET, n.ERRORS_ICMPV6): ("icmpv6_type", ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem")),
+    (INET, n.ICMP_PROTOS): ("inet_proto", ("icmp", "ipv6-icmp")),
+    **{
+        (family, n.UNSPECIFIED_SOURCE_ICMPV6): ("icmpv6_type", ("nd-neighbor-solicit", "mld-listener-report", "mld2-listener-report"))
+        for family in (INET, BRIDGE)
+    },
+    **{(family, n.SPOOF_ICMPV6): ("icmpv6_type", ("nd-router-advert", "nd-redirect")) for family in (INET, BRIDGE)},
+    (BRIDGE, n.ETHERTYPES): ("ether_type", ("ip", "ip6", "arp")),
 }
+"""(family, set name) -> (element type, elements): what the link needs, what a guest may never send."""
+ICMP_ERRORS = {"icmp": n.ERRORS_ICMP, "icmpv6": n.ERRORS_ICMPV6}
 _DADDR = {4: "ip", 6: "ip6"}
 _ICMP_L4 = {4: "icmp", 6: "ipv6-icmp"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
@@ -204,6 +214,7 @@ def expected_rule_counts(guest: Guest, names: Names) -> dict[tuple[str, str], in
 
 def _skeleton(settings: Settings) -> list[Command]:
     commands = [b.add_table(family) for family in FAMILIES]
+    commands += [b.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
     commands += [
         *(b.add_set(INET, GUEST_ADDRS[v], _ADDR_TYPE[v]) for v in (4, 6)),
         *(b.add_set(INET, MASQUERADE[v], _ADDR_TYPE[v]) for v in (4, 6)),
@@ -345,8 +356,8 @@ def _entry_rules(guest: Guest) -> list[list[Expr]]:
     drop = b.goto(guest_chain(guest.name, "drop"))
     return [
         [b.match(b.ct("state"), "invalid"), drop],
-        [b.match(b.ct("state"), {"set": ["established", "related"]}), *_accept(guest)],
-        [b.match(b.fib_daddr_type(), {"set": TO_HOST_TYPES}), b.goto(guest_chain(guest.name, "host"))],
+        [b.match(b.ct("state"), ["established", "related"], "in"), *_accept(guest)],
+        [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}"), b.goto(guest_chain(guest.name, "host"))],
         [b.goto(guest_chain(guest.name, "out"))],
     ]
 
@@ -354,8 +365,8 @@ def _entry_rules(guest: Guest) -> list[list[Expr]]:
 def _host_rules(guest: Guest, names: Names) -> list[list[Expr]]:
     """Packets for the host itself (local, broadcast, multicast destinations)."""
     accept = _accept(guest)
-    rules = [[b.match(b.payload("icmpv6", "type"), {"set": LINK_ICMPV6}), *accept]]
-    rules += [[b.match(b.payload(proto, "type"), {"set": types}), *accept] for proto, types in ICMP_ERRORS.items()]
+    rules = [[b.match(b.payload("icmpv6", "type"), f"@{n.LINK_ICMPV6}"), *accept]]
+    rules += [[b.match(b.payload(proto, "type"), f"@{errors}"), *accept] for proto, errors in ICMP_ERRORS.items()]
     rules += _policy_rules(guest, names, guest.policy.deny, deny=True)
     rules += [[b.match(b.payload(proto, "type"), "echo-request"), *accept] for proto in ICMP_ERRORS]
     rules += _policy_rules(guest, names, guest.policy.allow, deny=False)
@@ -399,7 +410,7 @@ def _policy_rules(guest: Guest, names: Names, rules: Iterable[Rule], *, deny: bo
 def _proto_exprs(rule: Rule, version: int | None) -> list[Expr]:
     l4proto = b.meta("l4proto")
     if rule.proto is Proto.ICMP:
-        value = _ICMP_L4[version] if version else {"set": list(_ICMP_L4.values())}
+        value = _ICMP_L4[version] if version else f"@{n.ICMP_PROTOS}"
         return [b.match(l4proto, value)]
     exprs = [b.match(l4proto, rule.proto.value)]
     ports = b.ports_value(rule.ports)

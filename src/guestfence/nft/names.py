@@ -39,6 +39,19 @@ GUEST_ADDRS = {4: "guest_addrs4", 6: "guest_addrs6"}
 MASQUERADE = {4: "masquerade4", 6: "masquerade6"}
 """Source addresses of guests registered with masquerade."""
 
+# Constant sets, shared by every guest's rules (compile.CONSTANT_SETS holds
+# their elements). Named, not anonymous: libnftables reads every set of the
+# table before changing elements, so per-rule anonymous sets would make
+# adding a guest slower with every guest already there.
+TO_HOST_TYPES = "to_host"
+LINK_ICMPV6 = "link_icmpv6"
+ERRORS_ICMP = "errors_icmp"
+ERRORS_ICMPV6 = "errors_icmpv6"
+ICMP_PROTOS = "icmp_protos"
+UNSPECIFIED_SOURCE_ICMPV6 = "unspecified_source_icmpv6"
+SPOOF_ICMPV6 = "spoof_icmpv6"
+ETHERTYPES = "ethertypes"
+
 
 def guest_chain(guest: str, part: str | None = None) -> str:
     """``guest.NAME`` (the guest's entry chain) or ``guest.NAME.PART``."""

@@ -1,0 +1,314 @@
+"""Benchmark: what the guest firewall costs per packet, and per change.
+
+Run manually, as root (it builds two network namespaces and removes them):
+
+    .venv/bin/python bench/bench_nft.py [--seconds 2] [--guests 1,100,1000] [--plot docs/bench_nft.png]
+
+A "host" namespace and a "guest" namespace joined by veth (vmtap-g0). For
+1, 100 and 1,000 registered guests (one real, the others registered on
+interfaces that do not exist, as on a host whose other VMs are idle), and
+for three designs, all measured in the same run:
+
+- none        no ruleset: the baseline;
+- guestfence  one ``inet guestfence`` table, a verdict map dispatching to per-guest chains;
+- seed        one table per TAP device, each with input, forward and
+              postrouting chains matching ``iifname`` (the design of the seed report).
+
+it measures, for a few seconds each: (a) UDP packets per second from the
+guest to an allowed host port, TCP requests per second (connect, read,
+close) to an allowed host port, and TCP requests per second over the host's
+loopback; (b) with 1,000 guests, the time to add and to remove one guest
+(each one libnftables transaction). It prints rates and ratios to the
+baseline, writes bench/results/nft.json, and plots the UDP packet rate
+against the number of guests. Each figure is the median of ``--rounds``
+runs in which the designs take turns.
+
+The senders are Python, so absolute rates are Python's; the ratios between
+designs are what this measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST, GUEST = f"gfbench-host-{os.getpid()}", f"gfbench-vm-{os.getpid()}"
+IFACE = "vmtap-g0"
+HOST_ADDR, GUEST_ADDR = "192.0.2.1", "192.0.2.2"
+TCP_PORT, UDP_PORT = 8080, 9000
+DESIGNS = ("none", "guestfence", "seed")
+
+
+# Rulesets (run inside the host namespace: `bench_nft.py ruleset DESIGN N`).
+
+
+def guests(count: int) -> list[Any]:
+    """The measured guest plus count-1 idle ones (IPv6-only, so addresses never run out)."""
+    from guestfence.nft.guest import parse_guest
+    from guestfence.policy.model import Policy
+
+    policy = Policy.parse(allow=[f"tcp://@gateway:{TCP_PORT}", f"udp://@gateway:{UDP_PORT}"])
+    made = [parse_guest(name="g0", iface=IFACE, addresses=[f"{GUEST_ADDR}/30"], gateways=[HOST_ADDR], policy=policy)]
+    for i in range(1, count):
+        made.append(parse_guest(name=f"d{i}", iface=f"vmtap-d{i}", addresses=[f"2001:db8:d::{i + 1:x}/64"],
+                                gateways=["2001:db8:d::1"], policy=policy))  # fmt: skip
+    return made
+
+
+def seed_commands(count: int) -> list[dict[str, Any]]:
+    """One table per TAP: input (policy accept, iifname-scoped accepts then drop),
+    forward and postrouting, as the seed report describes its fixed ruleset."""
+    commands: list[dict[str, Any]] = []
+    for index, guest in enumerate(guests(count)):
+        table = {"family": "inet", "table": f"tap{index}"}
+        iif = {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": guest.iface}}
+        commands.append({"add": {"table": {"family": "inet", "name": f"tap{index}"}}})
+        for chain, hook, prio, kind in (("input", "input", 0, "filter"), ("forward", "forward", 0, "filter"),
+                                        ("postrouting", "postrouting", 100, "nat")):  # fmt: skip
+            commands.append({"add": {"chain": {**table, "name": chain, "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
+
+        def rule(chain: str, *exprs: dict[str, Any], table: dict[str, Any] = table) -> None:
+            commands.append({"add": {"rule": {**table, "chain": chain, "expr": list(exprs)}}})
+
+        ct = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}
+        icmp = {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
+                          "right": {"set": ["echo-request", "destination-unreachable", "time-exceeded"]}}}  # fmt: skip
+        proto = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}}
+        port = {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": {"set": [TCP_PORT, UDP_PORT]}}}
+        rule("input", iif, ct, {"accept": None})
+        rule("input", iif, icmp, {"accept": None})
+        rule("input", iif, proto, port, {"accept": None})
+        rule("input", iif, {"drop": None})
+        rule("forward", iif, {"accept": None})
+        rule("forward", {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": guest.iface}}, ct, {"accept": None})
+        source = guest.addresses[0]
+        rule("postrouting", {"match": {"op": "==", "left": {"payload": {"protocol": "ip6" if source.version == 6 else "ip", "field": "saddr"}},
+                                       "right": str(source.ip)}}, {"masquerade": None})  # fmt: skip
+    return commands
+
+
+def apply_ruleset(design: str, count: int) -> None:
+    from guestfence.nft.apply import apply_nft, open_nft
+    from guestfence.nft.compile import Settings, compile_ruleset
+
+    nft = open_nft()
+    nft.cmd("flush ruleset")
+    if design == "guestfence":
+        apply_nft(nft, list(compile_ruleset(guests(count), Settings(), {}).commands), step="bench ruleset")
+    elif design == "seed":
+        apply_nft(nft, seed_commands(count), step="bench ruleset")
+
+
+def churn(count: int, rounds: int) -> dict[str, float]:
+    """Median seconds to add, then remove, one guest next to ``count`` others."""
+    from guestfence.nft.apply import apply_nft, open_nft
+    from guestfence.nft.compile import Settings, compile_add, compile_remove, compile_ruleset
+    from guestfence.nft.guest import parse_guest
+
+    nft = open_nft()
+    nft.cmd("flush ruleset")
+    existing = guests(count)
+    apply_nft(nft, list(compile_ruleset(existing, Settings(), {}).commands), step="bench ruleset")
+    newcomer = parse_guest(name="new", iface="vmtap-new", addresses=["2001:db8:e::2/64"], gateways=["2001:db8:e::1"],
+                           policy=existing[0].policy)  # fmt: skip
+    added, removed = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        apply_nft(nft, list(compile_add(newcomer, Settings(), {}, others=existing, replaces=None).commands), step="add")
+        added.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        apply_nft(nft, list(compile_remove(newcomer, Settings()).commands), step="remove")
+        removed.append(time.perf_counter() - start)
+    return {"add_s": statistics.median(added), "remove_s": statistics.median(removed)}
+
+
+# Traffic (each run inside a namespace by the orchestrator).
+
+
+def udp_send(host: str, port: int, seconds: float) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((host, port))
+    payload, sent, deadline = b"x" * 64, 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(256):
+            try:
+                sock.send(payload)
+                sent += 1
+            except OSError:
+                pass
+    return sent
+
+
+def udp_receive(port: int, seconds: float) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind(("0.0.0.0", port))
+    sock.settimeout(0.2)
+    print("ready", flush=True)
+    received, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sock.recv(2048)
+            received += 1
+        except TimeoutError:
+            continue
+    return received
+
+
+def tcp_requests(host: str, port: int, seconds: float) -> int:
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.settimeout(2)
+            sock.connect((host, port))
+            if sock.recv(16) == b"ok":
+                done += 1
+    return done
+
+
+# The orchestrator.
+
+
+def sh(*argv: str, netns: str | None = None, timeout: float = 600) -> str:
+    command = list(argv) if netns is None else ["ip", "netns", "exec", netns, *argv]
+    return subprocess.run(command, check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+
+def me(*argv: str, netns: str, timeout: float = 600) -> str:
+    return sh(sys.executable, __file__, *argv, netns=netns, timeout=timeout)
+
+
+def build_lab() -> list[subprocess.Popen[bytes]]:
+    for name in (HOST, GUEST):
+        sh("ip", "netns", "add", name)
+        sh("ip", "link", "set", "lo", "up", netns=name)
+    sh("ip", "link", "add", IFACE, "netns", HOST, "type", "veth", "peer", "name", "eth0", "netns", GUEST)
+    sh("ip", "link", "set", IFACE, "up", netns=HOST)
+    sh("ip", "link", "set", "eth0", "up", netns=GUEST)
+    sh("ip", "addr", "add", f"{HOST_ADDR}/30", "dev", IFACE, netns=HOST)
+    sh("ip", "addr", "add", f"{GUEST_ADDR}/30", "dev", "eth0", netns=GUEST)
+    server = subprocess.Popen(["ip", "netns", "exec", HOST, sys.executable, "-m", "guestfence.demolab", "serve", str(TCP_PORT), ""],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
+    return [server]
+
+
+def measure(seconds: float) -> dict[str, float]:
+    receiver = subprocess.Popen(["ip", "netns", "exec", HOST, sys.executable, __file__, "udp-receive", str(UDP_PORT), str(seconds + 1)],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+    sent = int(me("udp-send", HOST_ADDR, str(UDP_PORT), str(seconds), netns=GUEST))
+    received = int(receiver.communicate(timeout=seconds + 10)[0])
+    tcp = int(me("tcp", HOST_ADDR, str(TCP_PORT), str(seconds), netns=GUEST))
+    loopback = int(me("tcp", "127.0.0.1", str(TCP_PORT), str(seconds), netns=HOST))
+    return {"udp_pps": received / seconds, "udp_sent_pps": sent / seconds, "tcp_rps": tcp / seconds, "loopback_rps": loopback / seconds}
+
+
+def run(seconds: float, counts: list[int], rounds: int, plot: Path | None) -> dict[str, Any]:
+    """Designs are interleaved within each round and the median of the rounds
+    kept, so a slow moment of the machine hits every design alike."""
+    processes = build_lab()
+    results: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "rates": {}, "churn": {}}
+    samples: dict[str, list[dict[str, float]]] = {}
+    try:
+        for count in counts:
+            for _ in range(rounds):
+                for design in DESIGNS:
+                    me("ruleset", design, str(count), netns=HOST)
+                    rates = measure(seconds)
+                    samples.setdefault(f"{design}/{count}", []).append(rates)
+                    print(f"{design:10} {count:5} guests: " + "  ".join(f"{k} {v:9.0f}" for k, v in rates.items()), flush=True)
+        for key, runs in samples.items():
+            results["rates"][key] = {metric: statistics.median(r[metric] for r in runs) for metric in runs[0]}
+        results["churn"] = json.loads(me("churn", str(max(counts)), "5", netns=HOST))
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        for name in (HOST, GUEST):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    report(results, counts)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "nft.json").write_text(json.dumps(results, indent=2) + "\n")
+    if plot is not None:
+        draw(results, counts, plot)
+    return results
+
+
+def report(results: dict[str, Any], counts: list[int]) -> None:
+    rates = results["rates"]
+    print("\nratio to no ruleset (1.00 = no cost), same run:")
+    for metric in ("udp_pps", "tcp_rps", "loopback_rps"):
+        for design in DESIGNS[1:]:
+            cells = [f"{rates[f'{design}/{n}'][metric] / rates[f'none/{n}'][metric]:.2f}" for n in counts]
+            print(f"  {metric:13} {design:10} " + "  ".join(f"{n} guests: {c}" for n, c in zip(counts, cells)))
+    biggest = max(counts)
+    for metric in ("udp_pps", "tcp_rps", "loopback_rps"):
+        ratio = rates[f"guestfence/{biggest}"][metric] / rates[f"seed/{biggest}"][metric]
+        print(f"  guestfence / seed at {biggest} guests, {metric}: {ratio:.1f}x")
+    churn = results["churn"]
+    print(f"\nwith {biggest} guests: add one guest {churn['add_s'] * 1000:.1f} ms, remove one {churn['remove_s'] * 1000:.1f} ms")
+
+
+def draw(results: dict[str, Any], counts: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for design, style in zip(DESIGNS, ("-o", "-s", "-^")):
+        ax.plot(counts, [results["rates"][f"{design}/{n}"]["udp_pps"] / 1000 for n in counts], style, label=design)
+    ax.set_xscale("log")
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("registered guests")
+    ax.set_ylabel("guest -> host UDP, thousand packets/s")
+    ax.set_title("Packet rate vs number of guests (one verdict map vs one table per TAP)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] in ("ruleset", "churn", "udp-send", "udp-receive", "tcp"):
+        verb, args = sys.argv[1], sys.argv[2:]
+        if verb == "ruleset":
+            apply_ruleset(args[0], int(args[1]))
+        elif verb == "churn":
+            print(json.dumps(churn(int(args[0]), int(args[1]))))
+        elif verb == "udp-send":
+            print(udp_send(args[0], int(args[1]), float(args[2])))
+        elif verb == "udp-receive":
+            print(udp_receive(int(args[0]), float(args[1])))
+        else:
+            print(tcp_requests(args[0], int(args[1]), float(args[2])))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each measurement (default 2)")
+    parser.add_argument("--guests", default="1,100,1000", help="numbers of registered guests (default 1,100,1000)")
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions; the median is kept (default 3)")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench_nft.png", help="where to draw the PNG")
+    options = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_nft.py needs root (network namespaces, nftables)", file=sys.stderr)
+        return 3
+    run(options.seconds, [int(n) for n in options.guests.split(",")], options.rounds, options.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
