@@ -199,8 +199,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     with StateStore(state_dir(args.state_dir)) as store:
-        registry = _registry(store)
-    statuses, general = compare_status(registry, collect_live())
+        section = store.section(GUESTS_KEY)
+    registry = registry_from_json(section, where=str(store.path))
+    statuses, general = compare_status(registry, collect_live(), recorded=section is not None)
     drifted = bool(general) or any(s.drift for s in statuses)
     if args.json:
         print_json(

@@ -8,7 +8,6 @@ here; no function formats ruleset text. Every object lives in
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,7 +19,6 @@ Expr = dict[str, Any]
 
 ACCEPT: Expr = {"accept": None}
 DROP: Expr = {"drop": None}
-RETURN: Expr = {"return": None}
 
 
 def _obj(family: str, **fields: Any) -> dict[str, Any]:
@@ -138,10 +136,6 @@ def net_value(network: Network) -> Any:
     return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
 
 
-def address_value(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    return str(address)
-
-
 def ports_value(ports: Sequence[PortRange]) -> Any | None:
     """The ``th dport`` right-hand side, or None when every port matches."""
     if tuple(ports) == (ANY_PORT,):
@@ -155,10 +149,6 @@ def ports_value(ports: Sequence[PortRange]) -> Any | None:
 
 def goto(chain: str) -> Expr:
     return {"goto": {"target": chain}}
-
-
-def jump(chain: str) -> Expr:
-    return {"jump": {"target": chain}}
 
 
 def counter_ref(name: str) -> Expr:

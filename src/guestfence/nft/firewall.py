@@ -229,8 +229,9 @@ def _key_text(key: Any) -> str:
     return str(key)
 
 
-def compare_status(registry: Registry, live: Live) -> tuple[list[GuestStatus], list[str]]:
-    """Per guest: its rules, counters and drift; plus drift no guest owns. Pure."""
+def compare_status(registry: Registry, live: Live, *, recorded: bool = True) -> tuple[list[GuestStatus], list[str]]:
+    """Per guest: its rules, counters and drift; plus drift no guest owns
+    (missing tables count only when something was ``recorded``). Pure."""
     statuses = []
     for member in registry.members:
         guest = member.guest
@@ -256,7 +257,7 @@ def compare_status(registry: Registry, live: Live) -> tuple[list[GuestStatus], l
                 drift=tuple(drift),
             )
         )
-    general = [f"table {family} {n.TABLE} is missing" for family in n.FAMILIES if family not in live.tables]
+    general = [f"table {family} {n.TABLE} is missing" for family in n.FAMILIES if recorded and family not in live.tables]
     registered = {m.guest.name for m in registry.members}
     strays = sorted({g for (_, chain) in live.rules for g in [n.guest_of(chain)] if g and g not in registered})
     general += [f"guest {g} is in the ruleset but not recorded" for g in strays]

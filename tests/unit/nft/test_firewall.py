@@ -125,3 +125,11 @@ def test_state_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 def test_settings_default_pattern_is_vmtap() -> None:
     assert Settings().pattern == "vmtap*"
+
+
+def test_missing_tables_are_drift_only_when_something_was_recorded() -> None:
+    empty = Live(tables=frozenset(), rules={}, counters={}, entries={})
+    assert compare_status(Registry(), empty, recorded=False) == ([], [])
+    assert compare_status(Registry(), empty, recorded=True)[1] == [
+        "table inet guestfence is missing", "table arp guestfence is missing", "table bridge guestfence is missing"
+    ]
