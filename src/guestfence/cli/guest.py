@@ -104,34 +104,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                  formatter_class=HelpFormatter, epilog="examples:\n  guestfence guest list\n  guestfence guest list --json\n")
     listing.set_defaults(func=run_list)
 
-    status = subparsers.add_parser(
-        "status", parents=[reporting], help="per guest: rules, accepted/dropped packets, drift from the record",
-        description="Compare the live ruleset with the recorded state. Exits 1 when something drifted.",
-        epilog="examples:\n  guestfence status\n  ip netns exec lab1 guestfence status --json\n", formatter_class=HelpFormatter,
+    commands = (
+        ("status", reporting, run_status, "per guest: rules, accepted/dropped packets, drift from the record",
+         "Compare the live ruleset with the recorded state. Exits 1 when something drifted.",
+         "  guestfence status\n  ip netns exec lab1 guestfence status --json\n"),
+        ("restore", changing, run_restore, "re-apply the recorded state (after a reboot)",
+         "Rebuild the guestfence tables from the recorded state in one transaction; DNS names are resolved anew.",
+         "  guestfence restore\n  guestfence restore --dry-run\n"),
+        ("flush", changing, run_flush, "remove everything guestfence installed, nothing else",
+         "Delete the guestfence tables. The record is kept: `guestfence restore` brings them back.",
+         "  guestfence flush\n"),
+        ("apply", changing, run_apply, "make the live state equal to a TOML file",
+         "Apply the [[guest]] tables of FILE: guests are added, changed and removed in one transaction.",
+         "  guestfence apply guests.toml\n  guestfence apply --dry-run guests.toml\n"),
     )  # fmt: skip
-    status.set_defaults(func=run_status)
-
-    restore = subparsers.add_parser(
-        "restore", parents=[changing], help="re-apply the recorded state (after a reboot)",
-        description="Rebuild the guestfence tables from the recorded state in one transaction; DNS names are resolved anew.",
-        epilog="examples:\n  guestfence restore\n  guestfence restore --dry-run\n", formatter_class=HelpFormatter,
-    )  # fmt: skip
-    restore.set_defaults(func=run_restore)
-
-    flush = subparsers.add_parser(
-        "flush", parents=[changing], help="remove everything guestfence installed, nothing else",
-        description="Delete the guestfence tables. The record is kept: `guestfence restore` brings them back.",
-        epilog="example:\n  guestfence flush\n", formatter_class=HelpFormatter,
-    )  # fmt: skip
-    flush.set_defaults(func=run_flush)
-
-    apply = subparsers.add_parser(
-        "apply", parents=[changing], help="make the live state equal to a TOML file",
-        description="Apply the [[guest]] tables of FILE: guests are added, changed and removed in one transaction.",
-        epilog="examples:\n  guestfence apply guests.toml\n  guestfence apply --dry-run guests.toml\n", formatter_class=HelpFormatter,
-    )  # fmt: skip
-    apply.add_argument("file", metavar="FILE", help="TOML file with [[guest]] tables (and [policy.NAME] they use)")
-    apply.set_defaults(func=run_apply)
+    for name, parent, func, summary, description, examples in commands:
+        command = subparsers.add_parser(name, parents=[parent], help=summary, description=description,
+                                        epilog="examples:\n" + examples, formatter_class=HelpFormatter)  # fmt: skip
+        command.set_defaults(func=func)
+        if name == "apply":
+            command.add_argument("file", metavar="FILE", help="TOML file with [[guest]] tables (and [policy.NAME] they use)")
 
 
 def run_add(args: argparse.Namespace) -> int:
