@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" belongs to the command guestfence runs
+    # (run, rootless), whatever it looks like: argparse never sees it.
+    head, tail = (words[: words.index("--")], words[words.index("--") + 1 :]) if "--" in words else (words, None)
+    args = parser.parse_args(head)
+    args.passthrough = tail
     try:
         return int(args.func(args))
     except GuestfenceError as err:

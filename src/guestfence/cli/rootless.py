@@ -15,6 +15,7 @@ from guestfence.policy.model import Action, Flow, Policy
 from guestfence.rootless.guard import host_guard
 from guestfence.rootless.stacks import Stack, StackCommand, guest_view, passt_command, slirp4netns_command
 from guestfence.sandbox import Sandbox
+from guestfence.sandbox.verdict import DENY_ERRNOS
 
 EPILOG = POLICY_HELP + """
 The stack runs under guestfence's seccomp supervisor with the policy
@@ -36,6 +37,8 @@ examples:
   guestfence rootless slirp4netns 4242 --net-allow 'tcp://@host:8080' --log -
   sudo guestfence rootless pasta --as-user alice -- --config-net -- podman-like-cmd
   guestfence rootless passt --dry-run -- --vhost-user --socket /tmp/passt-vm
+
+Everything after "--" is passed to the stack unchanged.
 """
 
 
@@ -47,41 +50,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    _add_options(parser)
     parser.add_argument("stack", choices=[s.value for s in Stack], help="the network stack to run")
-    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="[PID [TAPNAME]] [OPTIONS] [-- STACK ARGS]",
-                        help="slirp4netns: PID of a process in the guest's netns (or --netns PATH), tap name "
-                             "(tap0); after --, arguments for the stack itself")
-    parser.set_defaults(func=run_rootless)
-
-
-def _add_options(parser: argparse.ArgumentParser) -> None:
-    """The options, accepted before and after the stack's name (see _parse_rest)."""
+    parser.add_argument("target", nargs="?", default="", metavar="PID",
+                        help="slirp4netns: PID of a process in the guest's network namespace")
+    parser.add_argument("tap", nargs="?", default="tap0", metavar="TAPNAME", help="slirp4netns: tap name (tap0)")
     parser.add_argument("--netns", metavar="PATH", help="slirp4netns: the guest's netns as a path instead of a PID")
     add_policy_options(parser)
     parser.add_argument("--as-user", metavar="USER",
                         help="run the stack as USER while the supervisor keeps root (needed for passt/pasta)")
     parser.add_argument("--log", metavar="FILE|-", help="log every denied attempt to FILE (- for stderr)")
     parser.add_argument("--json-log", action="store_true", help="log one JSON object per line")
+    parser.add_argument("--deny-errno", choices=tuple(DENY_ERRNOS),
+                        help="errno of a refused connect (default: EACCES for slirp4netns, whose libslirp crashes "
+                             "on an immediate IPv6 ECONNREFUSED; ECONNREFUSED for passt and pasta)")
     parser.add_argument("--dry-run", action="store_true", help="print the command and policy; run nothing")
-
-
-def _parse_rest(args: argparse.Namespace) -> list[str]:
-    """Read PID, TAPNAME and options that follow the stack's name into ``args``;
-    return the stack's own arguments (those after ``--``)."""
-    rest = list(args.rest)
-    head, extra = (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
-    parser = argparse.ArgumentParser(prog=f"guestfence rootless {args.stack}", add_help=False)
-    _add_options(parser)
-    parser.add_argument("target", nargs="?", default="")
-    parser.add_argument("tap", nargs="?", default="tap0")
-    parser.parse_intermixed_args(head, namespace=args)
-    return extra
+    parser.set_defaults(func=run_rootless)
 
 
 def run_rootless(args: argparse.Namespace) -> int:
     stack = Stack(args.stack)
-    extra = _parse_rest(args)
+    extra = args.passthrough or []
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
@@ -128,7 +116,8 @@ def _supervise(argv: tuple[str, ...], policy: Policy, command: StackCommand, arg
         return None if address is None else str(Flow(proto=flow.proto, address=address, port=flow.port))
 
     on_denied = None if log is None else denial_logger(log, as_json=args.json_log, guest_view=seen_by_guest)
-    proc = Sandbox(policy, on_denied=on_denied).popen(list(argv))
+    deny_errno = args.deny_errno or command.stack.deny_errno
+    proc = Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied).popen(list(argv))
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
     status = proc.wait()

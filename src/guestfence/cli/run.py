@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = args.command if args.passthrough is None else args.command + args.passthrough
     if not command:
         raise PolicyError("no command given (usage: guestfence run [options] -- CMD ARGS...)")
     policy = policy_from_args(args)

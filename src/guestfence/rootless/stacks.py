@@ -39,6 +39,14 @@ class Stack(enum.Enum):
     def needs_ptrace_capability(self) -> bool:
         return self is not Stack.SLIRP4NETNS
 
+    @property
+    def deny_errno(self) -> str:
+        """How a refused connect is answered to the stack. libslirp 4.7.0 (in
+        slirp4netns 1.2.0) dereferences NULL when an IPv6 connect fails at
+        once with ECONNREFUSED (its reset path); with EACCES it sends the
+        guest an ICMP unreachable and lives on."""
+        return "EACCES" if self is Stack.SLIRP4NETNS else "ECONNREFUSED"
+
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)

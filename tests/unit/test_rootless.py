@@ -1,0 +1,84 @@
+"""Rootless stacks: the guard policy, the command lines, the guest's view, the CLI plan."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from guestfence.policy.decide import decide
+from guestfence.policy.grammar import parse_destination, parse_policy
+from guestfence.policy.model import Action, Context, PortRange
+from guestfence.rootless.guard import complement, host_guard
+from guestfence.rootless.stacks import Stack, guest_view, passt_command, slirp4netns_command
+from tests.unit.test_cli import run
+
+HOST = {ipaddress.ip_address(a) for a in ("127.0.0.1", "198.51.100.1", "2001:db8:1::1")}
+CONTEXT = Context(is_local=HOST.__contains__)
+
+
+@pytest.mark.parametrize(
+    ("dest", "verdict"),
+    [
+        ("tcp://198.51.100.1:22", "deny"),
+        ("udp://127.0.0.1:53", "deny"),
+        ("icmp://198.51.100.1", "deny"),
+        ("tcp://[2001:db8:1::1]:8080", "allow"),  # carved out of the deny
+        ("tcp://[::ffff:127.0.0.1]:8080", "allow"),
+        ("tcp://127.0.0.1:8081", "deny"),
+        ("tcp://203.0.113.9:22", "allow"),  # not the host
+    ],
+)
+def test_guard_denies_the_host_except_its_allowed_ports(dest: str, verdict: str) -> None:
+    policy = host_guard(parse_policy(allow=["tcp://@host:8080"]))
+    assert decide(policy, parse_destination(dest), CONTEXT).action.value == verdict
+
+
+def test_guard_keeps_the_users_denies_and_default() -> None:
+    policy = host_guard(parse_policy(deny=["udp://203.0.113.9:53"]), default=Action.DENY)
+    assert policy.default is Action.DENY
+    assert [str(r) for r in policy.deny] == ["icmp://@host", "tcp://@host:*", "udp://203.0.113.9:53", "udp://@host:*"]
+
+
+def test_complement_of_ports() -> None:
+    assert complement([PortRange(1, 10), PortRange(20, 65535)]) == [PortRange(11, 19)]
+    assert complement([]) == [PortRange(1, 65535)]
+
+
+def test_slirp_command_and_its_loopback_mapping() -> None:
+    command = slirp4netns_command("/run/netns/g", "tap0", ["--enable-ipv6"])
+    assert command.argv == ("slirp4netns", "--configure", "--mtu=65520", "--netns-type=path", "--enable-ipv6",
+                            "/run/netns/g", "tap0")
+    assert guest_view(command, ipaddress.ip_address("127.0.0.1")) == ipaddress.ip_address("10.0.2.2")
+    assert guest_view(command, ipaddress.ip_address("198.51.100.1")) == ipaddress.ip_address("198.51.100.1")
+    closed = slirp4netns_command("42", "tap0", ["--disable-host-loopback"])
+    assert guest_view(closed, ipaddress.ip_address("127.0.0.1")) is None
+
+
+def test_passt_runs_in_the_foreground_and_needs_ptrace() -> None:
+    assert passt_command(Stack.PASTA, ["--config-net"]).argv == ("pasta", "-f", "--config-net")
+    assert passt_command(Stack.PASST, ["--foreground"]).argv == ("passt", "--foreground")
+    assert Stack.PASST.needs_ptrace_capability and not Stack.SLIRP4NETNS.needs_ptrace_capability
+
+
+def test_cli_dry_run_prints_the_command_and_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "rootless", "slirp4netns", "4242", "--net-allow", "tcp://@host:8080",
+                       "--dry-run", "--", "--disable-host-loopback")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["command"] == ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", "4242", "tap0"]
+    assert plan["deny"] == ["icmp://@host", "tcp://@host:1-8079,8081-65535", "udp://@host:*"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["rootless", "slirp4netns"], "slirp4netns needs the PID"),
+        (["rootless", "pasta", "42"], "pasta takes no PID"),
+        (["rootless", "slirp4netns", "42", "--net-deny", "tcp://@host"], "missing port for tcp"),
+    ],
+)
+def test_cli_refuses_bad_input_with_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    code, _, err = run(capsys, *argv, "--dry-run")
+    assert code == 2 and message in err
