@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
 
-from guestfence.errors import PolicyError
+from guestfence.errors import ApplyError, HostError, PolicyError
 from guestfence.nft import names as n
 from guestfence.nft.apply import NftHandle, apply_nft, list_ruleset, open_nft
 from guestfence.nft.compile import (
@@ -133,8 +133,14 @@ def plan_replace(settings: Settings, guests: Sequence[Guest], resolver: Resolver
 
 
 def apply_plan(plan: NftPlan, nft: NftHandle | None = None) -> None:
-    """Run the plan as one transaction; on failure nothing changed (ApplyError)."""
-    apply_nft(nft or open_nft(), list(plan.commands), step=plan.step)
+    """Run the plan as one transaction; on failure nothing changed (ApplyError,
+    or HostError when the kernel refuses us the privilege)."""
+    try:
+        apply_nft(nft or open_nft(), list(plan.commands), step=plan.step)
+    except ApplyError as exc:
+        if "Operation not permitted" in exc.detail:
+            raise HostError(f"{plan.step}: changing nftables needs CAP_NET_ADMIN (run as root)") from exc
+        raise
 
 
 def plan_json(plan: NftPlan) -> dict[str, Any]:

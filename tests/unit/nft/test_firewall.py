@@ -133,3 +133,13 @@ def test_missing_tables_are_drift_only_when_something_was_recorded() -> None:
     assert compare_status(Registry(), empty, recorded=True)[1] == [
         "table inet guestfence is missing", "table arp guestfence is missing", "table bridge guestfence is missing"
     ]
+
+
+def test_a_refused_privilege_is_a_host_error() -> None:
+    class Refusing(RecordingNft):
+        def json_cmd(self, json_root: dict[str, Any]) -> tuple[int, Any, str]:
+            return 1, {}, "Error: Could not process rule: Operation not permitted"
+
+    plan, _ = plan_add(Registry(), vm(), resolver)
+    with pytest.raises(HostError, match="needs CAP_NET_ADMIN"):
+        apply_plan(plan, Refusing())
