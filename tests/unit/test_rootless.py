@@ -82,3 +82,27 @@ def test_cli_dry_run_prints_the_command_and_policy(capsys: pytest.CaptureFixture
 def test_cli_refuses_bad_input_with_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     code, _, err = run(capsys, *argv, "--dry-run")
     assert code == 2 and message in err
+
+
+def test_nft_mode_compiles_the_guard_for_one_user() -> None:
+    from guestfence.rootless.nftmode import compile_owner, compile_release
+
+    commands = compile_owner(1234, host_guard(parse_policy(allow=["tcp://@host:8080"])), {})
+    rules = [c["add"]["rule"]["expr"] for c in commands if "rule" in c.get("add", {})]
+    owner_rules = [r for r in rules if not any("vmap" in e for e in r)]
+    assert owner_rules[0][0]["match"]["left"] == {"ct": {"key": "state"}}
+    verdicts = [r[-1] for r in owner_rules]
+    assert verdicts == [{"accept": None}, {"reject": None}, {"reject": {"type": "tcp reset"}}, {"reject": None},
+                        {"accept": None}, {"accept": None}]
+    element = next(c["add"]["element"] for c in commands if "element" in c.get("add", {}))
+    assert element["elem"] == [[1234, {"jump": {"target": "owner.1234"}}]]
+    assert compile_release(1234)[1] == {"delete": {"chain": {"family": "inet", "table": "guestfence_rootless",
+                                                             "name": "owner.1234"}}}
+
+
+def test_nft_mode_refuses_gateway_rules() -> None:
+    from guestfence.errors import PlanError
+    from guestfence.rootless.nftmode import compile_owner
+
+    with pytest.raises(PlanError, match="@gateway"):
+        compile_owner(1234, parse_policy(allow=["tcp://@gateway:80"]), {})

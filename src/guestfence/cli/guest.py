@@ -39,12 +39,13 @@ from guestfence.nft.firewall import (
     registry_from_json,
 )
 from guestfence.nft.guest import parse_guest
+from guestfence.rootless.feature import ROOTLESS
 from guestfence.state import Feature, FeaturePlan, StateStore, state_dir
 
 # What `apply FILE`, `restore` and `flush` take care of, in this order. Each
 # feature owns one key of the state file (guestfence.state.Feature); a new
 # one (interface lockdown) is added here and nowhere else.
-FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN)
+FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN, ROOTLESS)
 
 ADD_EPILOG = POLICY_HELP + """
 The guest reaches exactly what its policy allows: default deny, deny beats

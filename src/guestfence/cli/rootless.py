@@ -6,13 +6,17 @@ import argparse
 import os
 import pwd
 import signal
+import subprocess
 
 from guestfence.cli.common import POLICY_HELP, HelpFormatter, add_policy_options, policy_from_args, print_json
 from guestfence.cli.run import denial_logger, open_log
 from guestfence.errors import HostError, PolicyError
 from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy
+from guestfence.nft.apply import apply_nft, open_nft
+from guestfence.resolve import resolve_names
 from guestfence.rootless.guard import host_guard
+from guestfence.rootless.nftmode import compile_owner, compile_release
 from guestfence.rootless.stacks import Stack, StackCommand, guest_view, passt_command, slirp4netns_command
 from guestfence.sandbox import Sandbox
 from guestfence.sandbox.verdict import DENY_ERRNOS
@@ -38,6 +42,8 @@ examples:
   sudo guestfence rootless pasta --as-user alice -- --config-net -- podman-like-cmd
   guestfence rootless passt --dry-run -- --vhost-user --socket /tmp/passt-vm
 
+  sudo guestfence rootless slirp4netns 4242 --mode nft --user slirp   # zero overhead, rules per user
+
 Everything after "--" is passed to the stack unchanged.
 """
 
@@ -56,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("tap", nargs="?", default="tap0", metavar="TAPNAME", help="slirp4netns: tap name (tap0)")
     parser.add_argument("--netns", metavar="PATH", help="slirp4netns: the guest's netns as a path instead of a PID")
     add_policy_options(parser)
+    parser.add_argument("--mode", choices=("sandbox", "nft"), default="sandbox",
+                        help="sandbox: the seccomp supervisor (rootless); nft: rules in the output hook for --user, "
+                             "no supervisor in the data path (needs root)")
+    parser.add_argument("--user", metavar="NAME",
+                        help="nft mode: the dedicated user the stack runs as, whose sockets the rules match")
     parser.add_argument("--as-user", metavar="USER",
                         help="run the stack as USER while the supervisor keeps root (needed for passt/pasta)")
     parser.add_argument("--log", metavar="FILE|-", help="log every denied attempt to FILE (- for stderr)")
@@ -73,6 +84,8 @@ def run_rootless(args: argparse.Namespace) -> int:
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
+    if args.mode == "nft":
+        return _run_nft(command, policy, args)
     argv = _as_user(command.argv, args.as_user)
     if args.dry_run:
         print_json({"command": list(argv), "default": policy.default.value,
@@ -95,16 +108,50 @@ def _stack_command(stack: Stack, args: argparse.Namespace, extra: list[str]) -> 
     return passt_command(stack, extra)
 
 
-def _as_user(argv: tuple[str, ...], user: str | None) -> tuple[str, ...]:
+def _as_user(argv: tuple[str, ...], user: str | None, option: str = "--as-user") -> tuple[str, ...]:
     if user is None:
         return argv
+    entry = _user(user, option)
     if os.geteuid() != 0:
-        raise PolicyError("--as-user needs guestfence to run as root")
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise PolicyError(f"--as-user {user!r}: no such user") from None
+        raise PolicyError(f"{option} needs guestfence to run as root")
     return ("setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups", "--", *argv)
+
+
+def _user(name: str, option: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise PolicyError(f"{option} {name!r}: no such user") from None
+
+
+def _run_nft(command: StackCommand, policy: Policy, args: argparse.Namespace) -> int:
+    """Rules for the user's sockets, then the stack as that user; the rules
+    go when the stack ends (if guestfence is killed they stay: closed)."""
+    if args.user is None:
+        raise PolicyError("--mode nft needs --user NAME: the dedicated user the stack runs as")
+    if args.as_user is not None:
+        raise PolicyError("--as-user is for --mode sandbox; in nft mode the stack runs as --user")
+    uid = _user(args.user, "--user").pw_uid
+    if uid == 0:
+        raise PolicyError("--user root would filter every root socket of the host; use a dedicated user")
+    resolution = resolve_names(policy.names())
+    rules = compile_owner(uid, policy, resolution.addresses)
+    argv = _as_user(command.argv, args.user, "--user") if os.geteuid() == 0 else command.argv
+    if args.dry_run:
+        print_json({"command": list(argv), "nftables": rules})
+        return 0
+    if os.geteuid() != 0:
+        raise HostError("--mode nft loads nftables rules and needs root (CAP_NET_ADMIN)")
+    nft = open_nft()
+    apply_nft(nft, rules, step=f"rules for user {args.user}")
+    try:
+        proc = subprocess.Popen(list(argv))
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
+        status = proc.wait()
+    finally:
+        apply_nft(nft, compile_release(uid), step=f"removing the rules for user {args.user}")
+    return 128 - status if status < 0 else status
 
 
 def _supervise(argv: tuple[str, ...], policy: Policy, command: StackCommand, args: argparse.Namespace) -> int:

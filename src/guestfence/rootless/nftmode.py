@@ -1,0 +1,133 @@
+"""The root-assisted mode: the stack's own sockets filtered in the output hook. Pure.
+
+The stack runs as a dedicated user; every packet its sockets send leaves
+through the output hook, where this table sends the user's packets to a
+chain holding the policy. ``@host`` is ``fib daddr type local``: the kernel
+reads its live routing table for each new connection, so no address list is
+copied and an address added a moment ago is local from its first packet.
+Nothing runs in the data path but the kernel.
+
+    inet guestfence_rootless
+      output      hook output, priority filter, policy accept
+          meta skuid vmap @owners                 -> jump owner.UID
+      owner.UID   ct state established,related accept
+                  deny rules reject; allow rules accept; the default
+
+A refusal is ``reject``: a TCP reset for TCP, an ICMP port unreachable for
+the rest, so the stack's connect fails at once with ECONNREFUSED, as a
+closed port would make it (an ICMP error alone leaves some stacks, pasta
+among them, waiting for their own timeout).
+
+Why a user and not a cgroup: ``socket cgroupv2`` is what would match a
+cgroup, and the libnftables of Debian 12 (1.0.6) refuses it in JSON
+("Invalid socket key value"); guestfence builds rulesets only as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from guestfence.errors import PlanError
+from guestfence.nft.build import ACCEPT, Command, Expr, ct, fib_daddr_type, match, meta, net_value, payload, ports_value
+from guestfence.policy.model import Action, Address, AnyHost, NameHost, NetHost, Policy, Proto, Rule, SymbolHost
+
+FAMILY = "inet"
+TABLE = "guestfence_rootless"
+OUTPUT = "output"
+OWNERS = "owners"
+PRIO_FILTER = 0
+REJECT: Expr = {"reject": None}
+TCP_RESET: Expr = {"reject": {"type": "tcp reset"}}
+_DADDR = {4: "ip", 6: "ip6"}
+_ICMP = {4: "icmp", 6: "ipv6-icmp"}
+
+
+def owner_chain(uid: int) -> str:
+    return f"owner.{uid}"
+
+
+def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Address]]) -> list[Command]:
+    """One transaction: the table and base chain (idempotent), the owner's
+    chain replaced whole, and its entry in the dispatch map."""
+    if any(isinstance(r.host, SymbolHost) and r.host.symbol.value == "gateway" for r in policy.rules):
+        raise PlanError("@gateway means a VM guest's gateway; a rootless stack has none (use @host or addresses)")
+    chain = owner_chain(uid)
+    rules = [[match(ct("state"), ["established", "related"]), ACCEPT]]
+    rules += _policy_rules(policy.deny, names, deny=True)
+    rules += _policy_rules(policy.allow, names, deny=False)
+    if policy.default is Action.ALLOW:
+        rules.append([ACCEPT])
+    else:
+        rules += [[match(meta("l4proto"), "tcp"), TCP_RESET], [REJECT]]
+    return [
+        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"add": {"chain": _obj(name=OUTPUT, type="filter", hook="output", prio=PRIO_FILTER, policy="accept")}},
+        {"add": {"map": _obj(name=OWNERS, type="uid", map="verdict")}},
+        {"add": {"chain": _obj(name=chain)}},
+        {"flush": {"chain": _obj(name=chain)}},
+        {"flush": {"chain": _obj(name=OUTPUT)}},
+        {"add": {"rule": _obj(chain=OUTPUT, expr=[{"vmap": {"key": meta("skuid"), "data": f"@{OWNERS}"}}])}},
+        *({"add": {"rule": _obj(chain=chain, expr=exprs)}} for exprs in rules),
+        {"add": {"element": _obj(name=OWNERS, elem=[[uid, {"jump": {"target": chain}}]])}},
+    ]
+
+
+def compile_release(uid: int) -> list[Command]:
+    """Remove the owner's entry and chain (the table stays for other owners)."""
+    return [
+        {"delete": {"element": _obj(name=OWNERS, elem=[uid])}},
+        {"delete": {"chain": _obj(name=owner_chain(uid))}},
+    ]
+
+
+def compile_flush() -> list[Command]:
+    """Remove the whole table (add first, so a missing table is no error)."""
+    table = {"family": FAMILY, "name": TABLE}
+    return [{"add": {"table": table}}, {"delete": {"table": table}}]
+
+
+def _obj(**fields: object) -> dict[str, object]:
+    return {"family": FAMILY, "table": TABLE, **fields}
+
+
+def _policy_rules(rules: Iterable[Rule], names: Mapping[str, frozenset[Address]], *,
+                  deny: bool) -> list[list[Expr]]:
+    compiled = []
+    for rule in rules:
+        verdict = (TCP_RESET if rule.proto is Proto.TCP else REJECT) if deny else ACCEPT
+        for version, host in _destinations(rule, names, deny=deny):
+            compiled.append([*_protocol(rule, version), *host, verdict])
+    return compiled
+
+
+def _protocol(rule: Rule, version: int | None) -> list[Expr]:
+    if rule.proto is Proto.ICMP:
+        return [match(meta("l4proto"), _ICMP[version] if version else {"set": list(_ICMP.values())})]
+    exprs = [match(meta("l4proto"), rule.proto.value)]
+    ports = ports_value(rule.ports)
+    if ports is not None:
+        exprs.append(match(payload("th", "dport"), ports))
+    return exprs
+
+
+def _destinations(rule: Rule, names: Mapping[str, frozenset[Address]], *,
+                  deny: bool) -> list[tuple[int | None, list[Expr]]]:
+    """(IP version or None, destination matches), one per nft rule; an
+    unresolved name matches everything for a deny and nothing for an allow."""
+    host = rule.host
+    if isinstance(host, AnyHost):
+        return [(None, [])]
+    if isinstance(host, NetHost):
+        version = host.network.version
+        return [(version, [match(payload(_DADDR[version], "daddr"), net_value(host.network))])]
+    if isinstance(host, SymbolHost):
+        return [(None, [match(fib_daddr_type(), "local")])]
+    assert isinstance(host, NameHost)
+    resolved = names.get(host.name)
+    if resolved is None:
+        return [(None, [])] if deny else []
+    return [
+        (version, [match(payload(_DADDR[version], "daddr"), {"set": sorted(str(a) for a in resolved if a.version == version)})])
+        for version in (4, 6)
+        if any(a.version == version for a in resolved)
+    ]
