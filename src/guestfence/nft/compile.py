@@ -400,11 +400,16 @@ def _default(guest: Guest) -> list[Expr]:
 
 def _policy_rules(guest: Guest, names: Names, rules: Iterable[Rule], *, deny: bool) -> list[list[Expr]]:
     verdict = [b.goto(guest_chain(guest.name, "drop"))] if deny else _accept(guest)
-    compiled = []
-    for rule in rules:
-        for version, host_exprs in _host_alternatives(rule, guest, names, deny=deny):
-            compiled.append([*_proto_exprs(rule, version), *host_exprs, *verdict])
-    return compiled
+    return [[*matches, *verdict] for rule in rules
+            for matches in rule_matches(rule, names, guest.gateways, deny=deny)]
+
+
+def rule_matches(rule: Rule, names: Names, gateways: Iterable[Address], *, deny: bool) -> list[list[Expr]]:
+    """The match expressions of one policy rule: one list per nft rule it
+    becomes (one per address family where it names addresses), empty when it
+    can match nothing. Shared with the rootless stacks' output-hook rules."""
+    return [[*_proto_exprs(rule, version), *host_exprs]
+            for version, host_exprs in _host_alternatives(rule, gateways, names, deny=deny)]
 
 
 def _proto_exprs(rule: Rule, version: int | None) -> list[Expr]:
@@ -419,7 +424,8 @@ def _proto_exprs(rule: Rule, version: int | None) -> list[Expr]:
     return exprs
 
 
-def _host_alternatives(rule: Rule, guest: Guest, names: Names, *, deny: bool) -> list[tuple[int | None, list[Expr]]]:
+def _host_alternatives(rule: Rule, gateways: Iterable[Address], names: Names, *,
+                       deny: bool) -> list[tuple[int | None, list[Expr]]]:
     """(IP version or None for both, destination matches), one per nft rule;
     empty when the rule can match nothing."""
     host = rule.host
@@ -431,7 +437,7 @@ def _host_alternatives(rule: Rule, guest: Guest, names: Names, *, deny: bool) ->
     if isinstance(host, SymbolHost) and host.symbol is Symbol.HOST:
         return [(None, [b.match(b.fib_daddr_type(), "local")])]
     if isinstance(host, SymbolHost):
-        return _address_sets(guest.gateways)
+        return _address_sets(gateways)
     assert isinstance(host, NameHost)
     resolved = names.get(host.name)
     if resolved is None:

@@ -18,6 +18,10 @@ the rest, so the stack's connect fails at once with ECONNREFUSED, as a
 closed port would make it (an ICMP error alone leaves some stacks, pasta
 among them, waiting for their own timeout).
 
+The policy's rules become matches exactly as in the guests' firewall
+(``guestfence.nft.compile.rule_matches``), so both backends read a rule
+the same way.
+
 Why a user and not a cgroup: ``socket cgroupv2`` is what would match a
 cgroup, and the libnftables of Debian 12 (1.0.6) refuses it in JSON
 ("Invalid socket key value"); guestfence builds rulesets only as JSON.
@@ -28,8 +32,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from guestfence.errors import PlanError
-from guestfence.nft.build import ACCEPT, Command, Expr, ct, fib_daddr_type, match, meta, net_value, payload, ports_value
-from guestfence.policy.model import Action, Address, AnyHost, NameHost, NetHost, Policy, Proto, Rule, SymbolHost
+from guestfence.nft.build import ACCEPT, Command, Expr, ct, match, meta
+from guestfence.nft.compile import rule_matches
+from guestfence.nft.names import ICMP_PROTOS
+from guestfence.policy.model import Action, Address, Policy, Proto, Rule, Symbol, SymbolHost
 
 FAMILY = "inet"
 TABLE = "guestfence_rootless"
@@ -38,8 +44,6 @@ OWNERS = "owners"
 PRIO_FILTER = 0
 REJECT: Expr = {"reject": None}
 TCP_RESET: Expr = {"reject": {"type": "tcp reset"}}
-_DADDR = {4: "ip", 6: "ip6"}
-_ICMP = {4: "icmp", 6: "ipv6-icmp"}
 
 
 def owner_chain(uid: int) -> str:
@@ -49,7 +53,7 @@ def owner_chain(uid: int) -> str:
 def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Address]]) -> list[Command]:
     """One transaction: the table and base chain (idempotent), the owner's
     chain replaced whole, and its entry in the dispatch map."""
-    if any(isinstance(r.host, SymbolHost) and r.host.symbol.value == "gateway" for r in policy.rules):
+    if any(r.host == SymbolHost(Symbol.GATEWAY) for r in policy.rules):
         raise PlanError("@gateway means a VM guest's gateway; a rootless stack has none (use @host or addresses)")
     chain = owner_chain(uid)
     rules = [[match(ct("state"), ["established", "related"]), ACCEPT]]
@@ -63,6 +67,7 @@ def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Addres
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"chain": _obj(name=OUTPUT, type="filter", hook="output", prio=PRIO_FILTER, policy="accept")}},
         {"add": {"map": _obj(name=OWNERS, type="uid", map="verdict")}},
+        {"add": {"set": _obj(name=ICMP_PROTOS, type="inet_proto", elem=["icmp", "ipv6-icmp"])}},
         {"add": {"chain": _obj(name=chain)}},
         {"flush": {"chain": _obj(name=chain)}},
         {"flush": {"chain": _obj(name=OUTPUT)}},
@@ -95,39 +100,5 @@ def _policy_rules(rules: Iterable[Rule], names: Mapping[str, frozenset[Address]]
     compiled = []
     for rule in rules:
         verdict = (TCP_RESET if rule.proto is Proto.TCP else REJECT) if deny else ACCEPT
-        for version, host in _destinations(rule, names, deny=deny):
-            compiled.append([*_protocol(rule, version), *host, verdict])
+        compiled += [[*matches, verdict] for matches in rule_matches(rule, names, (), deny=deny)]
     return compiled
-
-
-def _protocol(rule: Rule, version: int | None) -> list[Expr]:
-    if rule.proto is Proto.ICMP:
-        return [match(meta("l4proto"), _ICMP[version] if version else {"set": list(_ICMP.values())})]
-    exprs = [match(meta("l4proto"), rule.proto.value)]
-    ports = ports_value(rule.ports)
-    if ports is not None:
-        exprs.append(match(payload("th", "dport"), ports))
-    return exprs
-
-
-def _destinations(rule: Rule, names: Mapping[str, frozenset[Address]], *,
-                  deny: bool) -> list[tuple[int | None, list[Expr]]]:
-    """(IP version or None, destination matches), one per nft rule; an
-    unresolved name matches everything for a deny and nothing for an allow."""
-    host = rule.host
-    if isinstance(host, AnyHost):
-        return [(None, [])]
-    if isinstance(host, NetHost):
-        version = host.network.version
-        return [(version, [match(payload(_DADDR[version], "daddr"), net_value(host.network))])]
-    if isinstance(host, SymbolHost):
-        return [(None, [match(fib_daddr_type(), "local")])]
-    assert isinstance(host, NameHost)
-    resolved = names.get(host.name)
-    if resolved is None:
-        return [(None, [])] if deny else []
-    return [
-        (version, [match(payload(_DADDR[version], "daddr"), {"set": sorted(str(a) for a in resolved if a.version == version)})])
-        for version in (4, 6)
-        if any(a.version == version for a in resolved)
-    ]
