@@ -1,5 +1,5 @@
 # Set-up and entry points. Every target is safe to repeat: apt runs only when
-# a package is missing, the venv is rebuilt only when pyproject.toml changes.
+# a package is missing, the venv is refreshed only when pyproject.toml or this file changes.
 #
 #   make demo      install, then run the built-in demo (needs root)
 #   make test      install, then the whole test suite (lab tests need root)
@@ -18,7 +18,7 @@ APT_PACKAGES := python3 python3-venv python3-nftables python3-seccomp \
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
 	  done); \

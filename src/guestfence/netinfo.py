@@ -37,7 +37,8 @@ def collect_host_addresses() -> tuple[Address, ...]:
     """Every address configured on any interface of this network namespace."""
     try:
         with IPRoute() as ipr:
-            found = {ipaddress.ip_address(a.get("IFA_ADDRESS")) for a in ipr.get_addr()}
+            # On a point-to-point link IFA_ADDRESS is the peer's; IFA_LOCAL is ours.
+            found = {ipaddress.ip_address(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")) for a in ipr.get_addr()}
     except OSError as exc:
         raise HostError(f"cannot list host addresses: {exc}") from exc
     return tuple(sorted(found, key=lambda a: (a.version, a)))
