@@ -8,8 +8,10 @@ fails half-way. Addresses come from the documentation ranges only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -54,15 +56,17 @@ class Lab:
         sh("ip", "addr", "add", cidr, "dev", dev, *extra, netns=netns)
 
     def spawn(self, argv: Sequence[str], netns: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a session of its own, so that ``close`` also ends
+        what it starts (a supervisor's stack, a shell's children)."""
         cmd = list(argv) if netns is None else ["ip", "netns", "exec", netns, *argv]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         self.processes.append(proc)
         return proc
 
     def close(self) -> None:
         for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
