@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -54,3 +56,12 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
         return ""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def wait_forwarding_signals(proc: subprocess.Popen[Any]) -> int:
+    """Wait for the command guestfence started, passing on SIGINT, SIGTERM and
+    SIGHUP; its exit status, or 128+N if it died of signal N, as a shell says."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
+    status = proc.wait()
+    return 128 - status if status < 0 else status

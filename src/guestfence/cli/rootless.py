@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import signal
 import subprocess
 
-from guestfence.cli.common import POLICY_HELP, HelpFormatter, add_policy_options, policy_from_args, print_json
-from guestfence.cli.run import denial_logger, open_log
+from guestfence.cli.common import (
+    POLICY_HELP,
+    HelpFormatter,
+    add_policy_options,
+    policy_from_args,
+    print_json,
+    wait_forwarding_signals,
+)
+from guestfence.cli.run import denial_logger, open_log, run_sandboxed
 from guestfence.errors import HostError, PolicyError
 from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy
@@ -145,13 +151,9 @@ def _run_nft(command: StackCommand, policy: Policy, args: argparse.Namespace) ->
     nft = open_nft()
     apply_nft(nft, rules, step=f"rules for user {args.user}")
     try:
-        proc = subprocess.Popen(list(argv))
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
-        status = proc.wait()
+        return wait_forwarding_signals(subprocess.Popen(list(argv)))
     finally:
         apply_nft(nft, compile_release(uid), step=f"removing the rules for user {args.user}")
-    return 128 - status if status < 0 else status
 
 
 def _supervise(argv: tuple[str, ...], policy: Policy, command: StackCommand, args: argparse.Namespace) -> int:
@@ -164,8 +166,4 @@ def _supervise(argv: tuple[str, ...], policy: Policy, command: StackCommand, arg
 
     on_denied = None if log is None else denial_logger(log, as_json=args.json_log, guest_view=seen_by_guest)
     deny_errno = args.deny_errno or command.stack.deny_errno
-    proc = Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied).popen(list(argv))
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
-    status = proc.wait()
-    return 128 - status if status < 0 else status
+    return run_sandboxed(Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied), argv, verbose=False)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from guestfence.cli.common import POLICY_HELP, HelpFormatter, add_policy_options, policy_from_args
+from guestfence.cli.common import (
+    POLICY_HELP,
+    HelpFormatter,
+    add_policy_options,
+    policy_from_args,
+    wait_forwarding_signals,
+)
 from guestfence.errors import PolicyError
 from guestfence.sandbox import Denial, Sandbox
 from guestfence.sandbox.verdict import DENY_ERRNOS
@@ -59,17 +64,19 @@ def run_command(args: argparse.Namespace) -> int:
     log = open_log(args.log)
     sandbox = Sandbox(policy, deny_errno=args.deny_errno,
                       on_denied=None if log is None else denial_logger(log, as_json=args.json_log))
+    return run_sandboxed(sandbox, command, verbose=args.verbose)
+
+
+def run_sandboxed(sandbox: Sandbox, command: Sequence[str], *, verbose: bool) -> int:
+    """Say what the policy's names resolved to (failures always, the rest with
+    ``verbose``), run ``command`` in ``sandbox`` and return its exit status."""
     for name, why in sorted(sandbox.resolution.failures.items()):
         print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
-    if args.verbose:
+    if verbose:
         for name, addresses in sorted(sandbox.resolution.addresses.items()):
             shown = ", ".join(str(a) for a in sorted(addresses, key=lambda a: (a.version, a)))
             print(f"guestfence: {name} -> {shown}", file=sys.stderr)
-    proc = sandbox.popen(command)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
-    status = proc.wait()
-    return 128 - status if status < 0 else status
+    return wait_forwarding_signals(sandbox.popen(command))
 
 
 def open_log(target: str | None) -> TextIO | None:
