@@ -19,11 +19,9 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from tests.lab.netlab import Lab, sh
+from tests.lab.netlab import GUESTFENCE, Lab, sh
 
-GUESTFENCE = str(Path(sys.executable).with_name("guestfence"))
 
 SERVICES = r"""
 import socket

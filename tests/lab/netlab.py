@@ -13,9 +13,14 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 _counter = itertools.count()
+
+GUESTFENCE = str(Path(sys.executable).with_name("guestfence"))
+"""The console script of the guestfence the tests run under."""
 
 
 def unique(prefix: str) -> str:

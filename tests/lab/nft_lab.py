@@ -31,11 +31,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lab.netlab import Lab, sh
+from tests.lab.netlab import GUESTFENCE, Lab, sh
 
 SERVICE_TCP = (22, 5432, 8080)
 SERVICE_UDP = (53, 8080)
-GUESTFENCE = str(Path(sys.executable).with_name("guestfence"))
 
 @dataclass
 class GuestLink:

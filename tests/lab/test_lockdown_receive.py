@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.lab.lockdown_lab import GUEST_GETS, Scene, build_scene, exercise, prepare_host
-from tests.lab.netlab import Lab, sh
+from tests.lab.netlab import GUESTFENCE, Lab, sh
 
 pytestmark = pytest.mark.lab
 
-GUESTFENCE = str(Path(sys.executable).with_name("guestfence"))
 KINDS = ("macvlan", "macvtap", "bridge", "veth", "vlan")
 # What leaks without lockdown beyond DHCP, ARP and IPv6, per kind: a macvlan
 # passes up unicast IP only inside broadcast frames; a bridge port hands

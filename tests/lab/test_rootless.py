@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.netlab import Lab, sh
+from tests.lab.netlab import GUESTFENCE, Lab, sh
 
 pytestmark = pytest.mark.lab
 
@@ -32,7 +31,6 @@ HOST_PORT, LOOP_PORT, LAN_PORT = 2222, 2223, 2224
 SLIRP_REFUSAL = "ENETUNREACH"
 """What the guest sees when guestfence refuses slirp4netns' connect: EACCES
 becomes an ICMP unreachable (ECONNREFUSED would crash libslirp on IPv6)."""
-GUESTFENCE = str(Path(sys.executable).with_name("guestfence"))
 
 LISTENER = """
 import socket, sys
