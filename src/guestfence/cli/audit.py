@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"how long to wait for answers, per batch of {DEFAULT_PARALLEL} probes (default {DEFAULT_TIMEOUT})",
     )  # fmt: skip
     audit.add_argument("--no-resolve", action="store_true", help="do not resolve DNS names in rules")
-    audit.set_defaults(func=run_audit)
+    audit.set_defaults(func=run_audit, needs_root=lambda args: not args.sandbox)
 
 
 def run_audit(args: argparse.Namespace) -> int:

@@ -76,12 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--force", action="store_true",
                      help="register an interface the host itself uses (loopback, a default route, host addresses)")
     add_policy_options(add)
-    add.set_defaults(func=run_add)
+    add.set_defaults(func=run_add, needs_root=_unless_dry_run)
 
     remove = actions.add_parser("remove", parents=[changing], help="unregister a guest; its rules go", formatter_class=HelpFormatter,
                                 epilog="example:\n  guestfence guest remove vm1\n")
     remove.add_argument("name", metavar="NAME")
-    remove.set_defaults(func=run_remove)
+    remove.set_defaults(func=run_remove, needs_root=_unless_dry_run)
 
     listing = actions.add_parser("list", parents=[reporting], help="registered guests, their policies and resolved names",
                                  formatter_class=HelpFormatter, epilog="examples:\n  guestfence guest list\n  guestfence guest list --json\n")
@@ -106,10 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, parent, func, summary, description, examples in commands:
         command = subparsers.add_parser(name, parents=[parent], help=summary, description=description,
                                         epilog="examples:\n" + examples, formatter_class=HelpFormatter)  # fmt: skip
-        command.set_defaults(func=func)
+        command.set_defaults(func=func, needs_root=True if name == "status" else _unless_dry_run)
         if name == "apply":
             command.add_argument("file", metavar="FILE", help="TOML file with [[guest]] tables (and [policy.NAME] they use)")
             command.add_argument("--prune", action="store_true", help="also remove the registered guests FILE does not name")
+
+
+def _unless_dry_run(args: argparse.Namespace) -> bool:
+    return not args.dry_run
 
 
 def run_add(args: argparse.Namespace) -> int:
