@@ -13,25 +13,17 @@ from guestfence.config import load_policy
 from guestfence.policy.grammar import parse_policy
 from guestfence.policy.model import Policy, canonical_rules
 
-POLICY_HELP = """\
-policy options (combine freely: the rules are united, --default wins):
-  --policy FILE[:NAME]   a TOML policy file, or its [policy.NAME]
-  --net-allow RULE       allow RULE (repeatable)
-  --net-deny RULE        deny RULE (repeatable)
-  --default allow|deny   the verdict when no rule matches (default: deny)
-"""
-
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-written layout of descriptions and examples."""
 
 
-def add_policy_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("policy")
+def add_policy_options(parser: argparse.ArgumentParser, *, default: str = "deny") -> None:
+    """The policy options, listed once; ``default`` is what applies without --default."""
+    group = parser.add_argument_group("policy", "combine freely: the rules are united, --default wins")
     group.add_argument("--policy", metavar="FILE[:NAME]", help="TOML policy file, optionally one named policy in it")
     group.add_argument("--net-allow", metavar="RULE", action="append", default=[], help="allow RULE (repeatable)")
     group.add_argument("--net-deny", metavar="RULE", action="append", default=[], help="deny RULE (repeatable)")
-    group.add_argument("--default", choices=("allow", "deny"), help="verdict when no rule matches (default: deny)")
+    group.add_argument("--default", choices=("allow", "deny"), help=f"verdict when no rule matches (default: {default})")
 
 
 def policy_from_args(args: argparse.Namespace) -> Policy:

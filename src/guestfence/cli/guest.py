@@ -14,7 +14,6 @@ import argparse
 import sys
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     format_table,
@@ -27,8 +26,7 @@ from guestfence.nft.guest import COMMENT_HELP, parse_guest
 from guestfence.operations import Outcome, add_guest, read_registry, read_status, remove_guest, run_features
 from guestfence.state import state_dir
 
-ADD_EPILOG = POLICY_HELP + """
-The guest reaches exactly what its policy allows: default deny, deny beats
+ADD_EPILOG = """The guest reaches exactly what its policy allows: default deny, deny beats
 allow. @gateway is the --gateway address(es), @host every host address.
 Adding a guest of an existing name replaces it. Interfaces matching the
 guest pattern (default vmtap*) that belong to no guest are dropped.
@@ -40,7 +38,7 @@ examples:
       --gateway 192.0.2.5 --policy policy.toml:web --masquerade
   guestfence guest add vm3 --iface vnet3 --bridge br0 --mac 02:00:00:00:00:03 \\
       --address 198.51.100.3/24 --gateway 198.51.100.1 --net-allow icmp://@gateway
-  guestfence guest add vm1 ... --dry-run       # print the transaction, change nothing
+  guestfence guest add vm1 ... --dry-run       # say what would change, change nothing
 """
 
 

@@ -7,7 +7,6 @@ import ipaddress
 import sys
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     format_table,
@@ -32,8 +31,7 @@ examples:
   guestfence check --json policy.toml
 """
 
-EXPLAIN_EPILOG = POLICY_HELP + """
-destinations:
+EXPLAIN_EPILOG = """destinations:
   tcp://192.0.2.1:22   udp://[2001:db8::1]:53   icmp://203.0.113.9   192.0.2.1:443 (tcp)
 
 @host is answered by this machine's routing table (is the address local

@@ -8,7 +8,6 @@ import pwd
 import subprocess
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     policy_from_args,
@@ -27,8 +26,7 @@ from guestfence.rootless.stacks import Stack, StackCommand, guest_view, passt_co
 from guestfence.sandbox import Sandbox
 from guestfence.sandbox.verdict import DENY_ERRNOS
 
-EPILOG = POLICY_HELP + """
-The stack runs under guestfence's seccomp supervisor with the policy
+EPILOG = """The stack runs under guestfence's seccomp supervisor with the policy
 "default allow, deny @host" (every protocol), plus your rules. Deny beats
 allow, so an allow on @host (--net-allow tcp://@host:8080) is honoured by
 denying only the *rest* of the host. @host is decided by a route lookup at
@@ -67,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="slirp4netns: PID of a process in the guest's network namespace")
     parser.add_argument("tap", nargs="?", default="tap0", metavar="TAPNAME", help="slirp4netns: tap name (tap0)")
     parser.add_argument("--netns", metavar="PATH", help="slirp4netns: the guest's netns as a path instead of a PID")
-    add_policy_options(parser)
+    add_policy_options(parser, default="allow, with every host address denied")
     parser.add_argument("--mode", choices=("sandbox", "nft"), default="sandbox",
                         help="sandbox: the seccomp supervisor (rootless); nft: rules in the output hook for --user, "
                              "no supervisor in the data path (needs root)")

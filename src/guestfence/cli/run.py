@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     policy_from_args,
@@ -30,8 +29,7 @@ from guestfence.policy.model import Policy
 from guestfence.sandbox import Denial, Sandbox
 from guestfence.sandbox.verdict import DENY_ERRNOS
 
-RUN_EPILOG = POLICY_HELP + """
-Every connect and send of the command, its threads and its children is
+RUN_EPILOG = """Every connect and send of the command, its threads and its children is
 decided by the policy, per protocol (a UDP rule never authorises TCP; ICMP
 rules govern the kernel ping socket). A refused call fails with
 ECONNREFUSED (or --deny-errno). Raw and packet sockets and io_uring are
