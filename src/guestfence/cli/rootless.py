@@ -22,6 +22,7 @@ from guestfence.nft.apply import apply_nft, open_nft
 from guestfence.resolve import resolve_names
 from guestfence.rootless.guard import host_guard
 from guestfence.rootless.nftmode import compile_owner, compile_release
+from guestfence.rootless.preflight import check_socket
 from guestfence.rootless.stacks import Stack, StackCommand, guest_view, passt_command, slirp4netns_command
 from guestfence.sandbox import Sandbox
 from guestfence.sandbox.verdict import DENY_ERRNOS
@@ -88,6 +89,8 @@ def run_rootless(args: argparse.Namespace) -> int:
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
+    stack_user = args.user if args.mode == "nft" else args.as_user
+    check_socket(extra, None if stack_user is None else _user(stack_user, "--user" if args.mode == "nft" else "--as-user"))
     if args.mode == "nft":
         return _run_nft(command, policy, args)
     argv = _as_user(command.argv, args.as_user)
