@@ -83,3 +83,8 @@ def test_a_refused_dns_lookup_is_called_out_with_the_rule_that_allows_it(capsys:
 def test_verbose_prints_resolved_names(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "run", "--verbose", "--net-allow", "localhost:80", "--", "true")
     assert code == 0 and "guestfence: localhost -> 127.0.0.1" in err
+
+
+def test_gateway_in_a_sandbox_policy_is_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "run", "--quiet", "--net-allow", "udp://@gateway:53", "--", "true")
+    assert code == 0 and "udp://@gateway:53 uses @gateway, which only VM guests have" in err and "matches nothing" in err

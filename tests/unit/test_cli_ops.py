@@ -67,3 +67,11 @@ def test_python_api_shows_the_sandbox_and_loads_toml(tmp_path: Path) -> None:
     assert [str(r) for r in guestfence.load_policy(str(path)).allow] == ["tcp://192.0.2.1:22"]
     with pytest.raises(TypeError, match=r"takes a list of rules, not one string: allow=\['tcp://x:1'\]"):
         guestfence.Policy.parse(allow="tcp://x:1")
+
+
+def test_gateway_without_a_gateway_is_never_silent(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "explain", "--net-deny", "tcp://@gateway:22", "tcp://192.0.2.1:22")
+    assert code == 0 and "tcp://@gateway:22 uses @gateway, which is not defined without --gateway" in err
+    assert "matches every destination of its protocol and ports" in err
+    assert "uses @gateway" not in run(capsys, "explain", "--gateway", "192.0.2.1", "--net-deny", "tcp://@gateway:22",
+                                      "tcp://192.0.2.1:22")[2]  # fmt: skip

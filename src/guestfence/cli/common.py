@@ -11,7 +11,7 @@ from typing import Any
 
 from guestfence.config import load_policy
 from guestfence.policy.grammar import parse_policy
-from guestfence.policy.model import Policy, canonical_rules
+from guestfence.policy.model import Policy, Symbol, SymbolHost, canonical_rules
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-written layout of descriptions and examples."""
@@ -35,6 +35,14 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         allow=tuple(canonical_rules(base.allow + extra.allow)),
         deny=tuple(canonical_rules(base.deny + extra.deny)),
     )
+
+
+def warn_gateway_undefined(policy: Policy, where: str) -> None:
+    """@gateway with no gateway defined is decided closed; say so instead of staying silent."""
+    for rule in policy.rules:
+        if isinstance(rule.host, SymbolHost) and rule.host.symbol is Symbol.GATEWAY:
+            effect = "matches nothing" if rule in policy.allow else "matches every destination of its protocol and ports"
+            print(f"guestfence: warning: {rule} uses @gateway, which {where}; this rule {effect}", file=sys.stderr)
 
 
 def print_json(value: Any) -> None:

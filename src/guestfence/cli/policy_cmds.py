@@ -12,6 +12,7 @@ from guestfence.cli.common import (
     format_table,
     policy_from_args,
     print_json,
+    warn_gateway_undefined,
 )
 from guestfence.config import format_config, load_config
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
@@ -101,6 +102,8 @@ def run_explain(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     flows = _parse_destinations(args.destinations)
     gateways = _parse_gateways(args.gateway)
+    if not gateways:
+        warn_gateway_undefined(policy, "is not defined without --gateway")
     names = {}
     if policy.names() and not args.no_resolve:
         resolution = resolve_names(policy.names())

@@ -11,6 +11,7 @@ from guestfence.cli.common import (
     HelpFormatter,
     add_policy_options,
     policy_from_args,
+    warn_gateway_undefined,
     print_json,
     wait_forwarding_signals,
 )
@@ -88,6 +89,7 @@ def run_rootless(args: argparse.Namespace) -> int:
     extra = args.passthrough or []
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
+    warn_gateway_undefined(chosen, "only VM guests have (use @host for the host's addresses)")
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
     stack_user = args.user if args.mode == "nft" else args.as_user
     check_socket(extra, None if stack_user is None else _user(stack_user, "--user" if args.mode == "nft" else "--as-user"))

@@ -22,6 +22,7 @@ from guestfence.cli.common import (
     HelpFormatter,
     add_policy_options,
     policy_from_args,
+    warn_gateway_undefined,
     wait_forwarding_signals,
 )
 from guestfence.errors import PolicyError
@@ -71,6 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not command:
         raise PolicyError("no command given (usage: guestfence run [options] -- CMD ARGS...)")
     policy = policy_from_args(args)
+    warn_gateway_undefined(policy, "only VM guests have (a sandboxed process has no gateway)")
     log = open_log(args.log if args.log or not (args.verbose or args.json_log) else "-")
     name = os.path.basename(command[0])
     tally = DenialTally()
