@@ -57,7 +57,7 @@ def guest_interfaces(recorded_guests: Any) -> dict[str, str]:
 class LockdownFeature:
     key = LOCKDOWN_KEY
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False) -> FeaturePlan:
         if config.lockdown is None:
             return self._nothing("lockdown unchanged (no [lockdown] in the file)")
         state = recorded_state(recorded)
