@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from guestfence.cli.common import (
@@ -108,7 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = (
         ("status", reporting, run_status, "per guest: rules, accepted/dropped packets, drift from the record",
          "Compare the live ruleset with the recorded state. Exits 1 when something drifted.",
-         "  guestfence status\n  ip netns exec lab1 guestfence status --json\n"),
+         "  guestfence status\n  ip netns exec lab1 guestfence status --json\n"
+         "  guestfence status --prometheus-textfile /var/lib/prometheus/node-exporter/guestfence.prom\n"),
         ("restore", changing, run_restore, "re-apply the recorded state (after a reboot)",
          "Rebuild the guestfence tables from the recorded state in one transaction; DNS names are resolved anew.",
          "  guestfence restore\n  guestfence restore --dry-run\n"),
@@ -123,6 +125,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command = subparsers.add_parser(name, parents=[parent], help=summary, description=description,
                                         epilog="examples:\n" + examples, formatter_class=HelpFormatter)  # fmt: skip
         command.set_defaults(func=func)
+        if name == "status":
+            command.add_argument("--prometheus", action="store_true", help="print the metrics in Prometheus' text format")
+            command.add_argument("--prometheus-textfile", metavar="PATH",
+                                 help="write them atomically to PATH (node-exporter's textfile collector)")  # fmt: skip
         if name == "apply":
             command.add_argument("file", metavar="FILE", help="TOML file with [[guest]] tables (and [policy.NAME] they use)")
 
@@ -191,6 +197,16 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    if args.prometheus or args.prometheus_textfile:
+        from guestfence.metrics import collect_metrics, write_textfile
+        from guestfence.prometheus import render as render_prometheus
+
+        metrics = collect_metrics(state_dir(args.state_dir))
+        if args.prometheus_textfile:
+            write_textfile(render_prometheus(metrics), Path(args.prometheus_textfile))
+        else:
+            print(render_prometheus(metrics), end="")
+        return 1 if metrics.drifted else 0
     with StateStore(state_dir(args.state_dir)) as store:
         section = store.section(GUESTS_KEY)
     registry = registry_from_json(section, where=str(store.path))
