@@ -21,7 +21,11 @@ STAMP   := $(VENV)/.installed
 
 RUNTIME_APT := python3 python3-venv python3-nftables python3-seccomp nftables iproute2 procps
 DEMO_APT    := iputils-ping
-TEST_APT    := iputils-ping passt slirp4netns gcc chromium ethtool containernetworking-plugins
+TEST_APT    := iputils-ping passt slirp4netns gcc chromium ethtool
+# Host software the integrations are tested with, without recommends: no
+# service, unit or default network of theirs comes along (the libvirt test
+# runs its own libvirtd with its own configuration).
+TEST_APT_BARE := containernetworking-plugins libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
 BENCH_APT   := passt slirp4netns gcc
 
 # Where install-system puts things. DESTDIR stages the whole tree elsewhere
@@ -35,14 +39,14 @@ LIBEXECDIR    := /usr/local/libexec/guestfence
 LIBVIRT_HOOKS := /etc/libvirt/hooks/qemu.d
 GUESTFENCE    := $(abspath $(VENV))/bin/guestfence
 
-# apt-get install of whatever in $(1) is missing.
+# apt-get install of whatever in $(1) is missing, with options $(2).
 define apt_install
 	@missing=$$(for p in $(1); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
 	  done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing; \
 	fi
 endef
 
@@ -60,6 +64,7 @@ $(STAMP): pyproject.toml Makefile
 
 $(VENV)/.test-installed: $(STAMP)
 	$(call apt_install,$(TEST_APT))
+	$(call apt_install,$(TEST_APT_BARE),--no-install-recommends)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
