@@ -50,7 +50,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: install install-system venv test-deps bench-deps demo test unit lab bench clean
+.PHONY: install install-system uninstall venv test-deps bench-deps demo test unit lab bench clean
 
 install: venv install-system
 
@@ -93,6 +93,14 @@ install-system: venv
 	ln -sfn $(abspath $(VENV))/bin/guestfence-qemu-ifdown $(DESTDIR)$(LIBEXECDIR)/qemu-ifdown
 	ln -sfn $(abspath $(VENV))/bin/guestfence-libvirt-hook $(DESTDIR)$(LIBVIRT_HOOKS)/guestfence
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# What install-system put in place, and nothing else (the record in
+# /var/lib/guestfence and the rules in force stay: `guestfence flush` removes those).
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/guestfence $(DESTDIR)$(LIBEXECDIR)/qemu-ifup $(DESTDIR)$(LIBEXECDIR)/qemu-ifdown
+	rm -f $(DESTDIR)$(LIBVIRT_HOOKS)/guestfence $(foreach dir,$(CNI_DIRS),$(DESTDIR)$(dir)/guestfence)
+	for unit in contrib/systemd/*.in; do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$unit .in); done
+	-rmdir $(DESTDIR)$(LIBEXECDIR) 2>/dev/null
 
 demo: install
 	$(call apt_install,$(DEMO_APT))
