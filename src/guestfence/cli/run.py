@@ -52,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--verbose", action="store_true", help="print the addresses DNS names in rules resolved to")
     run.add_argument("--deny-errno", choices=tuple(DENY_ERRNOS), default="ECONNREFUSED",
                      help="errno of a refused call (default: ECONNREFUSED)")
+    run.add_argument("--keep-caps", action="store_true",
+                     help="let a root command keep every capability; with CAP_SYS_PTRACE or CAP_SYS_ADMIN it can "
+                          "take the listener from guestfence and answer its own calls: trusted commands only "
+                          "(default: a root command runs without the capabilities that reach guestfence or "
+                          "go around the network stack)")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
     run.set_defaults(func=run_command)
 
@@ -62,7 +67,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise PolicyError("no command given (usage: guestfence run [options] -- CMD ARGS...)")
     policy = policy_from_args(args)
     log = open_log(args.log)
-    sandbox = Sandbox(policy, deny_errno=args.deny_errno,
+    sandbox = Sandbox(policy, deny_errno=args.deny_errno, keep_caps=args.keep_caps,
                       on_denied=None if log is None else denial_logger(log, as_json=args.json_log))
     return run_sandboxed(sandbox, command, verbose=args.verbose)
 
