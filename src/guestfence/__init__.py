@@ -13,18 +13,6 @@ from guestfence.errors import (
     PolicyError,
     RuleSyntaxError,
 )
-from guestfence.policy import (
-    Action,
-    Context,
-    Decision,
-    Flow,
-    Policy,
-    Proto,
-    Rule,
-    decide,
-    parse_destination,
-    parse_rule,
-)
 
 __all__ = [
     "Action",
@@ -48,11 +36,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # The sandbox needs libseccomp's bindings; import it only when asked, so
-    # the policy core and the nft backend work without them.
-    if name == "Sandbox":
-        from guestfence.sandbox import Sandbox
+# Imported on first use (PEP 562), so that `import guestfence.cli` for
+# `guestfence --help` does not pay for the policy core, and the sandbox's
+# libseccomp bindings are needed only by those who use Sandbox.
+_LAZY = {
+    "Sandbox": "guestfence.sandbox",
+    **dict.fromkeys(("Action", "Context", "Decision", "Flow", "Policy", "Proto", "Rule", "decide",
+                     "parse_destination", "parse_rule"), "guestfence.policy"),
+}
 
-        return Sandbox
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'guestfence' has no attribute {name!r}")
