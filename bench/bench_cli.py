@@ -9,7 +9,11 @@ Each command is started ``--runs`` times, the commands taking turns, and
 its CPU time (user+system of the process and everything it waited for,
 from wait4) and wall-clock time are recorded; the medians are printed,
 with the CPU over the interpreter's own start-up (``python3 -c pass`` of
-the same interpreter, measured in the same run). ``--against`` measures
+the same interpreter, measured in the same run). Commands run with
+bytecode caching on (PYTHONDONTWRITEBYTECODE removed from their
+environment, the caches kept in a temporary PYTHONPYCACHEPREFIX rather than
+in the source trees) after one warm-up run each, as an installed package
+runs. ``--against`` measures
 a second installation's ``guestfence`` in the same run (e.g. main's),
 side by side.
 
@@ -35,13 +39,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
+ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
 POLICY = 'default = "deny"\nallow = ["tcp://@gateway:8080", "udp://192.0.2.53:53"]\ndeny = ["tcp://*:22"]\n'
 
 
 def measure(argv: Sequence[str], preexec: Callable[[], None] | None) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one run of ``argv``, which must succeed."""
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec, env=ENV)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -81,6 +86,7 @@ def main() -> int:
     ours = str(Path(sys.executable).with_name("guestfence"))
     installs = {"this": ours} | ({"against": args.against} if args.against else {})
     work = Path(tempfile.mkdtemp(prefix="gf-bench-cli-"))
+    ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     netns = f"gfbench-cli-{os.getpid()}"
     created: list[str] = []
     try:
@@ -107,7 +113,7 @@ def main() -> int:
                 enter = in_netns(f"/run/netns/{name}")
                 state = work / f"state-{label}"
                 subprocess.run([script, "apply", "--state-dir", str(state), str(config)], check=True,
-                               stdout=subprocess.DEVNULL, preexec_fn=enter)
+                               stdout=subprocess.DEVNULL, preexec_fn=enter, env=ENV)
                 suffix = "" if len(installs) == 1 else f" [{label}]"
                 commands[f"guest add @{args.guests}{suffix}"] = (
                     [script, "guest", "add", "bench", "--state-dir", str(state), "--iface", "vmtap-bench",
@@ -116,6 +122,8 @@ def main() -> int:
         elif args.guests:
             print("(guest add skipped: needs root)", file=sys.stderr)
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        for argv, preexec in commands.values():
+            measure(argv, preexec)  # writes the bytecode caches
         for _ in range(args.runs):
             for name, (argv, preexec) in commands.items():
                 samples[name].append(measure(argv, preexec))

@@ -5,6 +5,10 @@ Everything here reads; nothing changes the system. The watcher subscribes
 to RTNLGRP_LINK *before* the caller lists the existing links, so a link
 created in between is reported rather than missed (at worst twice, which
 read-compare-write makes harmless).
+
+pyroute2 is imported inside each function: importing it takes ~80 ms, and
+commands that only load this module (``guest add``, via the lockdown
+feature) never call them.
 """
 
 from __future__ import annotations
@@ -13,10 +17,6 @@ import errno
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
-
 from guestfence.errors import HostError
 from guestfence.lockdown.plan import Link
 
@@ -24,6 +24,9 @@ MAIN_TABLE = 254
 
 
 def collect_links() -> tuple[Link, ...]:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with IPRoute() as ipr:
             return tuple(Link(name=m.get_attr("IFLA_IFNAME"), ifindex=m["index"]) for m in ipr.get_links())
@@ -34,6 +37,9 @@ def collect_links() -> tuple[Link, ...]:
 def collect_protected() -> dict[str, str]:
     """Interfaces lockdown must not take without --force: loopback and every
     interface a default route of the main table leaves through."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     protected = {"lo": "loopback"}
     try:
         with IPRoute() as ipr:
@@ -60,6 +66,10 @@ def link_events() -> Iterator[Callable[[LinkEvent], None]]:
     """Subscribe to link notifications now; the yielded function runs the
     loop, calling ``on_event("new" | "del", link)`` for each until interrupted.
     When the kernel drops notifications (ENOBUFS), every link is reported again."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl import RTMGRP_LINK
+
     try:
         ipr = IPRoute()
         ipr.bind(groups=RTMGRP_LINK)
