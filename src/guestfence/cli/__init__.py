@@ -95,7 +95,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    parser.add_argument("--version", action="version", version=f"guestfence {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the installed version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = COMMANDS[command][0] if command in COMMANDS else None
     for name, (module_name, summary) in COMMANDS.items():
@@ -139,6 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("guestfence: interrupted", file=sys.stderr)
         return 130
+
+
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked: importlib.metadata scans the
+    installed distributions, tens of milliseconds every command would pay."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"guestfence {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
