@@ -50,13 +50,15 @@ def collect_host_addresses() -> tuple[Address, ...]:
 
 
 def interface_addresses(name: str) -> tuple[Address, ...] | None:
-    """The addresses configured on interface ``name``; None when there is no such interface."""
+    """The addresses configured on interface ``name``; None when there is no such interface.
+    Read with guestfence.rtnl, not pyroute2: ``guest add`` asks this every time."""
+    from guestfence import rtnl
+
     try:
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
-                return None
-            addresses = ipr.get_addr(index=found[0])
-    except (OSError, NetlinkError) as exc:
+        index = next((i for i, found in rtnl.link_names().items() if found == name), None)
+        if index is None:
+            return None
+        packed = rtnl.addresses_of(index)
+    except OSError as exc:
         raise HostError(f"cannot read interface {name}: {exc}") from exc
-    return tuple(ipaddress.ip_address(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")) for a in addresses)
+    return tuple(ipaddress.ip_address(a) for a in packed)

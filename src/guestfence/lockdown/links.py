@@ -7,18 +7,20 @@ to RTNLGRP_LINK *before* the caller lists the existing links, so a link
 created in between is reported rather than missed (at worst twice, which
 read-compare-write makes harmless).
 
-pyroute2 is imported inside each function: importing it takes ~80 ms, and
-commands that only load this module (``guest add``, via the lockdown
-feature) never call them.
+pyroute2 is imported inside each function: importing it takes ~80 ms.
+collect_protected, which ``guest add`` calls every time, reads a raw
+netlink dump (guestfence.rtnl) instead.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from guestfence import rtnl
 from guestfence.errors import HostError
 from guestfence.lockdown.plan import Link
 
@@ -87,24 +89,16 @@ def _ipv6_config(ipr: IPRoute) -> dict[int, tuple[str, ...]]:
 
 def collect_protected() -> dict[str, str]:
     """Interfaces lockdown must not take without --force: loopback and every
-    interface a default route of the main table leaves through."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
+    interface a default route of the main table leaves through. Read with
+    guestfence.rtnl, not pyroute2: ``guest add`` asks this every time."""
     protected = {"lo": "loopback"}
     try:
-        with IPRoute() as ipr:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
-            for family in (2, 10):
-                for route in ipr.get_routes(family=family, table=MAIN_TABLE):
-                    if route["dst_len"] != 0:
-                        continue
-                    oifs = [route.get_attr("RTA_OIF")]
-                    oifs += [hop["oif"] for hop in route.get_attr("RTA_MULTIPATH") or []]
-                    for oif in oifs:
-                        if oif in names:
-                            protected[names[oif]] = f"default route, IPv{4 if family == 2 else 6}"
-    except (OSError, NetlinkError) as exc:
+        names = rtnl.link_names()
+        for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+            for oif in rtnl.default_route_interfaces(family):
+                if oif in names:
+                    protected[names[oif]] = f"default route, IPv{version}"
+    except OSError as exc:
         raise HostError(f"cannot read the routing table: {exc}") from exc
     return protected
 
