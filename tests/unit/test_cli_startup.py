@@ -57,3 +57,11 @@ def test_the_command_list_matches_what_the_modules_register() -> None:
         registered = {action.dest: action.help for action in subparsers._choices_actions}
         expected = {name: summary for name, (module, summary) in COMMANDS.items() if module == module_name}
         assert registered == expected, module_name
+
+
+def test_guest_add_reads_the_kernel_without_pyroute2(tmp_path: Path) -> None:
+    # guest add checks the interface against the host's (guestfence.rtnl), every time.
+    imported = imported_modules("guest", "add", "vm1", "--iface", "vmtap-gfstart", "--address", "192.0.2.2/30",
+                                "--gateway", "192.0.2.1", "--dry-run", "--state-dir", str(tmp_path))
+    assert "guestfence.rtnl" in imported
+    assert "pyroute2" not in imported

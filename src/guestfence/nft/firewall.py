@@ -242,9 +242,11 @@ def plan_json(plan: NftPlan) -> dict[str, Any]:
 
 def describe_changes(old: Registry, new: Registry, *, kept: Sequence[str] = ()) -> list[str]:
     """What going from ``old`` to ``new`` adds, changes and removes, in words. Pure."""
-    before = {m.guest.name: guest_to_json(m.guest) for m in old.members}
-    after = {m.guest.name: guest_to_json(m.guest) for m in new.members}
-    lines = [f"add guest {name} on {after[name]['iface']}" for name in after if name not in before]
+    # Guests are compared as values (frozen dataclasses): equal exactly when
+    # their records are, without serialising every guest twice.
+    before = {m.guest.name: m.guest for m in old.members}
+    after = {m.guest.name: m.guest for m in new.members}
+    lines = [f"add guest {name} on {after[name].iface}" for name in after if name not in before]
     lines += [f"change guest {name}" for name in after if name in before and before[name] != after[name]]
     lines += [f"remove guest {name}" for name in before if name not in after]
     lines += [f"keep guest {name} (not in the file; --prune removes it)" for name in kept]
