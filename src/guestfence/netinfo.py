@@ -51,6 +51,9 @@ def collect_host_addresses() -> tuple[Address, ...]:
 
 def interface_addresses(name: str) -> tuple[Address, ...] | None:
     """The addresses configured on interface ``name``; None when there is no such interface."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=name)
