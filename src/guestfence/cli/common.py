@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guestfence.config import load_policy
 from guestfence.policy.grammar import parse_policy
 from guestfence.policy.model import Policy, Symbol, SymbolHost, canonical_rules
+
+if TYPE_CHECKING:  # only the commands that start a process need subprocess (cli/__init__: start-up)
+    import subprocess
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-written layout of descriptions and examples."""
@@ -61,6 +63,8 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 def wait_forwarding_signals(proc: subprocess.Popen[Any]) -> int:
     """Wait for the command guestfence started, passing on SIGINT, SIGTERM and
     SIGHUP; its exit status, or 128+N if it died of signal N, as a shell says."""
+    import signal
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
     status = proc.wait()

@@ -41,6 +41,10 @@ CAP_SYS_PTRACE can read their calls: run guestfence as root with
 --as-user USER (the stack runs as USER), or use the nftables mode of
 docs/rootless.md.
 
+A stack run as root keeps its capabilities: it needs CAP_SYS_ADMIN to join
+the guest's namespace and CAP_NET_ADMIN to configure its tap, and with
+them could take over the supervisor. --as-user runs it as USER, without.
+
 examples:
   guestfence rootless slirp4netns 4242                         # PID of a process in the guest netns
   guestfence rootless slirp4netns --netns /run/user/1000/netns/ctr tap0 -- --disable-host-loopback
@@ -169,4 +173,7 @@ def _supervise(argv: tuple[str, ...], policy: Policy, command: StackCommand, arg
 
     on_denied = None if log is None else denial_logger(log, as_json=args.json_log, guest_view=seen_by_guest)
     deny_errno = args.deny_errno or command.stack.deny_errno
-    return run_sandboxed(Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied), argv, verbose=False)
+    # A root stack needs its capabilities (setns, tap configuration); with
+    # --as-user, setpriv needs only CAP_SETUID/SETGID, which the sandbox keeps.
+    sandbox = Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied, keep_caps=args.as_user is None)
+    return run_sandboxed(sandbox, argv, verbose=False)

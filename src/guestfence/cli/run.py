@@ -63,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--quiet", action="store_true", help="no summary of refused attempts on exit")
     run.add_argument("--deny-errno", choices=tuple(DENY_ERRNOS), default="ECONNREFUSED",
                      help="errno of a refused call (default: ECONNREFUSED)")
+    run.add_argument("--keep-caps", action="store_true",
+                     help="let a root command keep every capability; with CAP_SYS_PTRACE or CAP_SYS_ADMIN it can "
+                          "take the listener from guestfence and answer its own calls: trusted commands only "
+                          "(default: a root command runs without the capabilities that reach guestfence or "
+                          "go around the network stack)")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
     run.set_defaults(func=run_command)
 
@@ -77,7 +82,7 @@ def run_command(args: argparse.Namespace) -> int:
     name = os.path.basename(command[0])
     tally = DenialTally()
     loggers = [tally.add] + ([] if log is None else [denial_logger(log, as_json=args.json_log, command=name)])
-    sandbox = Sandbox(policy, deny_errno=args.deny_errno, on_denied=lambda denial: [f(denial) for f in loggers])
+    sandbox = Sandbox(policy, deny_errno=args.deny_errno, keep_caps=args.keep_caps, on_denied=lambda denial: [f(denial) for f in loggers])
     status = run_sandboxed(sandbox, command, verbose=args.verbose)
     if not args.quiet:
         for line in tally.summary(policy, command=name):
