@@ -212,3 +212,18 @@ def test_status_finds_nothing_through_a_guests_life(scene: Scene, tmp_path: Path
     clean()
     report = json.loads(scene.gf("status", "--json").stdout)
     assert sorted(g["name"] for g in report["guests"]) == ["b1", "g1", "g2"] and not report["drifted"]
+
+
+def test_restore_with_an_unreadable_lockdown_record_still_installs_the_guests(scene: Scene) -> None:
+    link = scene.add_guest("g1", 1)
+    scene.register(link, *POLICY)
+    path = scene.state_dir / "state.json"
+    state = json.loads(path.read_text())
+    state["lockdown"] = {"patterns": 7}
+    path.write_text(json.dumps(state))
+    flushed = scene.gf("flush", check=False)
+    assert flushed.returncode == 2 and "not done: lockdown:" in flushed.stderr and scene.ruleset() == []
+    restored = scene.gf("restore", check=False)
+    assert restored.returncode == 2 and "not done: lockdown:" in restored.stderr and "Traceback" not in restored.stderr
+    assert scene.reachable(link.netns, targets(link)) == {f"tcp://{link.gateway4}:8080"}
+    assert json.loads(path.read_text())["lockdown"] == {"patterns": 7}, "left for a human, not rewritten"
