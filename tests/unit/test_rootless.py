@@ -9,13 +9,13 @@ import pytest
 
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination, parse_policy
-from guestfence.policy.model import Action, Context, PortRange
+from guestfence.policy.model import Action, Context, PortRange, local_types
 from guestfence.rootless.guard import complement, host_guard
 from guestfence.rootless.stacks import Stack, guest_view, passt_command, slirp4netns_command
 from tests.unit.test_cli import run
 
 HOST = {ipaddress.ip_address(a) for a in ("127.0.0.1", "198.51.100.1", "2001:db8:1::1")}
-CONTEXT = Context(is_local=HOST.__contains__)
+CONTEXT = Context(address_type=local_types(HOST))
 
 
 @pytest.mark.parametrize(

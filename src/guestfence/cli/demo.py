@@ -22,7 +22,7 @@ from guestfence.demolab import DemoLab, run
 from guestfence.config import format_policy, parse_config
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination
-from guestfence.policy.model import Context
+from guestfence.policy.model import Context, local_types
 
 DEMO_POLICY = """\
 # A VM guest may reach its gateway's API port and ping; nothing else on the host.
@@ -62,7 +62,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("    " + DEMO_POLICY.replace("\n", "\n    ").rstrip())
     print("\n...and normalised (what `guestfence check` prints):\n")
     print("    " + format_policy(policy).replace("\n", "\n    ").rstrip())
-    context = Context(gateways=frozenset({DEMO_GATEWAY}), is_local=DEMO_HOST_ADDRESSES.__contains__)
+    context = Context(gateways=frozenset({DEMO_GATEWAY}), address_type=local_types(DEMO_HOST_ADDRESSES))
     print(f"\nWhat it decides, with @gateway = {DEMO_GATEWAY}:\n")
     rows = [("DESTINATION", "VERDICT", "DECIDED BY")]
     for text in DEMO_DESTINATIONS:

@@ -16,11 +16,11 @@ from guestfence.cli.common import (
 )
 from guestfence.config import format_config, load_config
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
-from guestfence.netinfo import lookup_is_local
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Context, Flow, Policy
 from guestfence.resolve import resolve_names
+from guestfence.sandbox.route import address_type
 
 CHECK_EPILOG = """\
 Prints the policies in canonical form (valid TOML) and exits 0. On errors,
@@ -109,7 +109,7 @@ def run_explain(args: argparse.Namespace) -> int:
         names = dict(resolution.addresses)
         for name, why in resolution.failures.items():
             print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
-    context = Context(gateways=gateways, is_local=lookup_is_local, names=names)
+    context = Context(gateways=gateways, address_type=address_type, names=names)
     decisions = [(flow, decide(policy, flow, context)) for flow in flows]
     if args.json:
         print_json(

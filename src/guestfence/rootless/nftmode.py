@@ -2,9 +2,12 @@
 
 The stack runs as a dedicated user; every packet its sockets send leaves
 through the output hook, where this table sends the user's packets to a
-chain holding the policy. ``@host`` is ``fib daddr type local``: the kernel
-reads its live routing table for each new connection, so no address list is
-copied and an address added a moment ago is local from its first packet.
+chain holding the policy. ``@host`` is ``fib daddr type @to_host`` (local,
+broadcast, multicast, anycast): the kernel reads its live routing table for
+each new connection, so no address list is copied and an address added a
+moment ago is the host's from its first packet. The output hook sees the
+destination the kernel chose: ``0.0.0.0`` and ``::`` are already loopback
+there, and an IPv4-mapped destination is already IPv4.
 Nothing runs in the data path but the kernel.
 
     inet guestfence_rootless
@@ -34,7 +37,8 @@ from collections.abc import Iterable, Mapping
 from guestfence.errors import PlanError
 from guestfence.nft.build import ACCEPT, Command, Expr, ct, match, meta
 from guestfence.nft.compile import rule_matches
-from guestfence.nft.names import ICMP_PROTOS
+from guestfence.nft.names import ICMP_PROTOS, TO_HOST_TYPES
+from guestfence.nft.compile import HOST_TYPES
 from guestfence.policy.model import Action, Address, Policy, Proto, Rule, Symbol, SymbolHost
 
 FAMILY = "inet"
@@ -68,6 +72,7 @@ def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Addres
         {"add": {"chain": _obj(name=OUTPUT, type="filter", hook="output", prio=PRIO_FILTER, policy="accept")}},
         {"add": {"map": _obj(name=OWNERS, type="uid", map="verdict")}},
         {"add": {"set": _obj(name=ICMP_PROTOS, type="inet_proto", elem=["icmp", "ipv6-icmp"])}},
+        {"add": {"set": _obj(name=TO_HOST_TYPES, type="fib_addrtype", elem=sorted(HOST_TYPES))}},
         {"add": {"chain": _obj(name=chain)}},
         {"flush": {"chain": _obj(name=chain)}},
         {"flush": {"chain": _obj(name=OUTPUT)}},

@@ -69,7 +69,7 @@ class Sandbox:
             raise PolicyError("no command to run")
         settings = Settings(
             policy=self.policy,
-            context=Context(is_local=route.is_local, names=dict(self.resolution.addresses)),
+            context=Context(address_type=route.address_type, names=dict(self.resolution.addresses)),
             deny_errno=DENY_ERRNOS[self.deny_errno],
             on_denied=self.on_denied,
         )
