@@ -151,7 +151,6 @@ def test_loopback_rules_catch_what_the_kernel_delivers_to_loopback(dest: str, ru
     policy = parse_policy(default="allow", deny=[rule])
     decision = decide(policy, parse_destination(dest), Context())
     assert decision.action is Action.DENY and str(decision.rule) == rule
-    assert "is delivered to" in decision.reason
 
 
 def test_another_guest_is_reached_only_through_a_rule_naming_its_address() -> None:
