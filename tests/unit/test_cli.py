@@ -87,3 +87,10 @@ def test_demo_runs_and_shows_protocol_isolation(capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "demo")
     assert code == 0
     assert "udp://192.0.2.1:8080         deny     default deny" in out
+
+
+def test_run_refuses_gateway_rules_without_a_gateway(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "run", "--net-allow", "tcp://@gateway:8080", "--", "true")
+    assert code == 2 and "tcp://@gateway:8080: @gateway needs a gateway address" in err and "--gateway" in err
+    code, _out, err = run(capsys, "run", "--gateway", "not-an-address", "--", "true")
+    assert code == 2 and "--gateway 'not-an-address' is not an IP address" in err

@@ -101,8 +101,14 @@ def test_nft_mode_compiles_the_guard_for_one_user() -> None:
 
 
 def test_nft_mode_refuses_gateway_rules() -> None:
-    from guestfence.errors import PlanError
+    from guestfence.errors import PolicyError
     from guestfence.rootless.nftmode import compile_owner
 
-    with pytest.raises(PlanError, match="@gateway"):
+    with pytest.raises(PolicyError, match="@gateway"):
         compile_owner(1234, parse_policy(allow=["tcp://@gateway:80"]), {})
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "nft"])
+def test_rootless_refuses_gateway_rules_before_running_anything(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "rootless", "--mode", mode, "--dry-run", "--net-deny", "udp://@gateway:53", "pasta")
+    assert code == 2 and "@gateway needs a gateway address" in err and "Traceback" not in err

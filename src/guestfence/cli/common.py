@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import signal
 import subprocess
@@ -10,8 +11,9 @@ import sys
 from typing import Any
 
 from guestfence.config import load_policy
+from guestfence.errors import PolicyError
 from guestfence.policy.grammar import parse_policy
-from guestfence.policy.model import Policy, canonical_rules
+from guestfence.policy.model import Address, Policy, canonical_rules, unmap
 
 POLICY_HELP = """\
 policy options (combine freely: the rules are united, --default wins):
@@ -43,6 +45,17 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         allow=tuple(canonical_rules(base.allow + extra.allow)),
         deny=tuple(canonical_rules(base.deny + extra.deny)),
     )
+
+
+def parse_gateways(texts: list[str]) -> frozenset[Address]:
+    """``--gateway`` values. Raises PolicyError naming the bad one."""
+    gateways = set()
+    for text in texts:
+        try:
+            gateways.add(unmap(ipaddress.ip_address(text)))
+        except ValueError:
+            raise PolicyError(f"--gateway {text!r} is not an IP address (expected e.g. 192.0.2.1 or 2001:db8::1)") from None
+    return frozenset(gateways)
 
 
 def print_json(value: Any) -> None:

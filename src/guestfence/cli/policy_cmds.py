@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 
 from guestfence.cli.common import (
@@ -11,11 +10,12 @@ from guestfence.cli.common import (
     HelpFormatter,
     add_policy_options,
     format_table,
+    parse_gateways,
     policy_from_args,
     print_json,
 )
 from guestfence.config import format_config, load_config
-from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
+from guestfence.errors import RuleSyntaxError, raise_collected
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Context, Flow, Policy
@@ -102,7 +102,7 @@ def policy_json(name: str | None, policy: Policy) -> dict[str, object]:
 def run_explain(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     flows = _parse_destinations(args.destinations)
-    gateways = _parse_gateways(args.gateway)
+    gateways = parse_gateways(args.gateway)
     names = {}
     if policy.names() and not args.no_resolve:
         resolution = resolve_names(policy.names())
@@ -140,13 +140,3 @@ def _parse_destinations(texts: list[str]) -> list[Flow]:
             errors.append(e.located(source="destination", line=None, offset=1))
     raise_collected(errors)
     return flows
-
-
-def _parse_gateways(texts: list[str]) -> frozenset:
-    gateways = set()
-    for text in texts:
-        try:
-            gateways.add(ipaddress.ip_address(text))
-        except ValueError:
-            raise PolicyError(f"--gateway {text!r} is not an IP address") from None
-    return frozenset(gateways)

@@ -21,6 +21,7 @@ from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy
 from guestfence.nft.apply import apply_nft, open_nft
 from guestfence.resolve import resolve_names
+from guestfence.policy.decide import require_gateway
 from guestfence.rootless.guard import host_guard
 from guestfence.rootless.nftmode import compile_owner, compile_release
 from guestfence.rootless.stacks import Stack, StackCommand, guest_view, passt_command, slirp4netns_command
@@ -89,6 +90,7 @@ def run_rootless(args: argparse.Namespace) -> int:
     extra = args.passthrough or []
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
+    require_gateway(chosen, frozenset(), hint="a rootless stack has no gateway of its own: use @host or addresses")
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
     if args.mode == "nft":
         return _run_nft(command, policy, args)

@@ -13,6 +13,7 @@ from guestfence.cli.common import (
     POLICY_HELP,
     HelpFormatter,
     add_policy_options,
+    parse_gateways,
     policy_from_args,
     wait_forwarding_signals,
 )
@@ -25,7 +26,10 @@ Every connect and send of the command, its threads and its children is
 decided by the policy, per protocol (a UDP rule never authorises TCP; ICMP
 rules govern the kernel ping socket). A refused call fails with
 ECONNREFUSED (or --deny-errno). Raw and packet sockets and io_uring are
-refused outright. @host is answered by a route lookup at each decision.
+refused outright. @host is every address this host receives on (its own,
+all of loopback, 0.0.0.0 and :: which Linux delivers to loopback, broadcast,
+multicast, anycast), answered by a route lookup at each decision. @gateway
+rules need --gateway ADDR. ICMP rules govern ping (the kernel ping socket).
 DNS names in rules are resolved once, at start (--verbose shows them).
 
 The exit status is the command's own (128+N if it died of signal N);
@@ -50,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--log", metavar="FILE|-", help="log every denied attempt to FILE (- for stderr)")
     run.add_argument("--json-log", action="store_true", help="log one JSON object per line")
     run.add_argument("--verbose", action="store_true", help="print the addresses DNS names in rules resolved to")
+    run.add_argument("--gateway", metavar="ADDR", action="append", default=[],
+                     help="the address @gateway stands for (repeatable); @gateway rules need it")
     run.add_argument("--deny-errno", choices=tuple(DENY_ERRNOS), default="ECONNREFUSED",
                      help="errno of a refused call (default: ECONNREFUSED)")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
@@ -62,7 +68,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise PolicyError("no command given (usage: guestfence run [options] -- CMD ARGS...)")
     policy = policy_from_args(args)
     log = open_log(args.log)
-    sandbox = Sandbox(policy, deny_errno=args.deny_errno,
+    sandbox = Sandbox(policy, deny_errno=args.deny_errno, gateways=parse_gateways(args.gateway),
                       on_denied=None if log is None else denial_logger(log, as_json=args.json_log))
     return run_sandboxed(sandbox, command, verbose=args.verbose)
 

@@ -32,6 +32,7 @@ backends pass a kernel route lookup, so ``@host`` follows address changes.
 
 from __future__ import annotations
 
+from guestfence.errors import PolicyError
 from guestfence.policy.model import (
     HOST_RECEIVED,
     Action,
@@ -51,6 +52,17 @@ from guestfence.policy.model import (
 )
 
 EMPTY_CONTEXT = Context()
+
+
+def require_gateway(policy: Policy, gateways: frozenset[Address], *, hint: str) -> None:
+    """Refuse a policy whose ``@gateway`` rules would mean nothing: with no
+    gateway an allow about it matches nothing and a deny about it matches
+    every destination of its protocol. Raises PolicyError ending in ``hint``."""
+    if gateways:
+        return
+    rules = [str(r) for r in policy.rules if r.host == SymbolHost(Symbol.GATEWAY)]
+    if rules:
+        raise PolicyError(f"{', '.join(rules)}: @gateway needs a gateway address, and none is given ({hint})")
 ANOTHER_GUEST = "another guest"
 
 

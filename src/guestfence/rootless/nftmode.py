@@ -34,12 +34,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guestfence.errors import PlanError
 from guestfence.nft.build import ACCEPT, Command, Expr, ct, match, meta
 from guestfence.nft.compile import rule_matches
 from guestfence.nft.names import ICMP_PROTOS, TO_HOST_TYPES
 from guestfence.nft.compile import HOST_TYPES
-from guestfence.policy.model import Action, Address, Policy, Proto, Rule, Symbol, SymbolHost
+from guestfence.policy.decide import require_gateway
+from guestfence.policy.model import Action, Address, Policy, Proto, Rule
 
 FAMILY = "inet"
 TABLE = "guestfence_rootless"
@@ -57,8 +57,7 @@ def owner_chain(uid: int) -> str:
 def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Address]]) -> list[Command]:
     """One transaction: the table and base chain (idempotent), the owner's
     chain replaced whole, and its entry in the dispatch map."""
-    if any(r.host == SymbolHost(Symbol.GATEWAY) for r in policy.rules):
-        raise PlanError("@gateway means a VM guest's gateway; a rootless stack has none (use @host or addresses)")
+    require_gateway(policy, frozenset(), hint="a rootless stack has no gateway of its own: use @host or addresses")
     chain = owner_chain(uid)
     rules = [[match(ct("state"), ["established", "related"]), ACCEPT]]
     rules += _policy_rules(policy.deny, names, deny=True)

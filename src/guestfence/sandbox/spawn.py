@@ -18,11 +18,12 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from guestfence.errors import HostError, PolicyError
-from guestfence.policy.model import Context, Policy
+from guestfence.policy.decide import require_gateway
+from guestfence.policy.model import Address, Context, Policy
 from guestfence.resolve import Resolution, resolve_names
 from guestfence.sandbox import kernel, route
 from guestfence.sandbox.filter import plan_filter
@@ -39,7 +40,8 @@ class Sandbox:
     EACCES or EPERM); ``on_denied`` is called, on a supervisor thread, with
     each ``Denial``. DNS names in the policy are resolved once, at the first
     start (see ``resolution``); a name that does not resolve is decided
-    closed.
+    closed. ``gateways`` are the addresses ``@gateway`` stands for; a policy
+    naming ``@gateway`` without them is refused (PolicyError).
     """
 
     def __init__(
@@ -48,9 +50,12 @@ class Sandbox:
         *,
         deny_errno: str = "ECONNREFUSED",
         on_denied: Callable[[Denial], None] | None = None,
+        gateways: Iterable[Address] = (),
     ) -> None:
         if deny_errno not in DENY_ERRNOS:
             raise PolicyError(f"deny errno {deny_errno!r} is not one of {', '.join(DENY_ERRNOS)}")
+        self.gateways = frozenset(gateways)
+        require_gateway(policy, self.gateways, hint="give the address @gateway stands for with --gateway ADDR, or name it")
         self.policy = policy
         self.deny_errno = deny_errno
         self.on_denied = on_denied
@@ -69,7 +74,7 @@ class Sandbox:
             raise PolicyError("no command to run")
         settings = Settings(
             policy=self.policy,
-            context=Context(address_type=route.address_type, names=dict(self.resolution.addresses)),
+            context=Context(gateways=self.gateways, address_type=route.address_type, names=dict(self.resolution.addresses)),
             deny_errno=DENY_ERRNOS[self.deny_errno],
             on_denied=self.on_denied,
         )
