@@ -33,6 +33,7 @@ from guestfence.nft.firewall import (
     member_to_json,
     collect_live,
     compare_status,
+    check_gateways_owned,
     plan_add,
     plan_json,
     plan_remove,
@@ -139,6 +140,9 @@ def run_add(args: argparse.Namespace) -> int:
         bridge=args.bridge,
         comment=args.comment,
     )
+    unchecked = check_gateways_owned(guest)
+    if unchecked:
+        print(f"guestfence: warning: {unchecked}", file=sys.stderr)
     with StateStore(state_dir(args.state_dir)) as store:
         plan, registry = plan_add(_registry(store), guest)
         member = registry.find(guest.name)

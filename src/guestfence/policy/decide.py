@@ -17,11 +17,13 @@ Rules of the decision, in order; nothing else affects it:
 4. Any matching deny rule denies. Otherwise any matching allow rule allows.
    Otherwise the policy's default decides. Rule order never matters; when
    several rules match, the first in canonical (text) order is reported.
-5. Another registered guest's address (``context.guests``) is reached only
+5. A flow the host translates (DNAT) is allowed only if both its
+   destinations are (``decide_translated``).
+6. Another registered guest's address (``context.guests``) is reached only
    through an allow rule naming an address (a CIDR, an address, a DNS
    name): ``*`` does not cover it and the default does not allow it
    (decided with the basis "another guest").
-6. Hosts the context cannot answer (``@host`` for an address whose form
+7. Hosts the context cannot answer (``@host`` for an address whose form
    does not tell and no ``address_type``, ``@gateway`` with no gateways, an
    unresolved DNS name) are decided closed: such a deny rule matches, such
    an allow rule does not.
@@ -64,6 +66,10 @@ def require_gateway(policy: Policy, gateways: frozenset[Address], *, hint: str) 
     if rules:
         raise PolicyError(f"{', '.join(rules)}: @gateway needs a gateway address, and none is given ({hint})")
 ANOTHER_GUEST = "another guest"
+LINK_ESSENTIALS = ("neighbour discovery and MLD reports to the host, and the ICMP errors "
+                   "(packet-too-big included) of connections the guest already has")
+"""What every backend allows whatever the policy, because a link needs it to
+work: ``explain`` names it, ``icmp://`` rules (ping) do not govern it."""
 
 
 def decide(policy: Policy, flow: Flow, context: Context = EMPTY_CONTEXT) -> Decision:
@@ -83,6 +89,21 @@ def decide(policy: Policy, flow: Flow, context: Context = EMPTY_CONTEXT) -> Deci
                         reason=f"denied: {address} is another guest's, reached only through a rule naming its address")
     verb = "allowed" if policy.default is Action.ALLOW else "denied"
     return Decision(action=policy.default, rule=None, reason=f"{verb} by default (no rule matched){seen}")
+
+
+def decide_translated(policy: Policy, flow: Flow, delivered: Flow, context: Context = EMPTY_CONTEXT) -> Decision:
+    """A flow the host translates (DNAT) to ``delivered``: allowed only if
+    the policy allows both the destination the guest aimed at and the one it
+    is delivered to; a denial says which of the two denied."""
+    aimed = decide(policy, flow, context)
+    if not aimed.allowed:
+        return aimed
+    after = decide(policy, delivered, context)
+    if after.allowed:
+        return Decision(action=Action.ALLOW, rule=aimed.rule, basis=aimed.basis,
+                        reason=f"{aimed.reason}; delivered to {delivered}: {after.reason}")
+    return Decision(action=Action.DENY, rule=after.rule, basis=after.basis,
+                    reason=f"the host translates it to {delivered}: {after.reason}")
 
 
 def _as_seen(aimed: Address, delivered: Address) -> str:
