@@ -10,7 +10,8 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       input, forward  hook input / forward, priority filter (0), policy accept
           ct status dnat ct state new, then the same two dispatches: a connection
           the host translated is decided again for where it is delivered
-      guest.NAME        anti-spoofing; ct invalid drop; ct established,related accept;
+      guest.NAME        anti-spoofing; IPv4-mapped destination drop; ct invalid drop;
+                        ct established,related accept;
                         fib daddr type @to_host (local,broadcast,multicast,anycast)
                         goto guest.NAME.host; goto guest.NAME.out
       guest.NAME.host   what the link needs (ND, MLD); deny rules; allow rules; default
@@ -54,6 +55,7 @@ Rules of the compiler:
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import final
@@ -96,6 +98,7 @@ from guestfence.policy.model import (
     SymbolHost,
 )
 
+MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 PRIO_INET_PREROUTING = -110
 """After conntrack (-200), before destination NAT (-100)."""
 PRIO_SRCNAT = 100
@@ -377,6 +380,9 @@ def _accept(guest: Guest) -> list[Expr]:
 def _entry_rules(guest: Guest) -> list[list[Expr]]:
     drop = b.goto(guest_chain(guest.name, "drop"))
     return [
+        # On the wire an IPv4-mapped destination is no IPv4 address: the host
+        # never delivers it as one, so no rule may read it as one either.
+        [b.match(b.payload("ip6", "daddr"), b.net_value(MAPPED)), drop],
         [b.match(b.ct("state"), "invalid"), drop],
         [b.match(b.ct("state"), ["established", "related"], "in"), *_accept(guest)],
         [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}"), b.goto(guest_chain(guest.name, "host"))],

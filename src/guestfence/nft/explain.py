@@ -11,7 +11,8 @@ it answers as the kernel does for that guest:
   unspecified address, IPv4 0.0.0.0/8) is denied with the basis "martian":
   the host's kernel drops such packets before any rule, whatever the policy
   says (``decide`` itself reads ``0.0.0.0`` as loopback, which is what a
-  local process's connect means);
+  local process's connect means); so is an IPv4-mapped destination, which
+  the firewall drops: on the wire it is no IPv4 address;
 - a flow the host translates (``dnat``) is decided for the destination the
   guest aimed at and for the one it is delivered to, as the firewall's
   second dispatch after destination NAT does.
@@ -38,6 +39,9 @@ def guest_context(member: Registered, registry: Registry, address_type: Callable
 
 def explain_guest(member: Registered, flow: Flow, context: Context, *, dnat: Flow | None = None) -> Decision:
     address = unmap(flow.address)
+    if address != flow.address:
+        return Decision(action=Action.DENY, rule=None, basis=MARTIAN,
+                        reason=f"denied: the firewall drops IPv4-mapped destinations ({flow.address}) arriving on a link")
     if address.is_loopback or address.is_unspecified or (address.version == 4 and address in _ZERONET):
         return Decision(action=Action.DENY, rule=None, basis=MARTIAN,
                         reason=f"denied: the host drops packets from a link aimed at {address} before any rule")
