@@ -98,9 +98,11 @@ def test_run_refuses_gateway_rules_without_a_gateway(capsys: pytest.CaptureFixtu
 
 def test_explain_decides_a_translated_destination_twice(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "explain", "--net-allow", "tcp://203.0.113.0/24:*", "--default", "allow",
-                       "--net-deny", "tcp://@host:*", "--dnat", "tcp://127.0.0.1:22", "--json", "tcp://203.0.113.80:80")
+                       "--net-deny", "tcp://@host:*", "--dnat", "tcp://203.0.113.80:80=tcp://127.0.0.1:22", "--json",
+                       "tcp://203.0.113.80:80", "tcp://203.0.113.81:80")
     assert code == 0
-    (answer,) = json.loads(out)
+    answer, untranslated = json.loads(out)
+    assert untranslated["verdict"] == "allow" and "delivered_to" not in untranslated
     assert answer["verdict"] == "deny" and answer["delivered_to"] == "tcp://127.0.0.1:22"
     assert answer["rule"] == "tcp://@host:*" and "translates" in answer["reason"]
 

@@ -53,7 +53,7 @@ examples:
   guestfence explain --policy policy.toml tcp://192.0.2.1:22 udp://192.0.2.1:53
   guestfence explain --net-allow tcp://@gateway:8080 --gateway 192.0.2.1 tcp://192.0.2.1:8080
   guestfence explain --default allow --net-deny '@host:*' --json tcp://127.0.0.1:22
-  guestfence explain --guest vm1 --dnat tcp://192.0.2.1:22 tcp://203.0.113.80:80
+  guestfence explain --guest vm1 --dnat tcp://203.0.113.80:80=tcp://192.0.2.1:22 tcp://203.0.113.80:80
 """
 
 
@@ -84,8 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explain.add_argument("--guest", metavar="NAME",
                          help="decide as the firewall does for registered guest NAME (its policy, gateways, other guests)")
     explain.add_argument("--state-dir", metavar="DIR", help="where guests are recorded, with --guest (default: /var/lib/guestfence)")
-    explain.add_argument("--dnat", metavar="DEST",
-                         help="the host translates each DEST to this destination: decide both")
+    explain.add_argument("--dnat", metavar="AIMED=DELIVERED", action="append", default=[],
+                         help="the host translates destination AIMED to DELIVERED: decide both (repeatable)")
     explain.add_argument("--no-resolve", action="store_true", help="do not resolve DNS names in rules")
     explain.add_argument("--json", action="store_true", help="print machine-readable JSON")
     explain.set_defaults(func=run_explain)
@@ -116,19 +116,17 @@ def policy_json(name: str | None, policy: Policy) -> dict[str, object]:
 
 def run_explain(args: argparse.Namespace) -> int:
     flows = _parse_destinations(args.destinations)
-    translated = None if args.dnat is None else _parse_destinations([args.dnat])[0]
-    if translated is not None and any(f.proto is not translated.proto for f in flows):
-        raise PolicyError(f"--dnat {args.dnat!r}: the translated destination must have the protocol of every DEST")
+    translations = _parse_translations(args.dnat)
     if args.guest:
-        decisions = _explain_guest(args, flows, translated)
+        decisions = _explain_guest(args, flows, translations)
     else:
-        decisions = _explain_policy(args, flows, translated)
+        decisions = _explain_policy(args, flows, translations)
     if args.json:
         print_json(
             [
                 {
                     "destination": str(flow),
-                    **({} if translated is None else {"delivered_to": str(translated)}),
+                    **({"delivered_to": str(translations[flow])} if flow in translations else {}),
                     "verdict": d.action.value,
                     "rule": None if d.rule is None else str(d.rule),
                     "decided_by": d.decided_by,
@@ -141,14 +139,28 @@ def run_explain(args: argparse.Namespace) -> int:
         rows = [("DESTINATION", "VERDICT", "DECIDED BY")]
         rows += [(str(flow), d.action.value, d.decided_by) for flow, d in decisions]
         print(format_table(rows))
-        if translated is not None:
-            print(f"(each DEST as the host translates it to {translated}: allowed only if both are)")
+        for aimed, delivered in translations.items():
+            print(f"({aimed}: the host translates it to {delivered}; allowed only if both are)")
         if any(flow.proto is Proto.ICMP for flow in flows):
             print(f"(icmp is ping, decided by icmp:// rules; link essentials are allowed whatever the policy: {LINK_ESSENTIALS})")
     return 0
 
 
-def _explain_policy(args: argparse.Namespace, flows: list[Flow], translated: Flow | None) -> list[tuple[Flow, Decision]]:
+def _parse_translations(texts: list[str]) -> dict[Flow, Flow]:
+    """``--dnat AIMED=DELIVERED`` values. Raises PolicyError."""
+    translations = {}
+    for text in texts:
+        aimed_text, sep, delivered_text = text.partition("=")
+        if not sep:
+            raise PolicyError(f"--dnat {text!r}: expected AIMED=DELIVERED, e.g. tcp://203.0.113.80:80=tcp://192.0.2.1:8080")
+        aimed, delivered = _parse_destinations([aimed_text, delivered_text])
+        if aimed.proto is not delivered.proto:
+            raise PolicyError(f"--dnat {text!r}: both sides must have the same protocol")
+        translations[aimed] = delivered
+    return translations
+
+
+def _explain_policy(args: argparse.Namespace, flows: list[Flow], translations: dict[Flow, Flow]) -> list[tuple[Flow, Decision]]:
     policy = policy_from_args(args)
     gateways = parse_gateways(args.gateway)
     names = {}
@@ -158,12 +170,11 @@ def _explain_policy(args: argparse.Namespace, flows: list[Flow], translated: Flo
         for name, why in resolution.failures.items():
             print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
     context = Context(gateways=gateways, address_type=address_type, names=names)
-    if translated is None:
-        return [(flow, decide(policy, flow, context)) for flow in flows]
-    return [(flow, decide_translated(policy, flow, translated, context)) for flow in flows]
+    return [(flow, decide(policy, flow, context) if flow not in translations
+             else decide_translated(policy, flow, translations[flow], context)) for flow in flows]
 
 
-def _explain_guest(args: argparse.Namespace, flows: list[Flow], translated: Flow | None) -> list[tuple[Flow, Decision]]:
+def _explain_guest(args: argparse.Namespace, flows: list[Flow], translations: dict[Flow, Flow]) -> list[tuple[Flow, Decision]]:
     """As the guests' firewall decides for the registered guest ``args.guest``."""
     from guestfence.nft.explain import explain_guest, guest_context
     from guestfence.nft.firewall import GUESTS_KEY, registry_from_json
@@ -180,7 +191,7 @@ def _explain_guest(args: argparse.Namespace, flows: list[Flow], translated: Flow
         known = ", ".join(g.name for g in registry.guests()) or "none"
         raise PolicyError(f"--guest {args.guest!r} is not a registered guest (registered: {known})")
     context = guest_context(member, registry, address_type)
-    return [(flow, explain_guest(member, flow, context, dnat=translated)) for flow in flows]
+    return [(flow, explain_guest(member, flow, context, dnat=translations.get(flow))) for flow in flows]
 
 
 def _parse_destinations(texts: list[str]) -> list[Flow]:

@@ -10,7 +10,7 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       input, forward  hook input / forward, priority filter (0), policy accept
           ct status dnat ct state new, then the same two dispatches: a connection
           the host translated is decided again for where it is delivered
-      guest.NAME        anti-spoofing; IPv4-mapped destination drop; ct invalid drop;
+      guest.NAME        anti-spoofing; martian destinations drop; ct invalid drop;
                         ct established,related accept;
                         fib daddr type @to_host (local,broadcast,multicast,anycast)
                         goto guest.NAME.host; goto guest.NAME.out
@@ -98,7 +98,12 @@ from guestfence.policy.model import (
     SymbolHost,
 )
 
-MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "::/128", "::1/128", "::ffff:0:0/96"))
+"""Destinations no packet arriving on a link may have: unspecified, loopback
+(the kernel drops them as martians unless route_localnet is set; we drop
+them whatever the sysctls say) and IPv4-mapped (on the wire no IPv4
+address: the host never delivers it as one, so no rule may read it as one).
+``nft.explain`` names the same list."""
 PRIO_INET_PREROUTING = -110
 """After conntrack (-200), before destination NAT (-100)."""
 PRIO_SRCNAT = 100
@@ -379,10 +384,9 @@ def _accept(guest: Guest) -> list[Expr]:
 
 def _entry_rules(guest: Guest) -> list[list[Expr]]:
     drop = b.goto(guest_chain(guest.name, "drop"))
+    martians = [[b.match(b.payload(_DADDR[net.version], "daddr"), b.net_value(net)), drop] for net in MARTIAN_DESTINATIONS]
     return [
-        # On the wire an IPv4-mapped destination is no IPv4 address: the host
-        # never delivers it as one, so no rule may read it as one either.
-        [b.match(b.payload("ip6", "daddr"), b.net_value(MAPPED)), drop],
+        *martians,
         [b.match(b.ct("state"), "invalid"), drop],
         [b.match(b.ct("state"), ["established", "related"], "in"), *_accept(guest)],
         [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}"), b.goto(guest_chain(guest.name, "host"))],

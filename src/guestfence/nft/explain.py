@@ -7,12 +7,11 @@ it answers as the kernel does for that guest:
   resolved to when it was applied, the addresses of every registered guest
   (``Context.guests``: ``*`` and the default do not reach them), and the
   host's live address types (the caller's ``address_type``);
-- a destination no packet arriving on a link can have (loopback, the
-  unspecified address, IPv4 0.0.0.0/8) is denied with the basis "martian":
-  the host's kernel drops such packets before any rule, whatever the policy
-  says (``decide`` itself reads ``0.0.0.0`` as loopback, which is what a
-  local process's connect means); so is an IPv4-mapped destination, which
-  the firewall drops: on the wire it is no IPv4 address;
+- a destination no packet arriving on a link may have (unspecified,
+  loopback, IPv4-mapped: ``compile.MARTIAN_DESTINATIONS``) is denied with
+  the basis "martian": the firewall drops it before any rule, whatever the
+  policy says (``decide`` itself reads ``0.0.0.0`` as loopback, which is
+  what a local process's connect means, and a mapped address as IPv4);
 - a flow the host translates (``dnat``) is decided for the destination the
   guest aimed at and for the one it is delivered to, as the firewall's
   second dispatch after destination NAT does.
@@ -20,15 +19,14 @@ it answers as the kernel does for that guest:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 
+from guestfence.nft.compile import MARTIAN_DESTINATIONS
 from guestfence.nft.firewall import Registered, Registry
 from guestfence.policy.decide import decide, decide_translated
-from guestfence.policy.model import Action, Address, AddressType, Context, Decision, Flow, unmap
+from guestfence.policy.model import Action, Address, AddressType, Context, Decision, Flow
 
 MARTIAN = "martian"
-_ZERONET = ipaddress.IPv4Network("0.0.0.0/8")
 
 
 def guest_context(member: Registered, registry: Registry, address_type: Callable[[Address], AddressType]) -> Context:
@@ -38,13 +36,9 @@ def guest_context(member: Registered, registry: Registry, address_type: Callable
 
 
 def explain_guest(member: Registered, flow: Flow, context: Context, *, dnat: Flow | None = None) -> Decision:
-    address = unmap(flow.address)
-    if address != flow.address:
+    if any(flow.address in net for net in MARTIAN_DESTINATIONS if net.version == flow.address.version):
         return Decision(action=Action.DENY, rule=None, basis=MARTIAN,
-                        reason=f"denied: the firewall drops IPv4-mapped destinations ({flow.address}) arriving on a link")
-    if address.is_loopback or address.is_unspecified or (address.version == 4 and address in _ZERONET):
-        return Decision(action=Action.DENY, rule=None, basis=MARTIAN,
-                        reason=f"denied: the host drops packets from a link aimed at {address} before any rule")
+                        reason=f"denied: no packet arriving on a link may be aimed at {flow.address} (dropped before any rule)")
     if dnat is None:
         return decide(member.guest.policy, flow, context)
     return decide_translated(member.guest.policy, flow, dnat, context)
