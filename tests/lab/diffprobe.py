@@ -1,5 +1,7 @@
 """Send one packet per probe, all at once, and exit: the sender of the
-differential test (``python -m tests.lab.diffprobe PROBES_JSON``).
+differential test (``python -m tests.lab.diffprobe PROBES_JSON``); and
+``python -m tests.lab.diffprobe join IFACE GROUP...``, a host holding
+multicast groups as an mDNS or SSDP listener does.
 
 The sender's view is never the verdict: this only sends, and the test reads
 what arrived from the receiving side (nft sets in the host namespace). Each
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import signal
 import socket
 import struct
 import sys
@@ -95,6 +98,23 @@ def send(probe: dict[str, Any], keep: list[socket.socket]) -> None:
             sock.sendto(struct.pack("!BBHHH", echo, 0, 0, 0, 1) + b"gfdp", target)
 
 
+def join(iface: str, groups: list[str]) -> None:
+    """Hold ``groups`` joined on ``iface`` (a host's mDNS or SSDP listener)
+    until killed: the host's kernel receives only groups it has joined."""
+    index = socket.if_nametoindex(iface)
+    held = []
+    for group in map(ipaddress.ip_address, groups):
+        if group.version == 4:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group.packed + struct.pack("=4xi", index))
+        else:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group.packed + struct.pack("=I", index))
+        held.append(sock)
+    print("ready", flush=True)
+    signal.pause()
+
+
 def main(probes: list[dict[str, Any]]) -> None:
     keep: list[socket.socket] = []
     for probe in probes:
@@ -104,4 +124,7 @@ def main(probes: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
+    if sys.argv[1] == "join":
+        join(sys.argv[2], sys.argv[3:])
+    else:
+        main(json.loads(sys.argv[1]))

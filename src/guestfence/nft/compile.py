@@ -276,7 +276,7 @@ def _skeleton(settings: Settings) -> list[Command]:
     # The second decision, after destination NAT: a new connection the host
     # translated runs through the guest's chains again with the destination
     # it is delivered to.
-    translated = [b.match(b.ct("status"), "dnat"), b.match(b.ct("state"), "new")]
+    translated = [b.match(b.ct("status"), "dnat", "in"), b.match(b.ct("state"), "new", "in")]
     for chain in (INPUT, FORWARD):
         dispatch[(INET, chain)] = [[*translated, *exprs] for exprs in dispatch[(INET, PREROUTING)]]
     for (family, chain), rules in dispatch.items():
