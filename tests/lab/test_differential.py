@@ -213,10 +213,11 @@ class Differential:
         sh("nft", "-f", "-", netns=self.host, input=script)
 
     def seen(self) -> set[tuple[str, str, int]]:
+        """Every key the judge's sets hold, read in one listing."""
         keys: set[tuple[str, str, int]] = set()
-        for name in ("seen4", "seen6", "ping4", "ping6"):
-            listed = json.loads(sh("nft", "-j", "list", "set", "inet", JUDGE, name, netns=self.host).stdout)
-            for element in listed["nftables"][1]["set"].get("elem", []):
+        listed = json.loads(sh("nft", "-j", "list", "table", "inet", JUDGE, netns=self.host).stdout)["nftables"]
+        for item in listed:
+            for element in item.get("set", {}).get("elem", []):
                 value = element["elem"]["val"] if isinstance(element, dict) and "elem" in element else element
                 if isinstance(value, dict) and "concat" in value:
                     address, proto, port = value["concat"]
