@@ -6,21 +6,20 @@ import argparse
 import sys
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     format_table,
     parse_gateways,
     policy_from_args,
     print_json,
+    warn_gateway_undefined,
 )
 from guestfence.config import format_config, load_config
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
 from guestfence.policy.decide import LINK_ESSENTIALS, decide, decide_translated
 from guestfence.policy.grammar import parse_destination
-from guestfence.policy.model import Context, Decision, Flow, Policy, Proto
+from guestfence.policy.model import Address, AddressType, Context, Decision, Flow, Policy, Proto
 from guestfence.resolve import resolve_names
-from guestfence.sandbox.route import address_type
 
 CHECK_EPILOG = """\
 Prints the policies in canonical form (valid TOML) and exits 0. On errors,
@@ -32,8 +31,7 @@ examples:
   guestfence check --json policy.toml
 """
 
-EXPLAIN_EPILOG = POLICY_HELP + """
-destinations:
+EXPLAIN_EPILOG = """destinations:
   tcp://192.0.2.1:22   udp://[2001:db8::1]:53   icmp://203.0.113.9   192.0.2.1:443 (tcp)
 
 @host is every address this machine receives on, answered by its routing
@@ -146,6 +144,14 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _address_type(address: Address) -> AddressType:
+    """The kernel's route type of ``address``, imported only when a rule asks
+    (the sandbox package loads libseccomp; explain mostly needs none of it)."""
+    from guestfence.sandbox.route import address_type
+
+    return address_type(address)
+
+
 def _parse_translations(texts: list[str]) -> dict[Flow, Flow]:
     """``--dnat AIMED=DELIVERED`` values. Raises PolicyError."""
     translations = {}
@@ -163,13 +169,15 @@ def _parse_translations(texts: list[str]) -> dict[Flow, Flow]:
 def _explain_policy(args: argparse.Namespace, flows: list[Flow], translations: dict[Flow, Flow]) -> list[tuple[Flow, Decision]]:
     policy = policy_from_args(args)
     gateways = parse_gateways(args.gateway)
+    if not gateways:
+        warn_gateway_undefined(policy, "is not defined without --gateway")
     names = {}
     if policy.names() and not args.no_resolve:
         resolution = resolve_names(policy.names())
         names = dict(resolution.addresses)
         for name, why in resolution.failures.items():
             print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
-    context = Context(gateways=gateways, address_type=address_type, names=names)
+    context = Context(gateways=gateways, address_type=_address_type, names=names)
     return [(flow, decide(policy, flow, context) if flow not in translations
              else decide_translated(policy, flow, translations[flow], context)) for flow in flows]
 
@@ -190,7 +198,7 @@ def _explain_guest(args: argparse.Namespace, flows: list[Flow], translations: di
     if member is None:
         known = ", ".join(g.name for g in registry.guests()) or "none"
         raise PolicyError(f"--guest {args.guest!r} is not a registered guest (registered: {known})")
-    context = guest_context(member, registry, address_type)
+    context = guest_context(member, registry, _address_type)
     return [(flow, explain_guest(member, flow, context, dnat=translations.get(flow))) for flow in flows]
 
 
