@@ -177,3 +177,20 @@ def test_guests_may_not_share_interfaces_or_addresses(second: dict, message: str
 def test_pattern_can_be_turned_off() -> None:
     commands = compile_ruleset([], Settings(pattern=""), {}).commands
     assert "vmtap" not in json.dumps(commands)
+
+
+def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
+    from guestfence.nft.antispoof import antispoof_rules
+
+    rules = [json.dumps(r) for r in antispoof_rules(guest(), "inet")]
+    unspecified = [r for r in rules if '"right": "::"' in r]
+    assert any('"l4proto"' in r and '"op": "!="' in r and "ipv6-icmp" in r for r in unspecified), "UDP/TCP from :: drop"
+    assert any("@unspecified_source_icmpv6" in r for r in unspecified), "ICMPv6 from :: only for DAD and MLD"
+
+
+def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
+    entry = [json.dumps(r) for r in _rules(compile_ruleset([guest()], Settings(), {}).commands, "guest.vm1")]
+    state = next(i for i, r in enumerate(entry) if '"invalid"' in r)
+    martians = [i for i, r in enumerate(entry) if '"daddr"' in r and "guest.vm1.drop" in r]
+    assert len(martians) == 5 and max(martians) < state
+    assert all(any(net in entry[i] for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"')) for i in martians)
