@@ -201,3 +201,36 @@ def test_run_keeps_host_forms_away(scene: Scene) -> None:
     assert sent("--default", "allow", "--net-deny", "@host", "--net-deny", "udp://@host:*") == set()
     loopback = ("--default", "allow", "--net-deny", "tcp://127.0.0.0/8:*", "--net-deny", "tcp://[::1]:*")
     assert {k for k in sent(*loopback) if k[0] == "tcp"} == set(), "rules naming loopback catch 0.0.0.0, :: and mapped"
+
+
+def test_rootless_nft_mode_keeps_host_forms_away(lab: Lab, tmp_path: Path) -> None:
+    """The stack user's sockets under ``rootless --mode nft``: every form the
+    host receives is refused in the output hook (``fib daddr type @to_host``)."""
+    host, lan = lab.netns("gfh"), lab.netns("gfl")
+    lab.veth(host, "lan0", lan, "eth0")
+    lab.addr(host, "lan0", "198.51.100.1/24")
+    lab.addr(host, "lan0", "2001:db8:5::1/64")
+    sh("ip", "route", "add", "default", "dev", "lan0", netns=host)
+    sh("nft", "-f", "-", netns=host, input=judge_ruleset("lan0"))
+    sh("nft", "add", "rule", "inet", JUDGE, "output", "meta", "skuid", "65534", "jump", "judge", netns=host)
+    forms = [("tcp", "0.0.0.0", 31001, "127.0.0.1"), ("tcp", "::", 31002, "::1"), ("udp", "127.255.255.255", 31003, None),
+             ("udp", "255.255.255.255", 31004, None), ("udp", "198.51.100.255", 31005, None),
+             ("udp", "224.0.0.251", 5353, None), ("tcp", "198.51.100.1", 31006, None), ("tcp", "2001:db8:5::", 31007, None)]
+    probes = [sock(proto, address, port) for proto, address, port, _ in forms] + [sock("udp", "ff02::fb", 5353, "lan0")]
+    keys = {(proto, seen or address, port) for proto, address, port, seen in forms} | {("udp", "ff02::fb", 5353)}
+    sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", netns=host)  # subnet-router anycast exists on routers
+
+    def sent() -> set[tuple[str, str, int]]:
+        sh("nft", "flush", "set", "inet", JUDGE, "seen4", netns=host)
+        sh("nft", "flush", "set", "inet", JUDGE, "seen6", netns=host)
+        sh("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "tests.lab.diffprobe",
+           json.dumps(probes), netns=host)
+        return read_judge(host) & keys
+
+    assert sent() == keys, "control: without guestfence the stack's user sends to every form"
+    plan = json.loads(sh(GUESTFENCE, "rootless", "slirp4netns", "42", "--mode", "nft", "--user", "nobody", "--dry-run",
+                         netns=host).stdout)
+    sh("/usr/bin/python3", "-c", "import json,sys,nftables; n=nftables.Nftables(); "
+       "rc,_,err=n.json_cmd({'nftables': json.loads(sys.argv[1])}); sys.exit(rc and err)",
+       json.dumps(plan["nftables"]), netns=host)
+    assert sent() == set()
