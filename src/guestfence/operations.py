@@ -30,6 +30,7 @@ from guestfence.errors import GuestfenceError, PolicyError
 from guestfence.lockdown.feature import LOCKDOWN
 from guestfence.nft.firewall import (
     GUESTS,
+    check_gateways_owned,
     GUESTS_KEY,
     Registered,
     Registry,
@@ -110,7 +111,10 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
 
 def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
+    unchecked = check_gateways_owned(guest)  # first: a wrong gateway is the likelier mistake, and the clearer message
     warnings = interface_hazards(guest, force=force)
+    if unchecked:
+        warnings.append(unchecked)
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))
