@@ -4,7 +4,8 @@ How ``@host`` is answered at decision time is guestfence.sandbox.route's
 job (one raw netlink question, no list kept); this module lists addresses.
 
 pyroute2 is imported when first asked (it takes ~80 ms to import; most
-commands never need it).
+commands never need it); interface_addresses, which every ``guest add``
+asks, reads a raw netlink dump (guestfence.rtnl) instead.
 """
 
 from __future__ import annotations
