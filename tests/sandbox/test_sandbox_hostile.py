@@ -10,10 +10,13 @@ the races run longer (default: a few seconds, for CI).
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import pytest
 
 from guestfence import Policy, Sandbox
 from tests.sandbox.conftest import DeniedPorts, Listener
+from tests.sandbox.guest import guest_argv, run_bare, run_sandboxed
 
 SECONDS = float(os.environ.get("GUESTFENCE_STRESS_SECONDS", "2"))
 
@@ -86,3 +90,107 @@ def test_racing_socket_state_reaches_no_denied_port(mode: str, hostile: Path, tc
     print(f"{mode}: {tried} attempts, {arrived} arrivals at the denied ports")
     assert tried > 0
     assert arrived == 0
+
+
+ZEROCOPY_OPTION = '''
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+try:
+    s.setsockopt(socket.SOL_SOCKET, 60, 1)  # SO_ZEROCOPY
+    out["so_zerocopy"] = 0
+except OSError as e:
+    out["so_zerocopy"] = e.errno
+'''
+
+
+def test_so_zerocopy_is_refused() -> None:
+    assert run_bare(ZEROCOPY_OPTION) == {"so_zerocopy": 0}
+    assert run_sandboxed(ZEROCOPY_OPTION, default="allow") == {"so_zerocopy": errno.ENOPROTOOPT}
+
+
+def test_msg_zerocopy_sends_no_byte_the_guest_did_not_send() -> None:
+    """A TCP socket with SO_ZEROCOPY already set (made outside the sandbox,
+    passed in) and a peer that does not read yet: each MSG_ZEROCOPY send
+    made on the guest's behalf would queue the supervisor's buffer by
+    reference, and the supervisor frees and reuses it at once. What the
+    peer finally reads must be exactly what the guest sent."""
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, 60, 1)  # SO_ZEROCOPY
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    client.connect(server.getsockname())
+    peer, _ = server.accept()
+    count, size = 200, 4096
+    code = f'''
+s = socket.socket(fileno={client.fileno()})
+for i in range({count}):
+    s.sendmsg([bytes([i % 251]) * {size}], [], 0x4000000)  # MSG_ZEROCOPY
+s.detach()
+'''
+    try:
+        sandbox = Sandbox(Policy.parse(default="deny"))
+        result = sandbox.run(guest_argv(code), capture_output=True, text=True, timeout=60,
+                             pass_fds=(client.fileno(),))
+        assert result.returncode == 0, result.stderr
+        received = bytearray()
+        peer.settimeout(10)
+        while len(received) < count * size:
+            chunk = peer.recv(1 << 20)
+            assert chunk, "the connection closed early"
+            received += chunk
+    finally:
+        for sock in (peer, client, server):
+            sock.close()
+    expected = b"".join(bytes([i % 251]) * size for i in range(count))
+    wrong = sum(1 for i in range(count) if received[i * size:(i + 1) * size] != expected[i * size:(i + 1) * size])
+    assert wrong == 0, f"{wrong} of {count} sends arrived with bytes the guest did not send"
+
+
+MEMORY_HOST = '''
+import json, resource, sys
+from guestfence import Policy, Sandbox
+from tests.sandbox.guest import guest_argv
+sandbox = Sandbox(Policy.parse(allow=["udp://127.0.0.1:PORT", "tcp://127.0.0.1:PORT"]))
+sandbox.run(["true"])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = sandbox.run(guest_argv(sys.argv[1]), capture_output=True, text=True, timeout=300)
+assert result.returncode == 0, result.stderr
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"guest": json.loads(result.stdout.splitlines()[-1]), "grown_kib": grown}))
+'''
+
+SENDMMSG_ONE_BUFFER = '''
+size, entries = SIZE, 1024
+payload = ctypes.create_string_buffer(size)
+iov = ctypes.create_string_buffer(struct.pack("=QQ", ctypes.addressof(payload), size), 16)
+named = ctypes.create_string_buffer(sin("127.0.0.1", PORT), 16)
+vec = ctypes.create_string_buffer(64 * entries)
+for i in range(entries):
+    struct.pack_into("=QI4xQQQQi4x", vec, 64 * i, ctypes.addressof(named), 16, ctypes.addressof(iov), 1, 0, 0, 0)
+libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+results = []
+def call():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r = libc.sendmmsg(u.fileno(), vec, entries, 0)
+    results.append(r if r >= 0 else -ctypes.get_errno())
+threads = [threading.Thread(target=call) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+out["results"] = sorted(results)
+'''
+
+
+@pytest.mark.parametrize(("size", "bare"), [(256 * 1024, -errno.EMSGSIZE), (60000, 1024)])
+def test_supervisor_memory_per_call_is_bounded(size: int, bare: int, udp_server: Listener) -> None:
+    """Four concurrent sendmmsg calls of 1,024 entries naming one buffer: of
+    256 KiB (the kernel answers EMSGSIZE at once) and of 60,000 bytes (a
+    datagram the kernel sends, 60 MB per call)."""
+    code = SENDMMSG_ONE_BUFFER.replace("SIZE", str(size)).replace("PORT", str(udp_server.port))
+    assert run_bare(code) == {"results": [bare] * 4}
+    host = MEMORY_HOST.replace("PORT", str(udp_server.port))
+    result = subprocess.run([sys.executable, "-c", host, code], capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.splitlines()[-1])
+    print(f"sendmmsg 4 x 1024 x {size}: supervisor peak RSS grew {got['grown_kib']} KiB")
+    assert got["guest"] == {"results": [bare] * 4}
+    assert got["grown_kib"] < 32 * 1024
