@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -96,6 +97,14 @@ class DeniedPorts:
     @property
     def arrivals(self) -> int:
         return self.tcp.arrivals + self.udp.arrivals
+
+    def settled(self, timeout: float = 5) -> int:
+        """The arrival count once the listeners have taken what is queued (unchanged for 0.3 s)."""
+        count, deadline = -1, time.monotonic() + timeout
+        while count != self.arrivals and time.monotonic() < deadline:
+            count = self.arrivals
+            time.sleep(0.3)
+        return self.arrivals
 
     def close(self) -> None:
         self.tcp.close()

@@ -57,16 +57,7 @@ def run_race(hostile: Path, mode: str, allowed: int, denied: DeniedPorts, *, san
     else:
         result = sandbox.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     assert result.returncode == 0, result.stderr
-    return attempts(result.stdout), _settled(denied) - before
-
-
-def _settled(denied: DeniedPorts) -> int:
-    """The arrival count once the listeners have taken what is queued."""
-    count, deadline = -1, time.monotonic() + 5
-    while count != denied.arrivals and time.monotonic() < deadline:
-        count = denied.arrivals
-        time.sleep(0.3)
-    return denied.arrivals
+    return attempts(result.stdout), denied.settled() - before
 
 
 def bare_leaks(hostile: Path, mode: str, allowed: int, denied: DeniedPorts) -> None:
@@ -194,3 +185,92 @@ def test_supervisor_memory_per_call_is_bounded(size: int, bare: int, udp_server:
     print(f"sendmmsg 4 x 1024 x {size}: supervisor peak RSS grew {got['grown_kib']} KiB")
     assert got["guest"] == {"results": [bare] * 4}
     assert got["grown_kib"] < 32 * 1024
+
+
+CHURN_HOST = '''
+import json, os, resource, subprocess, sys, threading, time
+from guestfence import Policy, Sandbox
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+sandbox = Sandbox(Policy.parse(allow=["udp://127.0.0.1:PORT"]))
+sandbox.run(["true"])
+base_fds = len(os.listdir("/proc/self/fd"))
+peak = {"threads": 0, "fds": 0}
+done = threading.Event()
+def sample():
+    while not done.is_set():
+        peak["threads"] = max(peak["threads"], sum(t.name == "guestfence-supervisor" for t in threading.enumerate()))
+        peak["fds"] = max(peak["fds"], len(os.listdir("/proc/self/fd")) - base_fds)
+        time.sleep(0.005)
+sampler = threading.Thread(target=sample); sampler.start()
+result = sandbox.run(["sh", "-c", sys.argv[1]], capture_output=True, text=True, timeout=600)
+done.set(); sampler.join()
+assert result.returncode == 0, result.stderr
+lines = [line.split() for line in result.stdout.splitlines()]
+print(json.dumps({"attempts": sum(int(l[1]) for l in lines), "failures": sum(int(l[3]) for l in lines), **peak}))
+'''
+
+
+@pytest.mark.parametrize("pidfds", ["thread", "leader"])
+@pytest.mark.parametrize(("workload", "expected"), [
+    ("HOSTILE churn PORT 0 25000", 25000),
+    (" & ".join(["HOSTILE send PORT 0 2000"] * 8) + " & wait", 16000),
+])
+def test_thread_churn_and_parallel_senders_under_ulimit_1024(workload: str, expected: int, pidfds: str,
+                                                             hostile: Path, udp_server: Listener) -> None:
+    """25,000 short-lived guest threads, or 8 parallel senders, with the
+    supervisor's process at ``ulimit -n 1024``: every allowed send goes
+    through, and the supervisor's threads and fds stay few."""
+    script = workload.replace("HOSTILE", str(hostile)).replace("PORT", str(udp_server.port))
+    env = {**os.environ, "GUESTFENCE_SANDBOX_LEADER_PIDFDS": "1" if pidfds == "leader" else "0"}
+    result = subprocess.run([sys.executable, "-c", CHURN_HOST.replace("PORT", str(udp_server.port)), script],
+                            capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.splitlines()[-1])
+    print(f"{workload.split()[1]} ({pidfds} pidfds): {got}")
+    assert (got["attempts"], got["failures"]) == (expected, 0)
+    assert got["threads"] <= 64 and got["fds"] <= 64
+
+
+FD_TABLE_SPLIT = '''
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # the leader's fd N: no network destination
+n = u.fileno()
+def split():
+    out["unshare"] = 0 if libc.unshare(0x400) == 0 else ctypes.get_errno()  # CLONE_FILES
+    if out["unshare"] == 0:  # in this thread's own table, fd N is an INET socket
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        os.dup2(udp.fileno(), n)
+    r = libc.sendto(n, b"split", 5, 0, sin("127.0.0.1", PORT), 16)
+    out["sendto"] = r if r >= 0 else -ctypes.get_errno()
+t = threading.Thread(target=split); t.start(); t.join()
+out["clone3"] = 0 if libc.syscall(435, None, 0) == 0 else ctypes.get_errno()
+'''
+
+
+@pytest.mark.parametrize("pidfds", ["thread", "leader"])
+def test_a_thread_cannot_get_an_fd_table_of_its_own(pidfds: str, denied_ports: DeniedPorts,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where pidfds name the thread-group leader (Linux < 6.9), a thread with
+    a table of its own could show the supervisor the leader's fd N (a unix
+    socket: let through) while the kernel uses its own fd N (INET): the
+    filter refuses unshare(CLONE_FILES), threads without CLONE_FILES, and
+    clone3 (ENOSYS, so libc falls back to clone)."""
+    monkeypatch.setenv("GUESTFENCE_SANDBOX_LEADER_PIDFDS", "1" if pidfds == "leader" else "0")
+    code = FD_TABLE_SPLIT.replace("PORT", str(denied_ports.port))
+    bare = run_bare(code)
+    assert (bare["unshare"], bare["sendto"]) == (0, 5) and bare["clone3"] != errno.ENOSYS
+    before = denied_ports.settled()
+    got = run_sandboxed(code)
+    assert got == {"unshare": errno.EPERM, "sendto": -errno.EINVAL, "clone3": errno.ENOSYS}
+    assert denied_ports.settled() - before == 0
+
+
+CLONE_THREAD_WITHOUT_FILES = '''
+# clone(CLONE_VM | CLONE_SIGHAND | CLONE_THREAD) without CLONE_FILES: refused before any thread exists
+flags = 0x100 | 0x800 | 0x10000
+r = libc.syscall({"x86_64": 56, "aarch64": 220}[os.uname().machine], flags, 0, 0, 0, 0)
+out["clone"] = ctypes.get_errno() if r < 0 else "created"
+'''
+
+
+def test_a_thread_without_clone_files_is_refused() -> None:
+    assert run_sandboxed(CLONE_THREAD_WITHOUT_FILES, default="allow") == {"clone": errno.EPERM}
