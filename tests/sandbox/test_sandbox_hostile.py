@@ -274,3 +274,33 @@ out["clone"] = ctypes.get_errno() if r < 0 else "created"
 
 def test_a_thread_without_clone_files_is_refused() -> None:
     assert run_sandboxed(CLONE_THREAD_WITHOUT_FILES, default="allow") == {"clone": errno.EPERM}
+
+
+SIGPIPE_HOST = '''
+import signal, sys
+from guestfence import Policy, Sandbox
+from tests.sandbox.guest import guest_argv
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a C host, or a Python one that asked for it
+result = Sandbox(Policy.parse(allow=["tcp://127.0.0.1:PORT"])).run(guest_argv(sys.argv[1]), capture_output=True)
+print("host alive, guest", result.returncode)
+'''
+
+WRITE_TO_CLOSED = '''
+s = socket.socket()
+s.connect(("127.0.0.1", PORT))
+s.recv(1)  # the server has closed its end
+for _ in range(100):
+    try:
+        s.sendmsg([b"x"])
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            break
+'''
+
+
+def test_a_host_with_default_sigpipe_survives_its_guests_epipe(tcp_server: Listener) -> None:
+    code = WRITE_TO_CLOSED.replace("PORT", str(tcp_server.port))
+    host = SIGPIPE_HOST.replace("PORT", str(tcp_server.port))
+    result = subprocess.run([sys.executable, "-c", host, code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parents[2])
+    assert (result.returncode, result.stdout.strip()) == (0, "host alive, guest 0")

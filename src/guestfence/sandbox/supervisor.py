@@ -115,12 +115,14 @@ class Settings:
 class _Call:
     """One trapped call: its notification, and access to the caller's fds and memory."""
 
-    __slots__ = ("notif", "pid", "thread_pidfds", "_tgid")
+    __slots__ = ("notif", "pid", "thread_pidfds", "sigpipe", "_tgid")
 
     def __init__(self, notif: kernel.Notification, *, thread_pidfds: bool) -> None:
         self.notif = notif
         self.pid = notif.pid
         self.thread_pidfds = thread_pidfds
+        self.sigpipe = False
+        """Raise SIGPIPE in the caller once answered (see ``raise_sigpipe``)."""
         self._tgid: int | None = None
 
     @property
@@ -167,10 +169,11 @@ class _Call:
         finally:
             os.close(pidfd)
 
-    def raise_sigpipe(self, flags: int) -> None:
-        """What the kernel does on EPIPE: SIGPIPE to the calling thread, unless MSG_NOSIGNAL."""
-        if flags & onbehalf.MSG_NOSIGNAL:
-            return
+    def raise_sigpipe(self) -> None:
+        """What the kernel does on EPIPE without MSG_NOSIGNAL: SIGPIPE to the
+        calling thread. Sent just after the answer: a signal arriving while
+        the caller still waits would interrupt the wait, losing our answer
+        and restarting the call (a second EPIPE, a second signal)."""
         try:
             kernel.tgkill(self.tgid, self.pid, signal.SIGPIPE)
         except (OSError, GuestFault):
@@ -259,7 +262,8 @@ class Supervisor:
 
     def _answer(self, notif: kernel.Notification) -> bool:
         """Handle and answer one call; False when the listener is gone."""
-        outcome = self._handle(notif)
+        call = _Call(notif, thread_pidfds=self.thread_pidfds)
+        outcome = self._handle(call)
         try:
             if outcome is CONTINUE:
                 kernel.respond(self.listener, notif.id, cont=True)
@@ -267,6 +271,8 @@ class Supervisor:
                 kernel.respond(self.listener, notif.id, value=outcome.value, error=outcome.error)
         except OSError:
             return False
+        if call.sigpipe:
+            call.raise_sigpipe()
         return True
 
     def _orphaned(self) -> bool:
@@ -274,11 +280,11 @@ class Supervisor:
         poller.register(self.listener, select.POLLIN)
         return any(ev & (select.POLLHUP | select.POLLNVAL | select.POLLERR) for _, ev in poller.poll(0))
 
-    def _handle(self, notif: kernel.Notification) -> Outcome:
+    def _handle(self, call: _Call) -> Outcome:
+        notif = call.notif
         handler = HANDLERS.get(notif.nr)
         if handler is None:
             return Outcome(error=errno.ENOSYS)
-        call = _Call(notif, thread_pidfds=self.thread_pidfds)
         try:
             return handler(self, call)
         except GuestFault as fault:
@@ -350,8 +356,7 @@ def handle_connect(sup: Supervisor, call: _Call) -> Outcome:
 
 
 def _signalled(call: _Call, outcome: Outcome, flags: int) -> Outcome:
-    if outcome.error == errno.EPIPE:
-        call.raise_sigpipe(flags)
+    call.sigpipe = outcome.error == errno.EPIPE and not flags & onbehalf.MSG_NOSIGNAL
     return outcome
 
 
