@@ -2,7 +2,7 @@
 
 python3-seccomp 2.5.4 builds and loads filters, but its ``receive_notify``
 holds the GIL while it blocks and it has no ``NOTIF_ID_VALID``; the stdlib
-has no ``pidfd_getfd``, ``process_vm_readv`` or ``capset``. This module is
+has no ``pidfd_getfd``, ``process_vm_readv``, ``capset`` or ``tgkill``. This module is
 the only user of ctypes and of the raw ioctl numbers. Every function raises
 ``OSError`` with the kernel's errno; callers decide what an errno means.
 """

@@ -25,7 +25,7 @@ messages carry the sender's credentials, is never sent on its behalf),
 ephemeral ports are picked without a privilege check, netfilter's owner
 match and cgroup hooks look at the socket (created by the guest), not at
 us, and the supervisor's handler threads keep no effective capability but
-CAP_SYS_PTRACE (see ``supervisor``), so control messages that need
+CAP_SYS_PTRACE and CAP_KILL (see ``supervisor``), so control messages that need
 CAP_NET_ADMIN/CAP_NET_RAW (SO_MARK, SO_PRIORITY > 6, IPv6 hop-by-hop
 options) fail as they would for an unprivileged guest.
 """
