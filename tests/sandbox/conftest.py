@@ -55,6 +55,13 @@ class Listener:
     def arrivals(self) -> int:
         return self.accepted + len(self.received)
 
+    def received_at_least(self, count: int, timeout: float = 10) -> list[bytes]:
+        """What was received, once ``count`` datagrams have been (or the time bound passed)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.received)
+
     def close(self) -> None:
         self.stopping = True
         for thread in self.threads:
