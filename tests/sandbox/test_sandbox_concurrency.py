@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from guestfence.sandbox import kernel
+from guestfence.sandbox import kernel, supervisor
 from tests.sandbox.conftest import DeniedPorts, Listener
 from tests.sandbox.guest import guest_argv, run_bare, run_sandboxed
 
@@ -180,3 +180,31 @@ def _wait_for(path: Path, timeout: float = 30) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path.name} never appeared"
         time.sleep(0.01)
+
+
+def test_no_call_is_lost_when_no_handler_thread_can_be_started(tcp_server: Listener,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the supervisor's process cannot start threads (RLIMIT_NPROC,
+    memory), each call is still answered by the thread that received it."""
+    started = []
+
+    class Refusing(threading.Thread):
+        def start(self) -> None:
+            if len(started) >= 2:  # the two initial handlers, then no more
+                raise RuntimeError("can't start new thread")
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(supervisor.threading, "Thread", Refusing)
+    code = f'''
+results = []
+def worker(i):
+    results.append(connect("127.0.0.1" if i % 2 else "127.0.0.2", {tcp_server.port}))
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+out["results"] = sorted(results)
+'''
+    got = run_sandboxed(code, allow=[f"tcp://127.0.0.1:{tcp_server.port}"], timeout=60)
+    assert got == {"results": [0] * 8 + [errno.ECONNREFUSED] * 8}
+    assert len(started) == 2
