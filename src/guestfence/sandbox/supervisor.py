@@ -15,7 +15,7 @@ and for a TCP send without MSG_FASTOPEN (TCP ignores its name).
 
 Which fd table: with PIDFD_THREAD (Linux 6.9) the pidfd names the calling
 thread; without it (Debian 12's 6.1), the pidfd names its thread-group
-leader (tgid from /proc/TID/status), whose fd N is the caller's fd N
+leader (the caller itself, or the tgid in /proc/TID/status), whose fd N is the caller's fd N
 because the filter refuses everything that gives a thread an fd table of
 its own (``filter``). Either way the pidfd is opened and closed per call:
 no cache to grow, nothing kept for a thread that is gone. Settings
@@ -156,10 +156,7 @@ class _Call:
 
     def _getfd(self, target: int) -> int:
         try:
-            if self.thread_pidfds:
-                pidfd = kernel.pidfd_open_thread(self.pid)
-            else:
-                pidfd = kernel.pidfd_open_process(self.tgid)
+            pidfd = kernel.pidfd_open_thread(self.pid) if self.thread_pidfds else self._leader_pidfd()
         except OSError:
             raise GuestFault(errno.ESRCH) from None
         try:
@@ -168,6 +165,19 @@ class _Call:
             raise GuestFault(exc.errno or errno.EBADF) from None
         finally:
             os.close(pidfd)
+
+    def _leader_pidfd(self) -> int:
+        """The pidfd of the caller's thread-group leader: the caller's own when
+        it is the leader (pidfd_open refuses a non-leader: EINVAL, ENOENT
+        since 6.x), else its tgid's, read from /proc."""
+        try:
+            pidfd = kernel.pidfd_open_process(self.pid)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                raise
+            return kernel.pidfd_open_process(self.tgid)
+        self._tgid = self.pid
+        return pidfd
 
     def raise_sigpipe(self) -> None:
         """What the kernel does on EPIPE without MSG_NOSIGNAL: SIGPIPE to the
