@@ -228,7 +228,8 @@ def test_thread_churn_and_parallel_senders_under_ulimit_1024(workload: str, expe
     got = json.loads(result.stdout.splitlines()[-1])
     print(f"{workload.split()[1]} ({pidfds} pidfds): {got}")
     assert (got["attempts"], got["failures"]) == (expected, 0)
-    assert got["threads"] <= 64 and got["fds"] <= 64
+    # a bound independent of the guest's 25,000 threads (the old pool: 256 threads, 1,018 fds)
+    assert got["threads"] <= 128 and got["fds"] <= 128
 
 
 FD_TABLE_SPLIT = '''
