@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from guestfence.cli.common import (
     HelpFormatter,
@@ -88,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = (
         ("status", reporting, run_status, "per guest: rules, accepted/dropped packets, drift from the record",
          "Compare the live ruleset with the recorded state. Exits 1 when something drifted.",
-         "  guestfence status\n  ip netns exec lab1 guestfence status --json\n"),
+         "  guestfence status\n  ip netns exec lab1 guestfence status --json\n"
+         "  guestfence status --prometheus-textfile /var/lib/prometheus/node-exporter/guestfence.prom\n"),
         ("restore", changing, run_restore, "re-apply the recorded state (after a reboot)",
          "Rebuild the guestfence tables from the recorded state in one transaction; DNS names are resolved anew.",
          "  guestfence restore\n  guestfence restore --dry-run\n"),
@@ -105,6 +107,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command = subparsers.add_parser(name, parents=[parent], help=summary, description=description,
                                         epilog="examples:\n" + examples, formatter_class=HelpFormatter)  # fmt: skip
         command.set_defaults(func=func, needs_root=True if name == "status" else _unless_dry_run)
+        if name == "status":
+            command.add_argument("--prometheus", action="store_true", help="print the metrics in Prometheus' text format")
+            command.add_argument("--prometheus-textfile", metavar="PATH",
+                                 help="write them atomically to PATH (node-exporter's textfile collector)")  # fmt: skip
         if name == "apply":
             command.add_argument("file", metavar="FILE", help="TOML file with [[guest]] tables (and [policy.NAME] they use)")
             command.add_argument("--prune", action="store_true", help="also remove the registered guests FILE does not name")
@@ -175,6 +181,16 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    if args.prometheus or args.prometheus_textfile:
+        from guestfence.metrics import collect_metrics, write_textfile
+        from guestfence.prometheus import render as render_prometheus
+
+        metrics = collect_metrics(state_dir(args.state_dir))
+        if args.prometheus_textfile:
+            write_textfile(render_prometheus(metrics), Path(args.prometheus_textfile))
+        else:
+            print(render_prometheus(metrics), end="")
+        return 1 if metrics.drifted else 0
     report = read_status(state_dir(args.state_dir))
     if args.json:
         print_json(report.to_json())
@@ -202,7 +218,8 @@ def run_restore(args: argparse.Namespace) -> int:
 
 
 def run_flush(args: argparse.Namespace) -> int:
-    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_flush(recorded), dry_run=args.dry_run)
+    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_flush(recorded),
+                           dry_run=args.dry_run, salvage=True)  # fmt: skip
     return _report(args, outcome, "flushed (the record is kept)")
 
 
@@ -226,7 +243,7 @@ def _report(args: argparse.Namespace, outcome: Outcome, verb: str) -> int:
                 print(f"{plan.key}: {change}")
         print(f"{verb}: " + "; ".join(plan.summary for plan in outcome.plans))
     for problem in outcome.problems:
-        print(f"guestfence: could not {'restore' if verb == 'restored' else 'do'}: {problem}", file=sys.stderr)
+        print(f"guestfence: not done: {problem}", file=sys.stderr)
     return 2 if outcome.problems else 0
 
 
