@@ -82,6 +82,8 @@ MAX_IDLE = 4
 MAX_CACHED_VERDICTS = 4096
 INITIAL_THREADS = 2
 MSG_FASTOPEN = 0x20000000
+HEADERS_PER_READ = 64
+"""sendmmsg entries whose struct mmsghdr are copied at a time (4 KiB)."""
 FORCE_LEADER_PIDFDS = "GUESTFENCE_SANDBOX_LEADER_PIDFDS"
 CONTINUE = Outcome(value=-1)
 """Sentinel: let the kernel run the call (non-INET sockets only)."""
@@ -402,9 +404,6 @@ def handle_sendmsg(sup: Supervisor, call: _Call) -> Outcome:
         return _signalled(call, onbehalf.sendmsg(fd, decided, flags), flags)
     finally:
         os.close(fd)
-
-
-HEADERS_PER_READ = 64
 
 
 def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
