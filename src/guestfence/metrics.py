@@ -4,7 +4,7 @@ node-exporter's textfile.
 
 Reads only: the state file (under its lock), the live ``guestfence`` tables
 (rules, counters with packets and bytes, map elements) and the lockdown
-report. The comparison is guestfence.nft.firewall.compare_status, the same
+report. The comparison is guestfence.nft.firewall.collect_status, the same
 ``status`` prints.
 """
 
@@ -18,33 +18,25 @@ from guestfence.errors import HostError
 from guestfence.lockdown.feature import LOCKDOWN_KEY, recorded_state
 from guestfence.lockdown.links import collect_links
 from guestfence.lockdown.report import collect_report
-from guestfence.nft import names as n
-from guestfence.nft.apply import NftHandle, list_ruleset, open_nft
-from guestfence.nft.firewall import GUESTS_KEY, collect_live, compare_status, registry_from_json
+from guestfence.nft.apply import open_nft
+from guestfence.nft.firewall import GUESTS_KEY, collect_status
 from guestfence.prometheus import GuestMetrics, LockdownMetrics, Metrics
 from guestfence.state import StateStore
 
 
 def collect_metrics(directory: Path) -> Metrics:
-    with StateStore(directory) as store:
+    with StateStore(directory, read_only=True) as store:
         guests_section = store.section(GUESTS_KEY)
         lockdown_section = store.section(LOCKDOWN_KEY)
-    registry = registry_from_json(guests_section, where=str(store.path))
     nft = open_nft()
-    statuses, general = compare_status(registry, collect_live(nft), recorded=guests_section is not None)
-    counters = _counters(nft)
-
-    def total(name: str, what: str, index: int) -> int | None:
-        found = [value[index] for (_, counter), value in counters.items() if counter == n.guest_counter(name, what)]
-        return sum(found) if found else None
-
+    status = collect_status(guests_section, where=str(store.path), nft=nft)
     guests = [
         GuestMetrics(
             name=s.name, iface=s.iface, rules=s.rules, drift=len(s.drift),
-            accepted_packets=total(s.name, "accepted", 0), accepted_bytes=total(s.name, "accepted", 1),
-            dropped_packets=total(s.name, "dropped", 0), dropped_bytes=total(s.name, "dropped", 1),
+            accepted_packets=s.accepted_packets, accepted_bytes=s.accepted_bytes,
+            dropped_packets=s.dropped_packets, dropped_bytes=s.dropped_bytes,
         )  # fmt: skip
-        for s in statuses
+        for s in status.guests
     ]
     report = collect_report(recorded_state(lockdown_section), nft, collect_links())
     lockdown = [
@@ -52,18 +44,7 @@ def collect_metrics(directory: Path) -> Metrics:
         for p in report.patterns
         for h in p.hooks
     ]
-    return Metrics(guests=guests, lockdown=lockdown, drift=len(general))
-
-
-def _counters(nft: NftHandle) -> dict[tuple[str, str], tuple[int, int]]:
-    """(family, counter name) -> (packets, bytes) of our named counters."""
-    found = {}
-    for family in n.FAMILIES:
-        for item in list_ruleset(nft, {"table": {"family": family, "name": n.TABLE}}):
-            body = item.get("counter")
-            if body is not None:
-                found[(family, body["name"])] = (int(body.get("packets", 0)), int(body.get("bytes", 0)))
-    return found
+    return Metrics(guests=guests, lockdown=lockdown, drift=len(status.drift))
 
 
 def write_textfile(text: str, path: Path) -> None:
