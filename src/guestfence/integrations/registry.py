@@ -41,7 +41,8 @@ def unregister_where(selected: Callable[[Guest], bool], directory: Path) -> list
 
 def check(guest: Guest, directory: Path) -> list[str]:
     """What is wrong with ``guest``'s registration: not recorded, recorded
-    differently, or drifted in the live ruleset. Empty when all is well."""
+    differently, its rules drifted, or the shared ones (base chains, maps,
+    the table itself) did. Empty when all is well."""
     registry = read_registry(directory)
     member = registry.find(guest.name)
     if member is None:
@@ -49,4 +50,4 @@ def check(guest: Guest, directory: Path) -> list[str]:
     if member.guest != guest:
         return [f"guest {guest.name} is registered with different settings"]
     status = read_status(directory)
-    return [f"guest {guest.name}: {line}" for s in status.guests if s.name == guest.name for line in s.drift]
+    return [f"guest {guest.name}: {line}" for s in status.guests if s.name == guest.name for line in s.drift] + list(status.drift)
