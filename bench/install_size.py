@@ -86,7 +86,8 @@ def venv_size(extras: str) -> int:
 
 
 def main() -> None:
-    runtime = makefile_list("RUNTIME_APT")
+    # make install: the run-time packages and the launcher's build tools.
+    runtime = makefile_list("RUNTIME_APT") + " " + makefile_list("BUILD_APT")
     for label, packages, extras in (("before (one list, test extras)", BEFORE, "[test]"), ("after (make install)", runtime, "")):
         venv_mib = venv_size(extras) / 1024
         for recommends in (False, True):

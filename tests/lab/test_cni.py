@@ -117,3 +117,19 @@ def test_a_bad_policy_fails_add_in_the_cni_error_format_and_registers_nothing(sc
     assert error is not None and error["code"] == 7 and error["cniVersion"] == "1.0.0"
     assert "70000" in error["details"]
     assert recorded(scene) is None
+
+
+@pytest.mark.parametrize("fenced", [False, True], ids=["control", "fenced"])
+def test_a_container_that_changes_its_mac_or_address_reaches_nothing(scene: Scene, tmp_path: Path, fenced: bool) -> None:
+    # The bridge-port guest is told apart by port and MAC: a container (root
+    # in its namespace) that takes another MAC or address must not fall
+    # outside its rules into the host's default accept. The control shows
+    # that each change alone still reaches the host without guestfence.
+    chain = make_chain(scene, tmp_path, with_guestfence=fenced)
+    chain.add()
+    netns = chain.container_netns
+    expected = set() if fenced else set(targets())
+    sh("ip", "addr", "add", "203.0.113.9/28", "dev", "eth0", netns=netns)
+    assert scene.reachable(netns, targets(), source="203.0.113.9") == expected, "a spoofed source"
+    sh("ip", "link", "set", "eth0", "address", "02:00:5e:10:00:01", netns=netns)
+    assert scene.reachable(netns, targets()) == expected, "a changed MAC"

@@ -77,7 +77,8 @@ def test_start_registers_the_tap_before_qemu_and_destroy_removes_it(libvirtd: Li
     assert registered(tmp_path) == [(guest, tap)]
     chains = sh("nft", "list", "table", "inet", "guestfence", netns=libvirtd.netns).stdout
     assert f"guest.{guest}" in chains, "the rules are in libvirtd's namespace"
-    assert sh("ip", "link", "show", tap, netns=libvirtd.netns).returncode == 0
+    shown = json.loads(sh("ip", "-j", "addr", "show", "dev", tap, netns=libvirtd.netns).stdout)[0]
+    assert ("192.0.2.1", 30) in [(a["local"], a["prefixlen"]) for a in shown["addr_info"]], "the hook gave the bare TAP its gateway"
     assert sh("ip", "link", "show", tap, check=False).returncode != 0, "nothing in the real root namespace"
     libvirtd.virsh("destroy", name)
     assert registered(tmp_path) == []

@@ -28,11 +28,16 @@ def scene(lab: Lab, tmp_path: Path) -> Iterator[Scene]:
 
 
 def domain_xml(link: GuestLink, *extra_devs: str) -> str:
-    interfaces = [(link.iface, "52:54:00:aa:00:01", link.address4, link.gateway4)]
-    interfaces += [(dev, f"52:54:00:aa:00:0{n + 2}", f"192.0.2.{200 + 4 * n}", f"192.0.2.{201 + 4 * n}") for n, dev in enumerate(extra_devs)]
+    # The TAP carries the guest's IPv4 and IPv6 gateways: both are described
+    # (guestfence refuses an interface with host addresses its guest does not name).
+    interfaces = [(link.iface, "52:54:00:aa:00:01", [f"{link.address4}/30", f"{link.address6}/64"], [link.gateway4, link.gateway6])]
+    interfaces += [(dev, f"52:54:00:aa:00:0{n + 2}", [f"192.0.2.{200 + 4 * n}/30"], [f"192.0.2.{201 + 4 * n}"]) for n, dev in enumerate(extra_devs)]
     described = "".join(
-        f"<gf:interface mac='{mac}'><gf:address>{addr}/30</gf:address><gf:gateway>{gw}</gf:gateway></gf:interface>"
-        for _, mac, addr, gw in interfaces
+        f"<gf:interface mac='{mac}'>"
+        + "".join(f"<gf:address>{a}</gf:address>" for a in addrs)
+        + "".join(f"<gf:gateway>{g}</gf:gateway>" for g in gws)
+        + "</gf:interface>"
+        for _, mac, addrs, gws in interfaces
     )
     devices = "".join(f"<interface type='ethernet'><mac address='{mac}'/><target dev='{dev}'/></interface>" for dev, mac, _, _ in interfaces)
     return (
@@ -62,7 +67,7 @@ def test_start_fences_the_tap_and_release_removes_it(scene: Scene) -> None:
     done = hook(scene, xml, "start", "begin")
     assert done.returncode == 0, done.stderr
     assert names(scene) == ["lv-6a1f0c2e3b4d-0"]
-    assert scene.reachable(link.netns, targets) == {f"tcp://{link.gateway4}:8080"}
+    assert scene.reachable(link.netns, targets) == {f"tcp://{link.gateway4}:8080", f"tcp://[{link.gateway6}]:8080"}
     for operation in ("stopped", "release"):
         done = hook(scene, xml, operation, "end")
         assert done.returncode == 0, done.stderr

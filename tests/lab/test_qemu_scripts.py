@@ -37,10 +37,12 @@ def script(scene: Scene, guests: Path, program: str, tap: str) -> subprocess.Com
     return subprocess.run(["ip", "netns", "exec", scene.host, program, tap], env=env, capture_output=True, text=True, timeout=60)
 
 
-def guests_file(tmp_path: Path, name: str, iface: str, address: str, gateway: str) -> Path:
+def guests_file(tmp_path: Path, name: str, iface: str, address: str, gateway: str, v6: tuple[str, str] | None = None) -> Path:
     path = tmp_path / "guests.toml"
+    addresses = [f"{address}/30"] + ([f"{v6[0]}/64"] if v6 else [])
+    gateways = [gateway] + ([v6[1]] if v6 else [])
     path.write_text(
-        f'[[guest]]\nname = "{name}"\niface = "{iface}"\naddress = ["{address}/30"]\ngateway = "{gateway}"\n'
+        f'[[guest]]\nname = "{name}"\niface = "{iface}"\naddress = {json.dumps(addresses)}\ngateway = {json.dumps(gateways)}\n'
         'net_allow = ["tcp://@gateway:8080"]\n'
         '[[guest]]\nname = "elsewhere"\niface = "vmtap-zz"\naddress = "192.0.2.250/30"\n'
     )
@@ -51,12 +53,12 @@ def test_ifup_registers_the_tap_before_the_guest_runs_and_ifdown_removes_it(scen
     link = scene.add_guest("q1", 1, kind="tap")
     targets = scene.host_targets(link)
     assert scene.reachable(link.netns, targets) == set(targets), "control: unfiltered, the VM reaches everything"
-    guests = guests_file(tmp_path, "q1", link.iface, link.address4, link.gateway4)
+    guests = guests_file(tmp_path, "q1", link.iface, link.address4, link.gateway4, (link.address6, link.gateway6))
     done = script(scene, guests, IFUP, link.iface)
     assert done.returncode == 0, done.stderr
     listed = json.loads(scene.gf("guest", "list", "--json").stdout)["guests"]
     assert [(g["name"], g["iface"]) for g in listed] == [("q1", link.iface)], "only the guest of this TAP"
-    assert scene.reachable(link.netns, targets) == {f"tcp://{link.gateway4}:8080"}
+    assert scene.reachable(link.netns, targets) == {f"tcp://{link.gateway4}:8080", f"tcp://[{link.gateway6}]:8080"}
     done = script(scene, guests, IFDOWN, link.iface)
     assert done.returncode == 0, done.stderr
     assert json.loads(scene.gf("guest", "list", "--json").stdout)["guests"] == []

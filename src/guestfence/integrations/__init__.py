@@ -5,6 +5,7 @@ guest when it appears and remove it when it goes.
     qemu.py      QEMU's ``script=``/``downscript=`` pair
     libvirt.py   libvirt's qemu hook
     registry.py  what they share: add and remove guests in the recorded state
+    links.py     and the host side of a bare link: gateway addresses, bridge, up
 
 Each reads its host's input (stdin JSON, argv, domain XML) into ``Guest``
 values with pure functions, and changes the firewall only through

@@ -33,7 +33,9 @@ What each call does (``decide`` is pure; ``run`` carries it out):
 
     prepare begin     check the metadata and policies (no TAP exists yet);
                       nothing changes; addresses are checked at start
-    start begin       register each interface (the TAPs exist, QEMU not yet)
+    start begin       register each interface (the TAPs exist, QEMU not yet);
+                      an ethernet TAP first gets its gateway addresses (with
+                      the guest address's prefix) unless it has them
     reconnect begin   the same, after libvirtd restarts (idempotent)
     stopped end       remove the domain's guests: the TAP names are free for
     release end       the next domain, so its rules must go now (idempotent)
@@ -54,6 +56,7 @@ from typing import NoReturn, final
 
 from guestfence.errors import GuestfenceError, PolicyError
 from guestfence.integrations import registry
+from guestfence.integrations.links import give_gateways
 from guestfence.nft.guest import Guest, parse_guest
 from guestfence.policy.grammar import parse_policy
 from guestfence.policy.model import Policy
@@ -227,6 +230,7 @@ def run(action: Action) -> str:
     done = []
     try:
         for guest in action.guests:
+            give_gateways(guest)  # libvirt leaves an ethernet TAP bare; QEMU does not run yet
             registry.register(guest, directory)
             done.append(f"{guest.name} on {guest.iface}")
     except BaseException:
