@@ -30,6 +30,7 @@ from guestfence.errors import GuestfenceError, PolicyError
 from guestfence.lockdown.feature import LOCKDOWN
 from guestfence.nft.firewall import (
     GUESTS,
+    check_gateways_owned,
     GUESTS_KEY,
     Registered,
     Registry,
@@ -110,7 +111,12 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
 
 def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
+    # The interface first: refusing the host's own interface (lo, an uplink)
+    # is the message that matters when both are wrong.
     warnings = interface_hazards(guest, force=force)
+    unchecked = check_gateways_owned(guest)
+    if unchecked:
+        warnings.append(unchecked)
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))

@@ -11,7 +11,6 @@ from guestfence.cli.common import (
     HelpFormatter,
     add_policy_options,
     policy_from_args,
-    warn_gateway_undefined,
     print_json,
     wait_forwarding_signals,
 )
@@ -21,6 +20,7 @@ from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy
 from guestfence.nft.apply import apply_nft, open_nft
 from guestfence.resolve import resolve_names
+from guestfence.policy.decide import require_gateway
 from guestfence.rootless.guard import host_guard
 from guestfence.rootless.nftmode import compile_owner, compile_release
 from guestfence.rootless.preflight import check_socket
@@ -93,7 +93,7 @@ def run_rootless(args: argparse.Namespace) -> int:
     extra = args.passthrough or []
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
-    warn_gateway_undefined(chosen, "only VM guests have (use @host for the host's addresses)")
+    require_gateway(chosen, frozenset(), hint="a rootless stack has no gateway of its own: use @host or addresses")
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
     stack_user = args.user if args.mode == "nft" else args.as_user
     check_socket(extra, None if stack_user is None else _user(stack_user, "--user" if args.mode == "nft" else "--as-user"))

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from guestfence.errors import HostError, PolicyError
-from guestfence.policy.model import Context, Policy
+from guestfence.policy.decide import require_gateway
+from guestfence.policy.model import Address, Context, Policy
 from guestfence.resolve import Resolution, resolve_names
 from guestfence.sandbox import kernel, route
 from guestfence.sandbox.filter import bpf_program, plan_filter
@@ -53,6 +54,8 @@ class Sandbox:
     EACCES or EPERM); ``on_denied`` is called, on a supervisor thread, with
     each ``Denial``. DNS names in the policy are resolved once, at the first
     start (see ``resolution``); a name that does not resolve is decided
+    closed. ``gateways`` are the addresses ``@gateway`` stands for; a policy
+    naming ``@gateway`` without them is refused (PolicyError).
     closed. ``keep_caps`` lets a root command keep every capability, and
     with them the means to take the listener from its supervisor and answer
     its own calls: for trusted commands only.
@@ -64,10 +67,13 @@ class Sandbox:
         *,
         deny_errno: str = "ECONNREFUSED",
         on_denied: Callable[[Denial], None] | None = None,
+        gateways: Iterable[Address] = (),
         keep_caps: bool = False,
     ) -> None:
         if deny_errno not in DENY_ERRNOS:
             raise PolicyError(f"deny errno {deny_errno!r} is not one of {', '.join(DENY_ERRNOS)}")
+        self.gateways = frozenset(gateways)
+        require_gateway(policy, self.gateways, hint="give the address @gateway stands for with --gateway ADDR, or name it")
         self.policy = policy
         self.deny_errno = deny_errno
         self.on_denied = on_denied
@@ -90,7 +96,7 @@ class Sandbox:
         request = _launch_request(popen_args.pop("env", None), keep_caps=self.keep_caps)
         settings = Settings(
             policy=self.policy,
-            context=Context(is_local=route.is_local, names=dict(self.resolution.addresses)),
+            context=Context(gateways=self.gateways, address_type=route.address_type, names=dict(self.resolution.addresses)),
             deny_errno=DENY_ERRNOS[self.deny_errno],
             on_denied=self.on_denied,
         )
