@@ -137,12 +137,15 @@ class StateStore:
         return self.read().get(key)
 
     def write_section(self, key: str, value: Any) -> None:
-        """Record ``value`` under ``key``, leaving the other features' keys as they are."""
+        """Record ``value`` under ``key`` (None: remove the key), leaving the other features' keys as they are."""
         if self.read_only:
             raise HostError(f"{self.path}: opened read-only")
         data = self.read()
         data["version"] = VERSION
-        data[key] = value
+        if value is None:
+            data.pop(key, None)  # nothing recorded, as before the feature's first change
+        else:
+            data[key] = value
         temporary = self.path.with_name(f".{STATE_FILE}.tmp")
         try:
             with open(temporary, "w", encoding="utf-8") as out:

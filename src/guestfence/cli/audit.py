@@ -15,10 +15,11 @@ from guestfence.audit.sandboxed import probe_sandboxed
 from guestfence.cli.common import HelpFormatter, add_policy_options, format_table, policy_from_args, print_json
 from guestfence.errors import HostError, PolicyError
 from guestfence.netinfo import collect_host_addresses
-from guestfence.nft.firewall import GUESTS_KEY, Registered, registry_from_json
+from guestfence.nft.firewall import Registered
+from guestfence.operations import read_registry
 from guestfence.policy.model import Address, Policy
 from guestfence.resolve import resolve_names
-from guestfence.state import StateStore, state_dir
+from guestfence.state import state_dir
 
 AUDIT_EPILOG = """Run it in the host's network namespace. It lists every listening TCP socket
 (and, with --udp, every bound UDP socket) there, with its owning process,
@@ -122,8 +123,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def _registered(name: str, directory: str | None) -> Registered:
-    with StateStore(state_dir(directory)) as store:
-        registry = registry_from_json(store.section(GUESTS_KEY), where=str(store.path))
+    registry = read_registry(state_dir(directory))
     found = registry.find(name)
     if found is None:
         known = ", ".join(g.name for g in registry.guests()) or "none"

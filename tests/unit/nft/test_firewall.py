@@ -247,3 +247,22 @@ def test_a_refused_privilege_is_a_host_error() -> None:
     plan, _ = plan_add(Registry(), resolve_guest(vm(), resolver))
     with pytest.raises(HostError, match="needs CAP_NET_ADMIN"):
         apply_plan(plan, Refusing())
+
+
+def test_an_intent_is_taken_back_when_the_kernel_refuses_the_change(tmp_path: Path) -> None:
+    from guestfence.errors import ApplyError
+    from guestfence.operations import commit
+    from guestfence.state import FeaturePlan
+
+    class Refused:
+        key = "guests"
+
+        def apply(self, plan: FeaturePlan) -> None:
+            assert json.loads((tmp_path / "state.json").read_text())["guests"]["pending"] == {"members": []}
+            raise ApplyError("nftables", "add guest vm1", "File exists")
+
+    plan = FeaturePlan(key="guests", shown=None, record={"members": []}, intent={"pending": {"members": []}},
+                       work=None, summary="")  # fmt: skip
+    with StateStore(tmp_path) as store, pytest.raises(ApplyError):
+        commit(store, Refused(), plan, None)  # type: ignore[arg-type]
+    assert json.loads((tmp_path / "state.json").read_text()) == {"version": 1}
