@@ -23,8 +23,8 @@ Layout of a file::
     mac = "02:00:00:00:00:01"        # optional, as are masquerade, bridge, comment
 
     [lockdown]                       # interface lockdown, for `guestfence apply FILE`
-    interfaces = ["eth0.1", "vlan*"] # the whole set; a file without [lockdown] leaves it alone
-    force = false                    # true: a pattern may match lo or a default-route interface
+    interfaces = ["eth0.1", "vlan*"] # added (with --prune: the whole set); no [lockdown]: left alone
+    force = false                    # true: a pattern may match lo, a default-route or a guest's interface
 
 Every problem in a file is reported at once, each with the file, line and
 column of the offending text. tomllib gives no positions, so string

@@ -55,6 +55,9 @@ MARK_PORT = 9997
 # How long an exercise may wait for its mark: generous for an emulated CPU;
 # at host speed the mark arrives within milliseconds.
 EXERCISE_TIMEOUT = 60.0
+# How long one guestfence command may take: starting Python alone takes
+# seconds on an emulated CPU shared with other VMs.
+CLI_TIMEOUT = 300.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -336,7 +339,7 @@ class Observed:
 
 def _sh(*argv: str, netns: str, input: str | None = None) -> str:
     cmd = ["ip", "netns", "exec", netns, *argv]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, input=input, timeout=30).stdout
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, input=input, timeout=EXERCISE_TIMEOUT).stdout
 
 
 def prepare_host(host: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.lockdown_lab import EXERCISE_TIMEOUT, GUEST_GETS, MARK_PORT, Scene, Observed, build_scene, drain, exercise, prepare_host, vlan_support
+from tests.lab.lockdown_lab import CLI_TIMEOUT, EXERCISE_TIMEOUT, GUEST_GETS, MARK_PORT, Scene, Observed, build_scene, drain, exercise, prepare_host, vlan_support
 from tests.lab.netlab import GUESTFENCE, Lab, sh
 
 pytestmark = pytest.mark.lab
@@ -40,7 +40,9 @@ PATTERNS = {"vlan": "up0.*"}
 
 
 def guestfence(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return sh(GUESTFENCE, *argv, netns=netns, check=False)
+    """Run the CLI in ``netns``. The bound is for an emulated CPU, where
+    starting Python alone takes seconds; at host speed it returns at once."""
+    return sh(GUESTFENCE, *argv, netns=netns, check=False, timeout=CLI_TIMEOUT)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.lockdown_lab import CLI_TIMEOUT
 from tests.lab.netlab import GUESTFENCE, Lab, sh
 from tests.lab.test_lockdown_receive import guestfence
 from tests.lab.test_lockdown_state import lockdown_tables
@@ -91,7 +92,7 @@ def test_without_privilege_lockdown_exits_3_saying_run_as_root(argv: tuple[str, 
     tmp_path.chmod(0o755)  # nobody may reach the state directory: the refusal is about privilege
 
     ran = sh("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
-             GUESTFENCE, *argv, "--state-dir", str(state), netns=host, check=False, timeout=120)  # fmt: skip
+             GUESTFENCE, *argv, "--state-dir", str(state), netns=host, check=False, timeout=CLI_TIMEOUT)  # fmt: skip
 
     assert ran.returncode == 3, (ran.stdout, ran.stderr)
     assert "run as root" in ran.stderr and "Traceback" not in ran.stderr

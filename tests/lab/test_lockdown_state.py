@@ -99,9 +99,9 @@ def test_restore_installs_what_a_damaged_record_still_says_and_leaves_the_record
     restored = guestfence(host, "restore", "--state-dir", str(state))
 
     assert restored.returncode != 0
-    assert "lockdown pattern 5: not a string" in restored.stderr
-    assert "lockdown pattern 'vm?'" in restored.stderr and "not an nftables wildcard" in restored.stderr
-    assert "lockdown record of interface 'gone0'" in restored.stderr and "Traceback" not in restored.stderr
+    assert "lockdown: pattern 5: not a string" in restored.stderr
+    assert "lockdown: pattern 'vm?'" in restored.stderr and "not an nftables wildcard" in restored.stderr
+    assert "lockdown: record of interface 'gone0'" in restored.stderr and "Traceback" not in restored.stderr
     assert len(lockdown_tables(host)) == 3 and hardened(host, "up0")  # the good pattern holds
     assert (state / "state.json").read_text() == text  # not rewritten: it was not understood
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from guestfence.lockdown.plan import SYSCTLS
-from tests.lab.lockdown_lab import EXERCISE_TIMEOUT, GUEST_GETS, build_scene, exercise, prepare_host
+from tests.lab.lockdown_lab import CLI_TIMEOUT, EXERCISE_TIMEOUT, GUEST_GETS, build_scene, exercise, prepare_host
 from tests.lab.netlab import Lab, sh
 from tests.lab.test_lockdown_receive import GUESTFENCE, guestfence
 
@@ -30,7 +30,7 @@ def hardened(netns: str, interface: str) -> bool:
     return all(sysctl(netns, family, interface, key) == value for family, key, value, _ in SYSCTLS)
 
 
-def wait_for_line(proc: subprocess.Popen[bytes], text: bytes, seconds: float = EXERCISE_TIMEOUT) -> None:
+def wait_for_line(proc: subprocess.Popen[bytes], text: bytes, seconds: float = CLI_TIMEOUT) -> None:
     """Wait for a line containing ``text``, up to a bound generous enough for
     an emulated CPU. Reads the pipe unbuffered: select() on a buffered reader
     misses lines already in its buffer."""
@@ -83,7 +83,7 @@ def test_an_interface_created_after_add_is_locked_down_from_its_first_packet(lab
         assert scene.guest is not None
         scene.guest.close()
     watcher.send_signal(signal.SIGTERM)
-    assert watcher.wait(timeout=EXERCISE_TIMEOUT) == 0
+    assert watcher.wait(timeout=CLI_TIMEOUT) == 0
 
 
 def test_remove_writes_back_only_what_add_changed(lab: Lab, tmp_path: Path) -> None:

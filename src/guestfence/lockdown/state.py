@@ -125,7 +125,7 @@ def salvage_state(data: Any) -> tuple[LockdownState, tuple[str, ...]]:
     """Every pattern and interface record that can be read, and a line for
     each that cannot (``restore`` installs the first and reports the rest)."""
     if not isinstance(data, dict):
-        return LockdownState(), (f"the lockdown record is not an object: {_shown(data)}",)
+        return LockdownState(), (f"lockdown: the record is not an object: {_shown(data)}",)
     patterns: list[InterfacePattern] = []
     records: list[InterfaceRecord] = []
     problems: list[str] = []
@@ -133,20 +133,20 @@ def salvage_state(data: Any) -> tuple[LockdownState, tuple[str, ...]]:
     raw_records = data.get("interfaces", [])
     for name, value in (("patterns", raw_patterns), ("interfaces", raw_records)):
         if not isinstance(value, list):
-            problems.append(f"lockdown {name} is not a list: {_shown(value)}")
+            problems.append(f"lockdown: {name} is not a list: {_shown(value)}")
     for text in raw_patterns if isinstance(raw_patterns, list) else []:
         try:
             if not isinstance(text, str):
                 raise TypeError("not a string")
             patterns.append(parse_pattern(text))
         except (TypeError, PolicyError) as exc:
-            problems.append(f"lockdown pattern {_shown(text)}: {str(exc).splitlines()[0]}")
+            problems.append(f"lockdown: pattern {_shown(text)}: {str(exc).splitlines()[0]}")
     for raw in raw_records if isinstance(raw_records, list) else []:
         try:
             records.append(_record_from_json(raw))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             name = raw.get("interface") if isinstance(raw, dict) else None
-            problems.append(f"lockdown record of interface {_shown(name)}: {exc!r} (its sysctls are left as they are)")
+            problems.append(f"lockdown: record of interface {_shown(name)}: {exc!r} (its sysctls are left as they are)")
     return LockdownState(patterns=tuple(dict.fromkeys(patterns)), interfaces=tuple(records)), tuple(problems)
 
 

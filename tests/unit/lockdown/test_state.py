@@ -68,10 +68,10 @@ def test_salvage_keeps_every_readable_part_and_names_each_damaged_one() -> None:
 
     assert [p.text for p in state.patterns] == ["vlan*", "eth0.1"]
     assert [r.interface for r in state.interfaces] == ["vlan7"]
-    assert problems[0] == "lockdown pattern 5: not a string"
-    assert problems[1].startswith("lockdown pattern 'vm?': ")
-    assert problems[2].startswith("lockdown record of interface 'vlan8': ") and "left as they are" in problems[2]
-    assert problems[3].startswith("lockdown record of interface None: ")
+    assert problems[0] == "lockdown: pattern 5: not a string"
+    assert problems[1].startswith("lockdown: pattern 'vm?': ")
+    assert problems[2].startswith("lockdown: record of interface 'vlan8': ") and "left as they are" in problems[2]
+    assert problems[3].startswith("lockdown: record of interface None: ")
     with pytest.raises(ConfigError, match="recorded lockdown state is damaged"):
         state_from_json(data, source="recorded lockdown")
 
