@@ -32,7 +32,7 @@ import select
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import final
 
 import seccomp
@@ -56,7 +56,7 @@ from guestfence.sandbox.materialize import (
     sockaddr_length,
 )
 from guestfence.sandbox.onbehalf import Outcome
-from guestfence.sandbox.verdict import SocketKind, Verdict, verdict
+from guestfence.sandbox.verdict import SocketKind, Verdict, executed_name, verdict
 
 MAX_IDLE = 4
 MAX_CACHED_VERDICTS = 4096
@@ -255,13 +255,18 @@ class Supervisor:
             raise GuestFault(errno.ESRCH)
 
 
+def executed(message: Message) -> Message:
+    """The message with the destination that is decided and then executed (``executed_name``)."""
+    return replace(message, name=executed_name(message.name))
+
+
 def handle_connect(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, address, length = call.notif.args[:3]
     fd, kind = call.take_socket(fd_arg)
     try:
         if not kind.is_inet:
             return CONTINUE
-        name = read_sockaddr(call.read, address, length)
+        name = executed_name(read_sockaddr(call.read, address, length))
         sup.still_waiting(call)
         if not sup.allows(call, fd, kind, name, is_connect=True):
             return Outcome(error=sup.settings.deny_errno)
@@ -281,6 +286,7 @@ def handle_sendto(sup: Supervisor, call: _Call) -> Outcome:
             name, payload = call.read_many(pieces)
         except OSError as exc:
             raise GuestFault(exc.errno or errno.EFAULT) from None
+        name = executed_name(name)
         sup.still_waiting(call)
         if not sup.allows(call, fd, kind, name, is_connect=False):
             return Outcome(error=sup.settings.deny_errno)
@@ -295,7 +301,7 @@ def handle_sendmsg(sup: Supervisor, call: _Call) -> Outcome:
     try:
         if not kind.is_inet:
             return CONTINUE
-        message = read_message(call.read, read_bytes(call.read, header, MSGHDR.size), stream=kind.is_stream)
+        message = executed(read_message(call.read, read_bytes(call.read, header, MSGHDR.size), stream=kind.is_stream))
         sup.still_waiting(call)
         if not sup.allows(call, fd, kind, message.name, is_connect=False):
             return Outcome(error=sup.settings.deny_errno)
@@ -320,7 +326,7 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
         read, fault = read_messages(call.read, call.read_many, headers, stream=kind.is_stream)
         stop = Outcome(error=fault.errno) if fault else Outcome()
         messages: list[Message] = []
-        for message in read:
+        for message in map(executed, read):
             if not sup.allows(call, fd, kind, message.name, is_connect=False):
                 stop = Outcome(error=sup.settings.deny_errno)
                 break
