@@ -28,8 +28,10 @@ from __future__ import annotations
 import json
 import random
 import select
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +160,7 @@ FIXED = [
     ("allow", (), ("tcp://127.0.0.0/8:*", "tcp://[::1]:*", "udp://127.0.0.0/8:*", "udp://[::1]:*")),
     ("deny", ("tcp://203.0.113.0/24:*", "tcp://[2001:db8:cc::]/64:*"), ()),
 ]
-RANDOM_POLICIES = 10
+RANDOM_POLICIES = 8
 
 
 def policies() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
@@ -201,6 +203,9 @@ table inet {JUDGE} {{
 """
 
 
+RESET = "".join(f"flush set inet {JUDGE} {s}\n" for s in ("seen4", "seen6", "ping4", "ping6")) + f"reset counter inet {JUDGE} marker\n"
+
+
 class Differential:
     def __init__(self, scene: Scene, g1: GuestLink, g2: GuestLink) -> None:
         self.scene, self.g1, self.g2 = scene, g1, g2
@@ -226,18 +231,24 @@ class Differential:
                     keys.add(("icmp", value, 0))
         return keys
 
-    def reset(self) -> None:
-        self.nft("".join(f"flush set inet {JUDGE} {s}\n" for s in ("seen4", "seen6", "ping4", "ping6"))
-                 + f"reset counter inet {JUDGE} marker\n")
-
     def marker(self) -> int:
         listed = json.loads(sh("nft", "-j", "list", "counter", "inet", JUDGE, "marker", netns=self.host).stdout)
         return int(listed["nftables"][1]["counter"]["packets"])
 
-    def explain(self, probes: list[Probe], *options: str) -> dict[str, dict[str, str]]:
+    def explain(self, probes: list[Probe], *options: str) -> Callable[[], dict[str, dict[str, str]]]:
+        """Start ``explain --json`` for ``probes``; the returned function waits for its answers.
+        Started early, it runs while the round's packets fly (the host has 2 cores)."""
         dnat = [a for p in probes if p.delivered for a in ("--dnat", f"{p.dest}={p.delivered}")]
-        done = self.scene.gf("explain", "--json", *options, *dnat, *(p.dest for p in probes))
-        return {answer["destination"]: answer for answer in json.loads(done.stdout)}
+        argv = ["ip", "netns", "exec", self.host, GUESTFENCE, "explain", "--json", *options, *dnat,
+                *(p.dest for p in probes), "--state-dir", str(self.scene.state_dir)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def answers() -> dict[str, dict[str, str]]:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, f"explain {' '.join(options)} exited {proc.returncode}: {err}"
+            return {answer["destination"]: answer for answer in json.loads(out)}
+
+        return answers
 
     def wire(self, probe: Probe) -> dict[str, object]:
         proto, address, port = _split(probe.dest)
@@ -261,7 +272,7 @@ class Differential:
         self.scene.gf("guest", "add", "g1", "--iface", g1.iface, "--address", f"{g1.address4}/30",
                       "--address", f"{g1.address6}/64", "--gateway", g1.gateway4, "--gateway", g1.gateway6, *args)
         answers = self.explain(probes, "--guest", "g1")
-        self.reset()
+        self.nft(RESET)
         marker = {"how": "frame", "iface": "eth0", "src_mac": g1.mac, "dst_mac": self.host_mac, "src": g1.address6,
                   "dst": g1.gateway6, "port": 0, "proto": "ns", "nonce": NONCE}
         wire = [self.wire(p) for p in probes] + [marker]
@@ -271,20 +282,19 @@ class Differential:
         while self.marker() == 0:
             assert time.monotonic() < deadline, "the end-of-round marker never arrived"
             time.sleep(0.02)
-        self.compare(f"guest g1 under {label}", probes, answers, self.seen())
+        self.compare(f"guest g1 under {label}", probes, answers(), self.seen())
 
-    def process_round(self, label: str, args: list[str], probes: list[Probe]) -> None:
-        answers = self.explain(probes, *args, "--gateway", self.g1.gateway4, "--gateway", self.g1.gateway6)
-        self.reset()
-        self.nft(f"add rule inet {JUDGE} output jump judge\n")
+    def process_round(self, label: str, args: list[str], probes: list[Probe],
+                      answers: Callable[[], dict[str, dict[str, str]]]) -> None:
+        self.nft(RESET + f"add rule inet {JUDGE} output jump judge\n")
         try:
             wire = [self.wire(p) for p in probes]
-            sh(GUESTFENCE, "run", *args, "--gateway", self.g1.gateway4, "--gateway", self.g1.gateway6, "--",
+            sh(GUESTFENCE, "run", "--quiet", *args, "--gateway", self.g1.gateway4, "--gateway", self.g1.gateway6, "--",
                sys.executable, "-m", "tests.lab.diffprobe", json.dumps(wire), netns=self.host)
             seen = self.seen()
         finally:
             self.nft(f"flush chain inet {JUDGE} output\n")
-        self.compare(f"guestfence run under {label}", probes, answers, seen)
+        self.compare(f"guestfence run under {label}", probes, answers(), seen)
 
 
 def _canonical(dest: str) -> str:
@@ -328,8 +338,9 @@ def test_explain_the_firewall_and_the_sandbox_agree_on_every_flow(lab: Lab, tmp_
                      "--address", f"{g1.address6}/64", "--gateway", g1.gateway4, "--gateway", g1.gateway6, *args)
             for address in LATE:  # added after the guest was registered
                 lab.addr(host, "lo", address + ("/32" if "." in address else "/128"))
+        process_answers = differential.explain(process_probes, *args, "--gateway", g1.gateway4, "--gateway", g1.gateway6)
         differential.guest_round(label, args, guest_probes)
-        differential.process_round(label, args, process_probes)
+        differential.process_round(label, args, process_probes, process_answers)
     sh("nft", "delete", "table", "inet", JUDGE, netns=host)
     elapsed = time.monotonic() - started
     print(f"differential: {len(policies())} policies, {len(guest_probes)} guest flows, {len(process_probes)} process flows, "

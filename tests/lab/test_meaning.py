@@ -234,3 +234,37 @@ def test_rootless_nft_mode_keeps_host_forms_away(lab: Lab, tmp_path: Path) -> No
        "rc,_,err=n.json_cmd({'nftables': json.loads(sys.argv[1])}); sys.exit(rc and err)",
        json.dumps(plan["nftables"]), netns=host)
     assert sent() == set()
+
+
+BOUND_THEN_UNSPECIFIED = """
+import socket, sys
+family, bound, unspecified, port = socket.AF_INET if "." in sys.argv[1] else socket.AF_INET6, sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(family)
+s.bind((bound, 0))
+try:
+    s.connect((unspecified, port))
+    print("reached", s.getpeername()[0])
+except OSError as e:
+    print("refused", e.errno)
+"""
+
+
+@pytest.mark.parametrize(("bound", "unspecified"), [("192.0.2.5", "0.0.0.0"), ("::ffff:192.0.2.5", "::ffff:0.0.0.0")])
+def test_run_executes_an_unspecified_destination_as_the_loopback_it_decided(lab: Lab, bound: str, unspecified: str) -> None:
+    """The kernel sends a connect to 0.0.0.0 (or ::) to the socket's bound
+    address, not to loopback: a process allowed only loopback binds a host
+    address, aims at 0.0.0.0 and reaches a service bound to that address.
+    The sandbox executes the loopback address it decided, whatever the bind.
+    (IPv6 ``::`` goes to ::1 whatever the bind; its mapped form is IPv4's.)"""
+    host = lab.netns("gfh")
+    lab.veth(host, "d0", lab.netns("gfl"), "eth0")
+    lab.addr(host, "d0", "192.0.2.5/24")
+    listener = lab.spawn([sys.executable, "-c", "import socket,signal\nl=socket.socket()\n"
+                          "l.bind(('192.0.2.5', 47001)); l.listen(5); print('ready', flush=True); signal.pause()"], netns=host)
+    assert listener.stdout is not None
+    ready, _, _ = select.select([listener.stdout], [], [], 10)
+    assert ready and listener.stdout.readline().strip() == b"ready"
+    probe = [sys.executable, "-c", BOUND_THEN_UNSPECIFIED, bound, unspecified, "47001"]
+    assert sh(*probe, netns=host).stdout.strip().endswith("192.0.2.5"), "control: the kernel delivers it to the bound address"
+    done = sh(GUESTFENCE, "run", "--quiet", "--net-allow", "tcp://127.0.0.1:47001", "--", *probe, netns=host)
+    assert done.stdout.strip().startswith("refused"), done.stdout

@@ -85,6 +85,9 @@ def test_verbose_prints_resolved_names(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0 and "guestfence: localhost -> 127.0.0.1" in err
 
 
-def test_gateway_in_a_sandbox_policy_without_a_gateway_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+def test_gateway_in_a_sandbox_policy_needs_a_gateway(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without one, an allow about @gateway would match nothing and a deny every destination: refused."""
     code, _, err = run(capsys, "run", "--quiet", "--net-allow", "udp://@gateway:53", "--", "true")
-    assert code == 2 and "udp://@gateway:53: @gateway needs a gateway address, and none is given" in err
+    assert code == 2 and "udp://@gateway:53: @gateway needs a gateway address" in err and "--gateway ADDR" in err
+    code, _, err = run(capsys, "run", "--quiet", "--gateway", "127.0.0.1", "--net-allow", "udp://@gateway:53", "--", "true")
+    assert code == 0, err

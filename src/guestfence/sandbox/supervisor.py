@@ -76,7 +76,7 @@ from guestfence.sandbox.materialize import (
     sockaddr_length,
 )
 from guestfence.sandbox.onbehalf import Outcome
-from guestfence.sandbox.verdict import SocketKind, Verdict, verdict
+from guestfence.sandbox.verdict import SocketKind, Verdict, executed_name, verdict
 
 MAX_IDLE = 4
 MAX_CACHED_VERDICTS = 4096
@@ -321,6 +321,7 @@ class Supervisor:
         """
         if name is None or (kind.is_stream and not is_connect and not flags & MSG_FASTOPEN):
             return None
+        name = executed_name(name)  # an unspecified destination goes to the loopback it is decided as
         key = (kind, name, is_connect)
         result = self._verdicts.get(key)
         if result is None:

@@ -24,12 +24,21 @@ One errno per outcome, answered to the guest:
     bad arguments (materialize)             the kernel's own errno (EFAULT,
                                             EINVAL, ENOBUFS, EMSGSIZE)
     source-route control messages           EPERM
+
+What is decided is what is executed: ``decide`` reads an unspecified
+destination (0.0.0.0, ::ffff:0.0.0.0) as loopback, but the kernel sends an
+IPv4 connect or send to it to the socket's *bound* address, which the guest
+can change at any moment. So ``executed_name`` writes the loopback address
+into the sockaddr the supervisor executes: the call goes where it was
+decided to go. (IPv6 ``::`` is ::1 whatever the bind; it is rewritten too,
+so the executed bytes never differ from the decided address.)
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import sys
 from dataclasses import dataclass
 from typing import final
 
@@ -82,6 +91,27 @@ class Verdict:
     """``proto://host:port`` for logs, or ``protocol N host:port``."""
     decided_by: str
     """The rule or default that decided, as ``explain`` prints it."""
+
+
+_UNSPECIFIED_MAPPED = bytes(10) + b"\xff\xff" + bytes(4)
+_LOOPBACK_MAPPED = bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1])
+_LOOPBACK6 = bytes(15) + b"\x01"
+
+
+def executed_name(name: bytes | None) -> bytes | None:
+    """``name`` (a sockaddr) with an unspecified destination replaced by the
+    loopback address ``decide`` reads it as; any other name unchanged."""
+    if name is None or len(name) < 8:
+        return name
+    family = int.from_bytes(name[:2], sys.byteorder)
+    if family in (socket.AF_INET, socket.AF_UNSPEC) and name[4:8] == bytes(4):
+        return name[:4] + bytes([127, 0, 0, 1]) + name[8:]
+    if family == socket.AF_INET6 and len(name) >= 24:
+        if name[8:24] == bytes(16):
+            return name[:8] + _LOOPBACK6 + name[24:]
+        if name[8:24] == _UNSPECIFIED_MAPPED:
+            return name[:8] + _LOOPBACK_MAPPED + name[24:]
+    return name
 
 
 def verdict(policy: Policy, context: Context, kind: SocketKind, destination: Destination) -> Verdict:

@@ -58,3 +58,19 @@ def test_host_symbol_asks_the_context_at_each_decision() -> None:
     assert verdict(policy, context, UDP4, dest("192.0.2.7", 9)).allowed
     local.add("192.0.2.7")
     assert not verdict(policy, context, UDP4, dest("192.0.2.7", 9)).allowed
+
+
+def test_the_executed_name_is_the_decided_loopback_for_unspecified_destinations() -> None:
+    import socket as s
+    import struct
+
+    from guestfence.sandbox.verdict import executed_name
+
+    v4 = struct.pack("=H", s.AF_INET) + struct.pack("!H", 80) + bytes(4) + bytes(8)
+    assert executed_name(v4)[4:8] == bytes([127, 0, 0, 1]) and executed_name(v4)[:4] == v4[:4]
+    v6 = struct.pack("=H", s.AF_INET6) + struct.pack("!HI", 80, 0) + bytes(16) + bytes(4)
+    assert executed_name(v6)[8:24] == s.inet_pton(s.AF_INET6, "::1")
+    mapped = v6[:8] + s.inet_pton(s.AF_INET6, "::ffff:0.0.0.0") + v6[24:]
+    assert executed_name(mapped)[8:24] == s.inet_pton(s.AF_INET6, "::ffff:127.0.0.1")
+    other = v4[:4] + bytes([192, 0, 2, 1]) + v4[8:]
+    assert executed_name(other) == other and executed_name(None) is None and executed_name(b"\x02") == b"\x02"
