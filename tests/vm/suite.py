@@ -5,8 +5,9 @@
 machine's / as the VM's root, runs ``pytest tests/sandbox tests/lab`` there
 under CI=true (a test that cannot run fails instead of skipping), shows the
 VM's console as it goes, and exits with pytest's status: 125 when the VM
-stopped without one (crash, panic, time limit). PYTEST ARGS replace the
-default selection, e.g. ``tests/lab/test_lockdown_receive.py -x``.
+stopped without one (crash, panic, time limit). PYTEST ARGS are added to
+the command; if any of them names a test path, it replaces the default
+selection, e.g. ``tests/lab/test_lockdown_receive.py -x``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 from tests.vm.debian_kernel import REPO, debian_kernel
 from tests.vm.machine import run_in_vm
@@ -29,7 +31,9 @@ def main(args: list[str]) -> int:
     kernel = debian_kernel()
     print(f"[vm pass: {kernel.package}, cached in {kernel.directory}]", flush=True)
     python = REPO / ".venv" / "bin" / "python"
-    pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-m", "not vm", *(args or DEFAULT_SELECTION)]
+    names_tests = any(Path(arg.partition("::")[0]).exists() for arg in args if not arg.startswith("-"))
+    selection = [] if names_tests else DEFAULT_SELECTION
+    pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-m", "not vm", *args, *selection]
     env = {"CI": "true", "PYTHONDONTWRITEBYTECODE": "1"}
     ran = run_in_vm(pytest, cwd=REPO, env=env, timeout=LIMIT_SECONDS, echo=sys.stdout)
     took = time.monotonic() - started
