@@ -42,3 +42,16 @@ def collect_host_addresses() -> tuple[Address, ...]:
     except OSError as exc:
         raise HostError(f"cannot list host addresses: {exc}") from exc
     return tuple(sorted(found, key=lambda a: (a.version, a)))
+
+
+def interface_addresses(name: str) -> tuple[Address, ...] | None:
+    """The addresses configured on interface ``name``; None when there is no such interface."""
+    try:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                return None
+            addresses = ipr.get_addr(index=found[0])
+    except (OSError, NetlinkError) as exc:
+        raise HostError(f"cannot read interface {name}: {exc}") from exc
+    return tuple(ipaddress.ip_address(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")) for a in addresses)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import pwd
+import tempfile
+from pathlib import Path
 
 import pytest
 
+from guestfence.errors import PolicyError
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination, parse_policy
 from guestfence.policy.model import Action, Context, PortRange
 from guestfence.rootless.guard import complement, host_guard
+from guestfence.rootless.preflight import check_socket, socket_path
 from guestfence.rootless.stacks import Stack, guest_view, passt_command, slirp4netns_command
 from tests.unit.test_cli import run
 
@@ -106,3 +112,23 @@ def test_nft_mode_refuses_gateway_rules() -> None:
 
     with pytest.raises(PlanError, match="@gateway"):
         compile_owner(1234, parse_policy(allow=["tcp://@gateway:80"]), {})
+
+
+def test_the_socket_option_is_found_in_each_spelling() -> None:
+    assert socket_path(["-f", "--socket", "/run/a.sock"]) == "/run/a.sock"
+    assert socket_path(["--socket=/run/b.sock"]) == "/run/b.sock"
+    assert socket_path(["-s", "/run/c.sock", "-t", "80"]) == "/run/c.sock"
+    assert socket_path(["--config-net"]) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to ask as another user")
+def test_a_socket_the_stack_user_cannot_create_is_refused_up_front() -> None:
+    nobody = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # pytest's own tmp is closed to other users
+        os.chmod(top, 0o755)
+        closed = Path(top) / "closed"
+        closed.mkdir(mode=0o755)
+        with pytest.raises(PolicyError, match=rf"--socket {closed}/p.sock: nobody cannot create a file in {closed}"):
+            check_socket(["--socket", str(closed / "p.sock")], nobody)
+        os.chown(closed, nobody.pw_uid, nobody.pw_gid)
+        check_socket(["--socket", str(closed / "p.sock")], nobody)

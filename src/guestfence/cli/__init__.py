@@ -6,16 +6,21 @@ parser and sets ``func(args) -> int`` on it.
 
 Exit statuses:
     0  success
-    1  the command ran and found what it reports on (audit violations)
+    1  the command ran and found what it reports on (audit violations, status drift)
     2  bad input: usage, policy syntax, a plan this backend cannot express
-    3  the host lacks something (library, kernel feature, privilege)
+    3  the host lacks something (library, kernel feature, privilege: "run as root")
     4  applying failed; the previous state was kept
   130  interrupted
+  141  the reader of our output went away (``| head``), as a shell reports SIGPIPE
+
+A command that needs CAP_NET_ADMIN sets ``needs_root`` on its parser (True,
+or a function of its arguments); it is checked before the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -62,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"guestfence {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.register(subparsers)
@@ -77,7 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(head)
     args.passthrough = tail
     try:
-        return int(args.func(args))
+        _check_privilege(args)
+        status = int(args.func(args))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # Nothing more can be written; say nothing more, not even at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except GuestfenceError as err:
         if args.debug:
             traceback.print_exc()
@@ -86,3 +99,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("guestfence: interrupted", file=sys.stderr)
         return 130
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("guestfence")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+CAP_NET_ADMIN = 12
+
+
+def _check_privilege(args: argparse.Namespace) -> None:
+    needs = getattr(args, "needs_root", False)
+    if callable(needs):
+        needs = needs(args)
+    if needs and not has_net_admin():
+        command = " ".join(word for word in (args.command, getattr(args, "action", None)) if word)
+        raise HostError(f"{command} needs CAP_NET_ADMIN: run as root")
+
+
+def has_net_admin() -> bool:
+    """Whether this process holds CAP_NET_ADMIN (root has it; so has root of a user namespace)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0

@@ -11,27 +11,19 @@ from typing import Any
 
 from guestfence.config import load_policy
 from guestfence.policy.grammar import parse_policy
-from guestfence.policy.model import Policy, canonical_rules
-
-POLICY_HELP = """\
-policy options (combine freely: the rules are united, --default wins):
-  --policy FILE[:NAME]   a TOML policy file, or its [policy.NAME]
-  --net-allow RULE       allow RULE (repeatable)
-  --net-deny RULE        deny RULE (repeatable)
-  --default allow|deny   the verdict when no rule matches (default: deny)
-"""
-
+from guestfence.policy.model import Policy, Symbol, SymbolHost, canonical_rules
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-written layout of descriptions and examples."""
 
 
-def add_policy_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("policy")
+def add_policy_options(parser: argparse.ArgumentParser, *, default: str = "deny") -> None:
+    """The policy options, listed once; ``default`` is what applies without --default."""
+    group = parser.add_argument_group("policy", "combine freely: the rules are united, --default wins")
     group.add_argument("--policy", metavar="FILE[:NAME]", help="TOML policy file, optionally one named policy in it")
     group.add_argument("--net-allow", metavar="RULE", action="append", default=[], help="allow RULE (repeatable)")
     group.add_argument("--net-deny", metavar="RULE", action="append", default=[], help="deny RULE (repeatable)")
-    group.add_argument("--default", choices=("allow", "deny"), help="verdict when no rule matches (default: deny)")
+    group.add_argument("--default", choices=("allow", "deny"), help=f"verdict when no rule matches (default: {default})")
 
 
 def policy_from_args(args: argparse.Namespace) -> Policy:
@@ -43,6 +35,14 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         allow=tuple(canonical_rules(base.allow + extra.allow)),
         deny=tuple(canonical_rules(base.deny + extra.deny)),
     )
+
+
+def warn_gateway_undefined(policy: Policy, where: str) -> None:
+    """@gateway with no gateway defined is decided closed; say so instead of staying silent."""
+    for rule in policy.rules:
+        if isinstance(rule.host, SymbolHost) and rule.host.symbol is Symbol.GATEWAY:
+            effect = "matches nothing" if rule in policy.allow else "matches every destination of its protocol and ports"
+            print(f"guestfence: warning: {rule} uses @gateway, which {where}; this rule {effect}", file=sys.stderr)
 
 
 def print_json(value: Any) -> None:

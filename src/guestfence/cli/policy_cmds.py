@@ -7,12 +7,12 @@ import ipaddress
 import sys
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     format_table,
     policy_from_args,
     print_json,
+    warn_gateway_undefined,
 )
 from guestfence.config import format_config, load_config
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
@@ -32,8 +32,7 @@ examples:
   guestfence check --json policy.toml
 """
 
-EXPLAIN_EPILOG = POLICY_HELP + """
-destinations:
+EXPLAIN_EPILOG = """destinations:
   tcp://192.0.2.1:22   udp://[2001:db8::1]:53   icmp://203.0.113.9   192.0.2.1:443 (tcp)
 
 @host is answered by this machine's routing table (is the address local
@@ -103,6 +102,8 @@ def run_explain(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     flows = _parse_destinations(args.destinations)
     gateways = _parse_gateways(args.gateway)
+    if not gateways:
+        warn_gateway_undefined(policy, "is not defined without --gateway")
     names = {}
     if policy.names() and not args.no_resolve:
         resolution = resolve_names(policy.names())

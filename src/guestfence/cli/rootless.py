@@ -8,10 +8,10 @@ import pwd
 import subprocess
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     policy_from_args,
+    warn_gateway_undefined,
     print_json,
     wait_forwarding_signals,
 )
@@ -23,12 +23,12 @@ from guestfence.nft.apply import apply_nft, open_nft
 from guestfence.resolve import resolve_names
 from guestfence.rootless.guard import host_guard
 from guestfence.rootless.nftmode import compile_owner, compile_release
+from guestfence.rootless.preflight import check_socket
 from guestfence.rootless.stacks import Stack, StackCommand, guest_view, passt_command, slirp4netns_command
 from guestfence.sandbox import Sandbox
 from guestfence.sandbox.verdict import DENY_ERRNOS
 
-EPILOG = POLICY_HELP + """
-The stack runs under guestfence's seccomp supervisor with the policy
+EPILOG = """The stack runs under guestfence's seccomp supervisor with the policy
 "default allow, deny @host" (every protocol), plus your rules. Deny beats
 allow, so an allow on @host (--net-allow tcp://@host:8080) is honoured by
 denying only the *rest* of the host. @host is decided by a route lookup at
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="slirp4netns: PID of a process in the guest's network namespace")
     parser.add_argument("tap", nargs="?", default="tap0", metavar="TAPNAME", help="slirp4netns: tap name (tap0)")
     parser.add_argument("--netns", metavar="PATH", help="slirp4netns: the guest's netns as a path instead of a PID")
-    add_policy_options(parser)
+    add_policy_options(parser, default="allow, with every host address denied")
     parser.add_argument("--mode", choices=("sandbox", "nft"), default="sandbox",
                         help="sandbox: the seccomp supervisor (rootless); nft: rules in the output hook for --user, "
                              "no supervisor in the data path (needs root)")
@@ -89,7 +89,10 @@ def run_rootless(args: argparse.Namespace) -> int:
     extra = args.passthrough or []
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
+    warn_gateway_undefined(chosen, "only VM guests have (use @host for the host's addresses)")
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
+    stack_user = args.user if args.mode == "nft" else args.as_user
+    check_socket(extra, None if stack_user is None else _user(stack_user, "--user" if args.mode == "nft" else "--as-user"))
     if args.mode == "nft":
         return _run_nft(command, policy, args)
     argv = _as_user(command.argv, args.as_user)

@@ -9,6 +9,9 @@
 - ``flush`` deletes the tables and writes back the recorded sysctls; the
   patterns stay recorded, so ``restore`` brings everything back.
 
+A pattern that would cover a guest's interface is refused (unless
+``force``) like loopback and the uplink: ``guest_interfaces`` names them.
+
 The section to record is computed while planning (``expected_state`` reads
 the current sysctl values); ``apply`` then does the read-compare-write under
 the same state lock, so the two agree.
@@ -33,16 +36,35 @@ def recorded_state(recorded: Mapping[str, Any] | None) -> LockdownState:
     return LockdownState() if recorded is None else state_from_json(recorded, source="recorded lockdown")
 
 
+def guest_interfaces(recorded_guests: Any) -> dict[str, str]:
+    """The interfaces (and bridges) of the guests in the guests' recorded
+    section, each with why it is protected. Read leniently: a damaged
+    member still protects the interface it names."""
+    members = recorded_guests.get("members") if isinstance(recorded_guests, Mapping) else None
+    found: dict[str, str] = {}
+    for member in members if isinstance(members, list) else []:
+        if not isinstance(member, Mapping):
+            continue
+        name = member.get("name")
+        for key, role in (("iface", "interface"), ("bridge", "bridge")):
+            value = member.get(key)
+            if isinstance(value, str) and value:
+                found[value] = f"{role} of registered guest {name}"
+    return found
+
+
 @final
 class LockdownFeature:
     key = LOCKDOWN_KEY
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False) -> FeaturePlan:
         if config.lockdown is None:
             return self._nothing("lockdown unchanged (no [lockdown] in the file)")
         state = recorded_state(recorded)
-        plan = plan_replace(state, config.lockdown.interfaces, links=collect_links(), protected=collect_protected(),
-                            force=config.lockdown.force)  # fmt: skip
+        guests = {guest.iface: f"interface of guest {guest.name}" for guest in config.guests}
+        guests |= {guest.bridge: f"bridge of guest {guest.name}" for guest in config.guests if guest.bridge}
+        plan = plan_replace(state, config.lockdown.interfaces, links=collect_links(),
+                            protected={**guests, **collect_protected()}, force=config.lockdown.force)  # fmt: skip
         return self._feature_plan(plan, state, expected_state(plan, state))
 
     def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:

@@ -116,9 +116,15 @@ Names = Mapping[str, frozenset[Address]]
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    """Table-wide settings. ``pattern``: interfaces of unregistered guests ('' for none)."""
+    """Table-wide settings. ``pattern``: interfaces of unregistered guests ('' for none).
+    ``generation``: which recorded change the tables hold (kept in the set
+    ``names.GENERATION``, so status and restore can tell an interrupted change).
+    ``closed``: interfaces of recorded guests that could not be read back,
+    dropped like unregistered ones until their record is fixed."""
 
     pattern: str = DEFAULT_PATTERN
+    generation: int = 0
+    closed: tuple[str, ...] = ()
 
 
 @final
@@ -196,19 +202,6 @@ def compile_flush() -> NftPlan:
     return NftPlan(step="flush the guestfence tables", commands=tuple(commands))
 
 
-def expected_rule_counts(guest: Guest, names: Names) -> dict[tuple[str, str], int]:
-    """(family, chain) -> number of rules, for each chain of ``guest`` (status drift)."""
-    counts: dict[tuple[str, str], int] = {}
-    for command in _guest_objects(guest, names):
-        added = command.get("add", {})
-        if "chain" in added:
-            counts.setdefault((added["chain"]["family"], added["chain"]["name"]), 0)
-        elif "rule" in added:
-            key = (added["rule"]["family"], added["rule"]["chain"])
-            counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
 # The skeleton: tables, base chains, maps and sets, and the constant base rules.
 
 
@@ -223,6 +216,9 @@ def _skeleton(settings: Settings) -> list[Command]:
         b.add_verdict_map(ARP, GUESTS_MAP, "ifname"),
         b.add_verdict_map(BRIDGE, GUESTS_MAP, "ifname"),
         b.add_verdict_map(BRIDGE, PORTS_MAP, "ifname"),
+        b.add_set(INET, n.GENERATION, "mark"),
+        b.flush_set(INET, n.GENERATION),
+        b.add_element(INET, n.GENERATION, [settings.generation]),
     ]
     base = [
         (INET, PREROUTING, "prerouting", PRIO_INET_PREROUTING, "filter"),
@@ -235,6 +231,8 @@ def _skeleton(settings: Settings) -> list[Command]:
         commands += [b.add_base_chain(family, name, hook=hook, prio=prio, kind=kind), b.flush_chain(family, name)]
     for family in FAMILIES:
         commands += [b.add_chain(family, UNREGISTERED), b.flush_chain(family, UNREGISTERED)]
+        if settings.closed:
+            commands.append(b.add_element(family, GUESTS_MAP, [b.map_entry(iface, UNREGISTERED) for iface in settings.closed]))
         commands.append(
             b.add_rule(family, UNREGISTERED, [b.limit(*LOG_RATE), b.log("guestfence drop unregistered: ")])
         )

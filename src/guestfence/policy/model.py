@@ -201,8 +201,13 @@ class Policy:
         deny: Iterable[str] = (),
         default: str = "deny",
     ) -> Policy:
-        """A policy from rule texts, as on the command line. Raises PolicyError."""
+        """A policy from rule texts, as on the command line. Raises PolicyError;
+        TypeError when ``allow`` or ``deny`` is one string instead of a list."""
         from guestfence.policy.grammar import parse_policy
+
+        for label, rules in (("allow", allow), ("deny", deny)):
+            if isinstance(rules, (str, bytes)):
+                raise TypeError(f"Policy.parse({label}=...) takes a list of rules, not one string: {label}=[{rules!r}]")
 
         return parse_policy(allow=allow, deny=deny, default=default)
 
