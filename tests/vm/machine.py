@@ -95,7 +95,12 @@ class VirtualMachine:
         (self.xchg / "run.sh").write_text(
             f"#!/bin/sh\n( {body.rstrip()}\n)\necho $? >{status}.tmp && mv {status}.tmp {status}\n{POWER_OFF}"
         )
-        append = ["console=ttyS0", "panic=-1", "quiet", "loglevel=4", "mitigations=off"]
+        # mitigations=off: page-table isolation makes every syscall flush
+        # TCG's TLB; tsc=reliable: TCG's TSCs are one clock, but its timing
+        # fails the kernel's sync check and the fallback, the emulated HPET,
+        # makes each clock_gettime a trap (5x slower). Neither changes what
+        # the tests exercise.
+        append = ["console=ttyS0", "panic=-1", "quiet", "loglevel=4", "mitigations=off", "tsc=reliable"]
         if host_root:
             append += ["gf.root=host", f"gf.modules={self.kernel.modules}", f"gf.modprobe={self.kernel.modprobe}"]
         argv = [
