@@ -363,17 +363,19 @@ def quiet_switch(switch: str) -> None:
 
 def vlan_support(netns: str) -> str | None:
     """None when this kernel can make 802.1Q devices (loading 8021q if it is a
-    module), else why not: probed by making one, not assumed."""
-    probe = ["ip", "link", "add", "link", "lo", "name", "gfvlanprobe", "type", "vlan", "id", "2"]
-    made = subprocess.run(["ip", "netns", "exec", netns, *probe], capture_output=True, text=True)
-    if made.returncode != 0 and "Unknown device type" in made.stderr:
-        with contextlib.suppress(OSError):  # no modprobe (a kernel without modules): the retry says why
-            subprocess.run(["modprobe", "8021q"], capture_output=True)
-        made = subprocess.run(["ip", "netns", "exec", netns, *probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"no 802.1Q (vlan) support in this kernel: {made.stderr.strip()}"
-    _sh("ip", "link", "del", "gfvlanprobe", netns=netns)
-    return None
+    module), else why not: probed by making one on a veth, not assumed."""
+    _sh("ip", "link", "add", "gfprobe0", "type", "veth", "peer", "name", "gfprobe1", netns=netns)
+    probe = ["ip", "netns", "exec", netns, "ip", "link", "add", "link", "gfprobe0", "name", "gfprobe0.2", "type", "vlan",
+             "id", "2"]  # fmt: skip
+    try:
+        made = subprocess.run(probe, capture_output=True, text=True)
+        if made.returncode != 0 and "Unknown device type" in made.stderr:
+            with contextlib.suppress(OSError):  # no modprobe (a kernel without modules): the retry says why
+                subprocess.run(["modprobe", "8021q"], capture_output=True)
+            made = subprocess.run(probe, capture_output=True, text=True)
+    finally:
+        _sh("ip", "link", "del", "gfprobe0", netns=netns)  # its VLAN goes with it
+    return None if made.returncode == 0 else f"no 802.1Q (vlan) support in this kernel: {made.stderr.strip()}"
 
 
 def add_macvtap(scene: Scene, tap_dir: str, *, reader: bool = True) -> None:

@@ -112,7 +112,7 @@ def run_remove(args: argparse.Namespace) -> int:
 def _change(args: argparse.Namespace, make_plan: Planner) -> int:
     if not args.dry_run:
         require_net_admin(f"lockdown {args.lockdown_command}")
-    with StateStore(state_dir(args.state_dir)) as store:
+    with StateStore(state_dir(args.state_dir), read_only=args.dry_run) as store:
         state = recorded_state(store.section(LOCKDOWN_KEY))
         plan = make_plan(store, state, collect_links())
         if args.dry_run:
@@ -139,7 +139,7 @@ def _change(args: argparse.Namespace, make_plan: Planner) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     require_net_admin("lockdown list")
-    with StateStore(state_dir(args.state_dir)) as store:
+    with StateStore(state_dir(args.state_dir), read_only=True) as store:
         state = recorded_state(store.section(LOCKDOWN_KEY))
     report = collect_report(state, open_nft(), collect_links())
     if args.json:

@@ -6,6 +6,8 @@ anew (so ``lockdown add`` takes effect without a restart):
 - a deleted link's record is dropped;
 - a new (or renamed) link the patterns cover -- by name, or a
   macvlan/macvtap stacked on a matching link -- gets its sysctls;
+- a damaged record is read as far as it can be (``salvage_state``), each
+  problem is a warning, and the record is not rewritten;
 - the ``stacked`` sets are made equal to the stacked devices that exist
   now, when that changed and the lockdown tables are in force (after
   ``guestfence flush`` they are not, and the watcher does not bring them
@@ -22,10 +24,10 @@ from pathlib import Path
 
 from guestfence.errors import ApplyError
 from guestfence.lockdown.apply import apply_link, apply_stacked
-from guestfence.lockdown.feature import LOCKDOWN_KEY, recorded_state
+from guestfence.lockdown.feature import LOCKDOWN_KEY
 from guestfence.lockdown.links import collect_links
 from guestfence.lockdown.plan import STACKED_SET, TABLE, Link, plan_link, stacked_links
-from guestfence.lockdown.state import LockdownState, forget_interface, state_to_json
+from guestfence.lockdown.state import LockdownState, forget_interface, salvage_state, state_to_json
 from guestfence.nft.apply import NftHandle, list_ruleset
 from guestfence.state import StateStore
 
@@ -51,12 +53,16 @@ class LinkWatcher:
 
     def _run(self, events: list[tuple[str, Link]]) -> None:
         with StateStore(self.directory) as store:
-            state = recorded_state(store.section(LOCKDOWN_KEY))
+            recorded = store.section(LOCKDOWN_KEY)
+            state, problems = (LockdownState(), ()) if recorded is None else salvage_state(recorded)
+            for problem in problems:
+                self.warn(f"{problem}; the damaged record is not rewritten")
             links = collect_links()
             for kind, link in events:
                 changed = self._handle(state, links, kind, link)
                 if changed != state:
-                    store.write_section(LOCKDOWN_KEY, state_to_json(changed))
+                    if not problems:
+                        store.write_section(LOCKDOWN_KEY, state_to_json(changed))
                     if kind == "new":
                         self.say(f"{link.name}: sysctls set")
                     state = changed
