@@ -46,7 +46,7 @@ OTHER_HOST_ADDRESS = Scene.HOST_EXTRA[0].split("/")[0]
 ALLOWED = [f"tcp://{GATEWAY}:8080", f"udp://{GATEWAY}:53", f"icmp://{GATEWAY}"]
 DENIED = [
     f"tcp://{GATEWAY}:22", f"tcp://{GATEWAY}:5432", f"tcp://{OTHER_HOST_ADDRESS}:8080",
-    f"udp://{GATEWAY}:8080", f"udp://{OTHER_HOST_ADDRESS}:53",
+    f"udp://{GATEWAY}:8080", f"udp://{OTHER_HOST_ADDRESS}:53", f"icmp://{OTHER_HOST_ADDRESS}",
 ]  # fmt: skip
 
 # Runs in the VM: configure the virtio NIC, wait (bounded) until the allowed
