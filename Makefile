@@ -6,7 +6,12 @@
 #                  scripts, libvirt hook (see install-system)
 #   make demo      install, then run the built-in demo (needs root)
 #   make test      the venv, the test-only packages, then the whole test suite
-#                  (lab tests need root); touches nothing outside this directory
+#                  twice: on this machine's kernel (test-host) and in a QEMU VM
+#                  booting Debian 12's own kernel, 6.1 (test-6.1: the sandbox
+#                  and lab tests); fails if either pass fails (lab tests need
+#                  root); touches nothing outside this directory
+#   make test-host only the pass on this machine's kernel
+#   make test-6.1  only the pass in the VM (see tests/vm/suite.py)
 #   make bench     the venv, the benchmarks' packages (run bench/*.py yourself)
 #
 # Package lists are kept apart so that each part of the project adds to its
@@ -28,7 +33,11 @@ TEST_APT    := iputils-ping passt slirp4netns gcc chromium ethtool
 # Host software the integrations are tested with, without recommends: no
 # service, unit or default network of theirs comes along (the libvirt test
 # runs its own libvirtd with its own configuration).
-TEST_APT_BARE := containernetworking-plugins libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
+TEST_APT_BARE := containernetworking-plugins libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+                 $(TEST_VM_APT)
+# The test VMs of tests/vm/ (QEMU under TCG, a busybox initramfs); the
+# kernel itself is fetched there with `apt-get download`, never installed.
+TEST_VM_APT := qemu-system-x86 busybox-static
 BENCH_APT   := passt slirp4netns gcc
 
 # Where install-system puts things. DESTDIR stages the whole tree elsewhere
@@ -53,7 +62,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: install install-system uninstall venv test-deps bench-deps demo test unit lab bench clean
+.PHONY: install install-system uninstall venv test-deps bench-deps demo test test-host test-6.1 unit lab bench clean
 
 install: venv $(LAUNCHER) install-system
 
@@ -116,8 +125,18 @@ demo: install
 	$(call apt_install,$(DEMO_APT))
 	$(VENV)/bin/guestfence demo
 
+# Both passes run even when the first fails, so one run shows both results.
 test: test-deps
+	@status=0; \
+	$(MAKE) --no-print-directory test-host || status=1; \
+	$(MAKE) --no-print-directory test-6.1 || status=1; \
+	exit $$status
+
+test-host: test-deps
 	$(VENV)/bin/python -m pytest
+
+test-6.1: test-deps
+	$(VENV)/bin/python -m tests.vm.suite
 
 unit: test-deps
 	$(VENV)/bin/python -m pytest -m 'not lab'
