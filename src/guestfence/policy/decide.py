@@ -14,6 +14,12 @@ Rules of the decision, in order; nothing else affects it:
    ``@gateway`` with no gateways, an unresolved DNS name) are decided
    closed: such a deny rule matches, such an allow rule does not.
 
+Unix destinations (``decide_unix``) follow the same laws 3 and 4: any
+matching ``unix://`` deny rule denies, otherwise any matching allow rule
+allows, otherwise the default. A path rule matches the resolved path
+exactly; a directory rule (``unix://DIR/*``) every path below DIR; ``@NAME``
+the abstract name exactly; ``@*`` every abstract name; ``*`` everything.
+
 Pure: no I/O here. ``context.is_local`` is the caller's function; the
 backends pass a kernel route lookup, so ``@host`` follows address changes.
 """
@@ -33,6 +39,9 @@ from guestfence.policy.model import (
     Rule,
     Symbol,
     SymbolHost,
+    UnixFlow,
+    UnixRule,
+    UnixScope,
     unmap,
 )
 
@@ -75,3 +84,29 @@ def host_matches(host: object, address: Address, context: Context, *, unknown: b
         case SymbolHost(symbol=Symbol.HOST):
             return unknown if context.is_local is None else context.is_local(address)
     raise TypeError(f"not a host: {host!r}")
+
+
+def decide_unix(policy: Policy, flow: UnixFlow) -> Decision:
+    for rule in policy.deny_unix:
+        if unix_matches(rule, flow):
+            return Decision(action=Action.DENY, rule=rule, reason=f"denied by {rule}")
+    for rule in policy.allow_unix:
+        if unix_matches(rule, flow):
+            return Decision(action=Action.ALLOW, rule=rule, reason=f"allowed by {rule}")
+    verb = "allowed" if policy.default is Action.ALLOW else "denied"
+    return Decision(action=policy.default, rule=None, reason=f"{verb} by default (no rule matched)")
+
+
+def unix_matches(rule: UnixRule, flow: UnixFlow) -> bool:
+    match rule.scope:
+        case UnixScope.ANY:
+            return True
+        case UnixScope.ANY_ABSTRACT:
+            return flow.abstract is not None
+        case UnixScope.ABSTRACT:
+            return flow.abstract == rule.target
+        case UnixScope.PATH:
+            return flow.path == rule.target
+        case UnixScope.TREE:
+            return flow.path is not None and (rule.target == "/" or flow.path.startswith(rule.target + "/"))
+    raise TypeError(f"not a unix rule scope: {rule.scope!r}")
