@@ -226,7 +226,9 @@ class UnixFlow:
             raise ValueError("a unix flow has a path or an abstract name")
 
     def __str__(self) -> str:
-        return f"unix://{self.path}" if self.path is not None else f"unix://@{self.abstract}"
+        text = self.path if self.path is not None else f"@{self.abstract}"
+        raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return "unix://" + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in raw)
 
 
 @final

@@ -1,10 +1,12 @@
 """The notification loop: HANDLERS = {syscall number: handler}, one handler thread per call in flight.
 
 Every trapped call is answered exactly once: with the result of the call
-made on the guest's behalf, with an errno, or -- for sockets that are not
-INET (AF_UNIX, AF_NETLINK), which name no network destination -- by
-letting the kernel run it. A handler that fails unexpectedly answers the
-deny errno: fail closed, never leave a guest waiting.
+made on the guest's behalf or with an errno, never by letting the kernel
+run it (which would look the fd and the address up again, after the
+guest's other threads had a chance to swap them). INET sockets are
+decided here; unix, netlink and other sockets by ``local``. A handler that
+fails unexpectedly answers the deny errno: fail closed, never leave a
+guest waiting.
 
 Per call: pidfd_getfd pins the guest's socket (phase 0), materialize
 copies the arguments (1), verdict decides (2), NOTIF_ID_VALID proves the
@@ -38,7 +40,7 @@ from typing import final
 import seccomp
 
 from guestfence.policy.model import Context, Policy, Symbol
-from guestfence.sandbox import kernel, onbehalf
+from guestfence.sandbox import kernel, local, onbehalf
 from guestfence.sandbox.materialize import (
     MAX_MMSG,
     MMSGHDR_SIZE,
@@ -61,8 +63,6 @@ from guestfence.sandbox.verdict import SocketKind, Verdict, verdict
 MAX_IDLE = 4
 MAX_CACHED_VERDICTS = 4096
 INITIAL_THREADS = 2
-CONTINUE = Outcome(value=-1)
-"""Sentinel: let the kernel run the call (non-INET sockets only)."""
 
 
 @final
@@ -146,6 +146,7 @@ class Supervisor:
         self._privileged = os.geteuid() == 0
         self._verdicts: dict[tuple[SocketKind, bytes, bool], Verdict] = {}
         self._cacheable = Symbol.HOST not in settings.policy.symbols()
+        self.local = local.Local(settings.policy, settings.deny_errno, self._report_local)
 
     def start(self) -> None:
         kernel.set_sync_wakeup(self.listener)
@@ -187,10 +188,7 @@ class Supervisor:
             self._spawn()
         outcome = self._handle(notif, pidfds)
         try:
-            if outcome is CONTINUE:
-                kernel.respond(self.listener, notif.id, cont=True)
-            else:
-                kernel.respond(self.listener, notif.id, value=outcome.value, error=outcome.error)
+            kernel.respond(self.listener, notif.id, value=outcome.value, error=outcome.error)
         except OSError:
             return False
         with self._lock:
@@ -249,6 +247,15 @@ class Supervisor:
             ))
         return result.allowed
 
+    def caller(self, call: _Call) -> local.Caller:
+        return local.Caller(tid=call.pid, syscall=SYSCALL_NAMES[call.notif.nr],
+                            still_waiting=lambda: self.still_waiting(call))
+
+    def _report_local(self, caller: local.Caller, protocol: str, destination: str, decided_by: str) -> None:
+        if self.settings.on_denied is not None:
+            self.settings.on_denied(Denial(pid=caller.tid, syscall=caller.syscall, protocol=protocol,
+                                           destination=destination, decided_by=decided_by))
+
     def still_waiting(self, call: _Call) -> None:
         """Everything we read came from the caller: it has not left the call (pid not recycled)."""
         if not kernel.id_valid(self.listener, call.notif.id):
@@ -259,9 +266,9 @@ def handle_connect(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, address, length = call.notif.args[:3]
     fd, kind = call.take_socket(fd_arg)
     try:
-        if not kind.is_inet:
-            return CONTINUE
         name = read_sockaddr(call.read, address, length)
+        if not kind.is_inet:
+            return sup.local.connect(sup.caller(call), fd, kind, name)
         sup.still_waiting(call)
         if not sup.allows(call, fd, kind, name, is_connect=True):
             return Outcome(error=sup.settings.deny_errno)
@@ -274,13 +281,14 @@ def handle_sendto(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, buffer, length, flags, address, address_length = call.notif.args
     fd, kind = call.take_socket(fd_arg)
     try:
-        if not kind.is_inet:
-            return CONTINUE
         pieces = ((address, sockaddr_length(address_length)), (buffer, payload_length(length, stream=kind.is_stream)))
         try:
             name, payload = call.read_many(pieces)
         except OSError as exc:
             raise GuestFault(exc.errno or errno.EFAULT) from None
+        if not kind.is_inet:
+            message = Message(name=name, payload=payload, control=b"")
+            return sup.local.send(sup.caller(call), fd, kind, [message], as_int32(flags), many=False)
         sup.still_waiting(call)
         if not sup.allows(call, fd, kind, name, is_connect=False):
             return Outcome(error=sup.settings.deny_errno)
@@ -293,9 +301,9 @@ def handle_sendmsg(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, header, flags = call.notif.args[:3]
     fd, kind = call.take_socket(fd_arg)
     try:
-        if not kind.is_inet:
-            return CONTINUE
         message = read_message(call.read, read_bytes(call.read, header, MSGHDR.size), stream=kind.is_stream)
+        if not kind.is_inet:
+            return sup.local.send(sup.caller(call), fd, kind, [message], as_int32(flags), many=False)
         sup.still_waiting(call)
         if not sup.allows(call, fd, kind, message.name, is_connect=False):
             return Outcome(error=sup.settings.deny_errno)
@@ -314,21 +322,24 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
         return Outcome()
     fd, kind = call.take_socket(fd_arg)
     try:
-        if not kind.is_inet:
-            return CONTINUE
         headers = mmsg_headers(read_bytes(call.read, vector, count * MMSGHDR_SIZE))
         read, fault = read_messages(call.read, call.read_many, headers, stream=kind.is_stream)
-        stop = Outcome(error=fault.errno) if fault else Outcome()
-        messages: list[Message] = []
-        for message in read:
-            if not sup.allows(call, fd, kind, message.name, is_connect=False):
-                stop = Outcome(error=sup.settings.deny_errno)
-                break
-            messages.append(message)
-        sup.still_waiting(call)
-        if not messages:
-            return stop
-        sent = onbehalf.sendmmsg(fd, messages, as_int32(flags))
+        if kind.is_inet:
+            stop = Outcome(error=fault.errno) if fault else Outcome()
+            messages: list[Message] = []
+            for message in read:
+                if not sup.allows(call, fd, kind, message.name, is_connect=False):
+                    stop = Outcome(error=sup.settings.deny_errno)
+                    break
+                messages.append(message)
+            sup.still_waiting(call)
+            if not messages:
+                return stop
+            sent = onbehalf.sendmmsg(fd, messages, as_int32(flags))
+        else:
+            sent = sup.local.send(sup.caller(call), fd, kind, read, as_int32(flags), many=True, fault=fault)
+            if not sent.lengths:
+                return sent
         if sent.error:
             return sent
         try:
