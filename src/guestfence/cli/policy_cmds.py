@@ -17,9 +17,9 @@ from guestfence.cli.common import (
 from guestfence.config import format_config, load_config
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
 from guestfence.netinfo import lookup_is_local
-from guestfence.policy.decide import decide
-from guestfence.policy.grammar import parse_destination
-from guestfence.policy.model import Context, Flow, Policy
+from guestfence.policy.decide import decide, decide_unix
+from guestfence.policy.grammar import UNIX_SCHEME, parse_destination, parse_unix_destination
+from guestfence.policy.model import Context, Flow, Policy, UnixFlow
 from guestfence.resolve import resolve_names
 
 CHECK_EPILOG = """\
@@ -39,11 +39,15 @@ destinations:
 @host is answered by this machine's routing table (is the address local
 here, now?); @gateway by --gateway. DNS names in rules are resolved once
 unless --no-resolve; a name that does not resolve is decided closed.
+A unix destination (unix:///run/docker.sock, unix://@name) is decided by
+its path as written; the sandbox decides on the path the guest's name
+resolves to (symlinks followed).
 
 examples:
   guestfence explain --policy policy.toml tcp://192.0.2.1:22 udp://192.0.2.1:53
   guestfence explain --net-allow tcp://@gateway:8080 --gateway 192.0.2.1 tcp://192.0.2.1:8080
   guestfence explain --default allow --net-deny '@host:*' --json tcp://127.0.0.1:22
+  guestfence explain --default allow --net-deny @host unix:///run/docker.sock
 """
 
 
@@ -67,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     add_policy_options(explain)
-    explain.add_argument("destinations", metavar="DEST", nargs="+", help="e.g. tcp://192.0.2.1:22")
+    explain.add_argument("destinations", metavar="DEST", nargs="+", help="e.g. tcp://192.0.2.1:22, unix:///run/docker.sock")
     explain.add_argument(
         "--gateway", metavar="ADDR", action="append", default=[], help="the address @gateway stands for (repeatable)"
     )
@@ -94,8 +98,8 @@ def policy_json(name: str | None, policy: Policy) -> dict[str, object]:
     return {
         "name": name,
         "default": policy.default.value,
-        "allow": [str(r) for r in policy.allow],
-        "deny": [str(r) for r in policy.deny],
+        "allow": [str(r) for r in policy.allow + policy.allow_unix],
+        "deny": [str(r) for r in policy.deny + policy.deny_unix],
     }
 
 
@@ -110,7 +114,10 @@ def run_explain(args: argparse.Namespace) -> int:
         for name, why in resolution.failures.items():
             print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
     context = Context(gateways=gateways, is_local=lookup_is_local, names=names)
-    decisions = [(flow, decide(policy, flow, context)) for flow in flows]
+    decisions = [
+        (flow, decide_unix(policy, flow) if isinstance(flow, UnixFlow) else decide(policy, flow, context))
+        for flow in flows
+    ]
     if args.json:
         print_json(
             [
@@ -131,11 +138,12 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_destinations(texts: list[str]) -> list[Flow]:
-    flows, errors = [], []
+def _parse_destinations(texts: list[str]) -> list[Flow | UnixFlow]:
+    flows: list[Flow | UnixFlow] = []
+    errors = []
     for text in texts:
         try:
-            flows.append(parse_destination(text))
+            flows.append(parse_unix_destination(text) if text.startswith(UNIX_SCHEME) else parse_destination(text))
         except RuleSyntaxError as e:
             errors.append(e.located(source="destination", line=None, offset=1))
     raise_collected(errors)
