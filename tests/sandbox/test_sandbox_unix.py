@@ -10,6 +10,7 @@ the attack reaching the denied socket without the sandbox.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -340,3 +341,14 @@ def test_netlink_sends_gain_nothing_of_the_supervisors_privileges() -> None:
     run = [GUESTFENCE, "run", "--", *add]
     sandboxed = subprocess.run(["unshare", "-n", *run], capture_output=True, text=True, timeout=60)
     assert sandboxed.returncode != 0 and "Operation not permitted" in sandboxed.stderr
+
+
+def test_audit_sandbox_lists_host_unix_listeners(place: Path, servers: list[UnixServer]) -> None:
+    servers += [UnixServer(str(place / "open.sock")), UnixServer(str(place / "shut.sock"))]
+    audit = subprocess.run(
+        [GUESTFENCE, "audit", "--sandbox", "--json", "--timeout", "2", "--default", "allow",
+         "--net-deny", f"unix://{place}/shut.sock"], capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stderr
+    found = {f["service"]: (f["verdict"], f["probe"]) for f in json.loads(audit.stdout)["unix_findings"]}
+    assert found[f"unix://{place}/open.sock"] == ("allowed", "reachable")
+    assert found[f"unix://{place}/shut.sock"] == ("blocked", "refused")
