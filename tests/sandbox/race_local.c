@@ -43,6 +43,13 @@ static struct sockaddr_storage local_name, inet_name;
 static int local_fd, use_tcp, use_unix;
 static atomic_int stop;
 
+/* Each state is held for a moment (a few microseconds of spinning), so
+ * that on a loaded machine both states are seen often by both sides. */
+static void hold(void) {
+    for (volatile int i = 0; i < 2000; i++)
+        ;
+}
+
 static int inet_socket(void) {
     return socket(AF_INET, (use_tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK, 0);
 }
@@ -53,8 +60,10 @@ static void *flipper(void *unused) {
     while (!atomic_load(&stop)) {
         dup2(local_fd, N);
         memcpy(&address, &local_name, sizeof address);
+        hold();
         dup2(inet, N);
         memcpy(&address, &inet_name, sizeof address);
+        hold();
         if (use_tcp) {  /* a TCP socket connects once: take a fresh one each round */
             close(inet);
             inet = inet_socket();

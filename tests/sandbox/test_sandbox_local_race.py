@@ -105,10 +105,15 @@ def _attempts(result: subprocess.CompletedProcess[str]) -> int:
 @pytest.mark.parametrize(("call", "listener"), [(c, c) for c in CALLS], indirect=["listener"])
 def test_bare_the_race_reaches_the_listener(race_local: Path, call: str, local: str,
                                             listener: CountingListener, tmp_path: Path) -> None:
-    """The control: without the sandbox the program does reach the port it aims at."""
-    result = subprocess.run(_argv(race_local, call, local, listener.port, tmp_path),
-                            capture_output=True, text=True, timeout=60 + SECONDS)
-    assert _attempts(result) > 0
+    """The control: without the sandbox the program does reach the port it aims at (run
+    again until it does, within a time bound: on a starved machine one run may lose the race)."""
+    deadline = time.monotonic() + 60
+    while True:
+        result = subprocess.run(_argv(race_local, call, local, listener.port, tmp_path),
+                                capture_output=True, text=True, timeout=60 + SECONDS)
+        assert _attempts(result) > 0
+        if listener.settled() > 0 or time.monotonic() > deadline:
+            break
     assert listener.settled() > 0
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import subprocess
 import tempfile
 import threading
@@ -352,3 +353,37 @@ def test_audit_sandbox_lists_host_unix_listeners(place: Path, servers: list[Unix
     found = {f["service"]: (f["verdict"], f["probe"]) for f in json.loads(audit.stdout)["unix_findings"]}
     assert found[f"unix://{place}/open.sock"] == ("allowed", "reachable")
     assert found[f"unix://{place}/shut.sock"] == ("blocked", "refused")
+
+
+UNPRIVILEGED_SUPERVISOR = '''
+import json, os, socket, sys, threading
+from guestfence import Policy, Sandbox
+place = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(place + "/echo.sock")
+srv.listen()
+peers = []
+def serve():
+    conn, _ = srv.accept()
+    peers.append(list(memoryview(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)).cast("i"))[1:])
+    conn.sendall(conn.recv(10))
+    conn.close()
+server = threading.Thread(target=serve)
+server.start()
+guest = 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("echo.sock"); s.send(b"hi"); print(s.recv(9).decode())'
+done = Sandbox(Policy.parse(allow=[f"unix://{place}/echo.sock"])).run(
+    [sys.executable, "-c", guest], capture_output=True, text=True, cwd=place, timeout=60)
+server.join(30)
+print(json.dumps({"uid": os.getuid(), "echo": done.stdout.strip(), "peers": peers, "err": done.stderr}))
+'''
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="runs the supervisor as nobody with setpriv")
+def test_an_unprivileged_supervisor_serves_its_own_uid(place: Path) -> None:
+    (place / "run").mkdir()
+    (place / "run").chmod(0o777)
+    argv = _as_nobody([sys.executable, "-c", UNPRIVILEGED_SUPERVISOR, str(place / "run")])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"uid": NOBODY, "echo": "hi", "peers": [[NOBODY, NOBODY]], "err": ""}

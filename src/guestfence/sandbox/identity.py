@@ -46,7 +46,6 @@ _NR = {
 
 CAP_SETGID = 6
 CAP_SETUID = 7
-NGROUPS_MAX = 65536
 
 
 class IdentityError(Exception):
@@ -86,8 +85,9 @@ def of_this_thread() -> Identity:
     gids = (ctypes.c_uint * 3)()
     _check(_syscall(_NR["getresuid"], ctypes.byref(uids, 0), ctypes.byref(uids, 4), ctypes.byref(uids, 8)))
     _check(_syscall(_NR["getresgid"], ctypes.byref(gids, 0), ctypes.byref(gids, 4), ctypes.byref(gids, 8)))
-    groups = (ctypes.c_uint * NGROUPS_MAX)()
-    count = _check(_syscall(_NR["getgroups"], ctypes.c_int(NGROUPS_MAX), groups))
+    count = _check(_syscall(_NR["getgroups"], ctypes.c_int(0), None))
+    groups = (ctypes.c_uint * max(count, 1))()
+    count = _check(_syscall(_NR["getgroups"], ctypes.c_int(count), groups))
     return Identity(uids=(uids[0], uids[1], uids[2]), gids=(gids[0], gids[1], gids[2]),
                     groups=frozenset(groups[i] for i in range(count)))
 
@@ -109,10 +109,17 @@ def acting_as(guest: Identity) -> Iterator[None]:
                                 f"(uid {ours.uids[1]}, gid {ours.gids[1]}), and only root can take them on")
         yield
         return
+    if ours.matches(guest):  # a root guest of a root supervisor: only the capabilities go
+        _set_effective_caps(())
+        try:
+            yield
+        finally:
+            _restore(ours, groups=False)
+        return
     _set_effective_caps((CAP_SETUID, CAP_SETGID, kernel.CAP_SYS_PTRACE))
     try:
-        groups = sorted(guest.groups)
-        _check(_syscall(_NR["setgroups"], ctypes.c_size_t(len(groups)), (ctypes.c_uint * max(1, len(groups)))(*groups)))
+        if guest.groups != ours.groups:
+            _set_groups(guest.groups)
         _check(_syscall(_NR["setresgid"], ctypes.c_uint(guest.gids[0]), ctypes.c_uint(guest.gids[1]),
                         ctypes.c_uint(guest.gids[1])))
         # The saved uid stays 0: the way back. A non-zero effective uid clears the effective capabilities.
@@ -128,19 +135,25 @@ def acting_as(guest: Identity) -> Iterator[None]:
         _restore(ours)
 
 
-def _restore(ours: Identity) -> None:
+def _restore(ours: Identity, *, groups: bool = True) -> None:
     try:
         _check(_syscall(_NR["setresuid"], ctypes.c_uint(ours.uids[0]), ctypes.c_uint(ours.uids[1]),
                         ctypes.c_uint(ours.uids[2])))
         _set_effective_caps((CAP_SETUID, CAP_SETGID, kernel.CAP_SYS_PTRACE))
-        groups = sorted(ours.groups)
-        _check(_syscall(_NR["setgroups"], ctypes.c_size_t(len(groups)), (ctypes.c_uint * max(1, len(groups)))(*groups)))
-        _check(_syscall(_NR["setresgid"], ctypes.c_uint(ours.gids[0]), ctypes.c_uint(ours.gids[1]),
-                        ctypes.c_uint(ours.gids[2])))
-        kernel.keep_only_effective(kernel.CAP_SYS_PTRACE)
+        if groups:
+            if of_this_thread().groups != ours.groups:
+                _set_groups(ours.groups)
+            _check(_syscall(_NR["setresgid"], ctypes.c_uint(ours.gids[0]), ctypes.c_uint(ours.gids[1]),
+                            ctypes.c_uint(ours.gids[2])))
+        _set_effective_caps((kernel.CAP_SYS_PTRACE,))
     except OSError as exc:
         os.write(2, f"guestfence: cannot restore a supervisor thread's identity ({exc.strerror}); aborting\n".encode())
         os.abort()
+
+
+def _set_groups(groups: frozenset[int]) -> None:
+    ordered = sorted(groups)
+    _check(_syscall(_NR["setgroups"], ctypes.c_size_t(len(ordered)), (ctypes.c_uint * max(1, len(ordered)))(*ordered)))
 
 
 class _CapHeader(ctypes.Structure):
