@@ -1,7 +1,18 @@
 """guestfence: keep guests (VMs and sandboxed processes) away from their host.
 
 The public API is re-exported here; every other module is an implementation
-detail that may change.
+detail that may change:
+
+- ``Policy.parse(allow=[...], deny=[...], default="deny")`` and
+  ``load_policy("policy.toml[:NAME]")`` make a policy; ``decide`` judges one
+  ``Flow`` against it.
+- ``Sandbox(policy).run(argv)`` runs a command under the seccomp supervisor;
+  each refused attempt is a ``Denial`` (needs libseccomp's bindings).
+- Errors are ``GuestfenceError`` subclasses.
+
+Everything but the errors is imported on first use (PEP 562), so that
+``guestfence --help`` does not pay for the policy core, and the sandbox's
+libseccomp bindings are needed only by those who use ``Sandbox``.
 """
 
 from guestfence.errors import (
@@ -13,18 +24,6 @@ from guestfence.errors import (
     PolicyError,
     RuleSyntaxError,
 )
-from guestfence.policy import (
-    Action,
-    Context,
-    Decision,
-    Flow,
-    Policy,
-    Proto,
-    Rule,
-    decide,
-    parse_destination,
-    parse_rule,
-)
 
 __all__ = [
     "Action",
@@ -32,6 +31,7 @@ __all__ = [
     "ConfigError",
     "Context",
     "Decision",
+    "Denial",
     "Flow",
     "GuestfenceError",
     "HostError",
@@ -43,16 +43,29 @@ __all__ = [
     "RuleSyntaxError",
     "Sandbox",
     "decide",
+    "load_policy",
     "parse_destination",
     "parse_rule",
 ]
 
+_LAZY = {
+    **dict.fromkeys(("Sandbox", "Denial"), "guestfence.sandbox"),
+    "load_policy": "guestfence.config",
+    **dict.fromkeys(("Action", "Context", "Decision", "Flow", "Policy", "Proto", "Rule", "decide",
+                     "parse_destination", "parse_rule"), "guestfence.policy"),
+}
+
 
 def __getattr__(name: str) -> object:
-    # The sandbox needs libseccomp's bindings; import it only when asked, so
-    # the policy core and the nft backend work without them.
-    if name == "Sandbox":
-        from guestfence.sandbox import Sandbox
+    if name in _LAZY:
+        import importlib
 
-        return Sandbox
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'guestfence' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # help(guestfence) and completion list the lazily imported names too.
+    return sorted({*globals(), *_LAZY})

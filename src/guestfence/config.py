@@ -102,8 +102,11 @@ def load_config(path: str | Path) -> ConfigFile:
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror or exc}", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start + 1} is {exc.object[exc.start:exc.start + 1]!r}); "
+                          "a policy file must be UTF-8", source=source) from None
     return parse_config(text, source=source)
 
 

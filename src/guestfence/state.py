@@ -14,7 +14,15 @@ Where it lives: ``--state-dir``, else ``$GUESTFENCE_STATE_DIR``, else
 are per namespace, so their records must be too). The directory is locked
 (``flock``) while a command reads, changes and records, so two commands
 run at once cannot lose each other's change; writes are atomic (a
-temporary file renamed over the old one).
+temporary file renamed over the old one). A file that cannot be read as a
+state document is never written over: every write reads it first and
+stops with a HostError. Read-only commands open the store with
+``read_only=True``: they create neither the directory nor the lock file.
+
+A change is recorded twice: its ``FeaturePlan.intent`` (the old section
+plus the new one as pending) before the kernel transaction, its
+``record`` after; a crash in between leaves the pending change for
+``status`` to report and ``restore`` to settle.
 """
 
 from __future__ import annotations
@@ -78,16 +86,28 @@ def current_netns_name() -> str | None:
 class StateStore:
     """The locked state directory: ``with StateStore(dir) as store: ...``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
         self.directory = directory
         self.path = directory / STATE_FILE
+        self.read_only = read_only
         self._lock: int | None = None
 
     def __enter__(self) -> StateStore:
         try:
+            if self.read_only:
+                # A shared lock on what exists; nothing recorded yet is nothing to wait for.
+                self._lock = os.open(self.directory / LOCK_FILE, os.O_RDONLY)
+                fcntl.flock(self._lock, fcntl.LOCK_SH)
+                return self
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
+        except FileNotFoundError:
+            if self.read_only:
+                return self
+            raise HostError(f"cannot use the state directory {self.directory}: no such directory") from None
+        except PermissionError as exc:
+            raise HostError(f"cannot use the state directory {self.directory}: {exc.strerror} (run as root)") from exc
         except OSError as exc:
             raise HostError(f"cannot use the state directory {self.directory}: {exc.strerror or exc}") from exc
         return self
@@ -118,14 +138,17 @@ class StateStore:
 
     def write_section(self, key: str, value: Any) -> None:
         """Record ``value`` under ``key``, leaving the other features' keys as they are."""
+        if self.read_only:
+            raise HostError(f"{self.path}: opened read-only")
         data = self.read()
         data["version"] = VERSION
         data[key] = value
         temporary = self.path.with_name(f".{STATE_FILE}.tmp")
         try:
             with open(temporary, "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2, sort_keys=True)
-                out.write("\n")
+                # One line, by json's C encoder: with indent (or json.dump)
+                # it takes the pure-Python path, 20 ms of `guest add` at 1000 guests.
+                out.write(json.dumps(data, sort_keys=True) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)
@@ -136,16 +159,22 @@ class StateStore:
 @final
 @dataclass(frozen=True, kw_only=True)
 class FeaturePlan:
-    """What one feature will do: ``shown`` is printed by ``--dry-run``,
+    """What one feature will do: ``shown`` is printed by ``--dry-run --json``,
     ``record`` is the feature's new section of the state file (None: leave
-    it), ``work`` is what ``Feature.apply`` needs, ``summary`` one line for
-    the user."""
+    it), ``intent`` the section to record before applying (None: none; see
+    the module header), ``work`` is what ``Feature.apply`` needs,
+    ``summary`` one line for the user, ``changes`` what it adds, changes
+    and removes in words, ``problems`` what it could not do (the command
+    then exits non-zero naming them, after applying the rest)."""
 
     key: str
     shown: Any
     record: Any
     work: Any
     summary: str
+    intent: Any = None
+    changes: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
 class Feature(Protocol):
@@ -153,13 +182,14 @@ class Feature(Protocol):
 
     The guest firewall is one (guestfence.nft.firewall.GUESTS); interface
     lockdown plugs in the same way: implement these four and add the object
-    to ``FEATURES`` in guestfence.cli.guest. ``plan_*`` may read the system
-    (DNS, the kernel) but change nothing; ``apply`` changes it.
+    to ``FEATURES`` in guestfence.operations. ``plan_*`` may read the system
+    (DNS, the kernel) but change nothing; ``apply`` changes it. ``prune``:
+    whether ``apply FILE`` removes what the file does not name.
     """
 
     key: str
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None) -> FeaturePlan: ...
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool) -> FeaturePlan: ...
     def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan: ...
     def plan_flush(self, recorded: Mapping[str, Any] | None) -> FeaturePlan: ...
     def apply(self, plan: FeaturePlan) -> None: ...

@@ -153,6 +153,8 @@ def _normalised(item: dict[str, object]) -> dict[str, object]:
     kind, body = next(iter(item.items()))
     assert isinstance(body, dict)
     kept = {k: v for k, v in body.items() if k not in ("handle", "packets", "bytes")}
+    if kind == "set" and kept.get("name") == "generation":
+        kept.pop("elem", None)  # every change bumps it; the tests compare what the rules do
     if "expr" in kept:
         kept["expr"] = [{"counter": None} if "counter" in e and isinstance(e["counter"], dict) else e for e in kept["expr"]]  # type: ignore[union-attr]
     return {kind: kept}

@@ -1,6 +1,8 @@
 """Lockdown as part of the recorded state: `apply FILE` with a [lockdown]
-section, `flush` (tables gone, sysctls written back, record kept) and
-`restore` (everything back, as after a reboot)."""
+section (adding; with --prune, the whole set), `flush` (tables gone,
+sysctls written back, record kept), `restore` (everything back, as after a
+reboot, also from a damaged record: what can be read is installed), and
+read-only commands that create no state directory or lock file."""
 
 from __future__ import annotations
 
@@ -53,6 +55,14 @@ def test_apply_file_flush_and_restore_carry_lockdown(lab: Lab, tmp_path: Path) -
     emptied = tmp_path / "empty.toml"
     emptied.write_text("[lockdown]\ninterfaces = []\n")
     assert guestfence(host, "apply", str(emptied), "--state-dir", str(state)).returncode == 0
+    assert len(lockdown_tables(host)) == 3 and recorded_patterns(state) == ["up*"]  # kept: not named, no --prune
+    more = tmp_path / "more.toml"
+    more.write_text('[lockdown]\ninterfaces = ["vlan*"]\n')
+    added = guestfence(host, "apply", str(more), "--state-dir", str(state))
+    assert added.returncode == 0 and "lockdown: lock down vlan*" in added.stdout
+    assert recorded_patterns(state) == ["up*", "vlan*"]
+    pruned = guestfence(host, "apply", "--prune", str(emptied), "--state-dir", str(state))
+    assert pruned.returncode == 0 and "lockdown: unlock up*" in pruned.stdout
     assert lockdown_tables(host) == [] and sysctl(host, "ipv4", "up0", "arp_ignore") == "0"
 
 
@@ -72,3 +82,39 @@ def test_apply_file_refuses_the_uplink_unless_the_section_forces_it(lab: Lab, tm
     path.write_text('[lockdown]\ninterfaces = ["up0"]\nforce = true\n')
     assert guestfence(host, "apply", str(path), "--state-dir", str(state)).returncode == 0
     assert hardened(host, "up0")
+
+
+def test_restore_installs_what_a_damaged_record_still_says_and_leaves_the_record_alone(lab: Lab, tmp_path: Path) -> None:
+    host, switch = lab.netns("gfh"), lab.netns("gfs")
+    lab.veth(switch, "sw0", host, "up0")
+    state = tmp_path / "state"
+    state.mkdir()
+    damaged = {"version": 1, "lockdown": {
+        "patterns": ["up*", 5, "vm?"],
+        "interfaces": [{"interface": "gone0", "ifindex": "seven", "sysctls": []}],
+    }}  # fmt: skip
+    text = json.dumps(damaged)
+    (state / "state.json").write_text(text)
+
+    restored = guestfence(host, "restore", "--state-dir", str(state))
+
+    assert restored.returncode != 0
+    assert "lockdown pattern 5: not a string" in restored.stderr
+    assert "lockdown pattern 'vm?'" in restored.stderr and "not an nftables wildcard" in restored.stderr
+    assert "lockdown record of interface 'gone0'" in restored.stderr and "Traceback" not in restored.stderr
+    assert len(lockdown_tables(host)) == 3 and hardened(host, "up0")  # the good pattern holds
+    assert (state / "state.json").read_text() == text  # not rewritten: it was not understood
+
+
+def test_read_only_commands_create_no_state_directory_or_lock_file(lab: Lab, tmp_path: Path) -> None:
+    host = lab.netns("gfh")
+    missing = tmp_path / "missing"
+    for argv in (("lockdown", "list"), ("lockdown", "list", "--json"), ("lockdown", "add", "up0", "--dry-run")):
+        ran = guestfence(host, *argv, "--state-dir", str(missing))
+        assert ran.returncode == 0, ran.stderr
+    assert not missing.exists()
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "state.json").write_text(json.dumps({"version": 1, "lockdown": {"patterns": ["up*"], "interfaces": []}}))
+    assert guestfence(host, "lockdown", "list", "--state-dir", str(recorded)).returncode == 0
+    assert sorted(p.name for p in recorded.iterdir()) == ["state.json"]

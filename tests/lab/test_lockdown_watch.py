@@ -5,6 +5,7 @@ exactly what ``add`` changed, and the refusal to take the host's uplink."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from guestfence.lockdown.plan import SYSCTLS
-from tests.lab.lockdown_lab import GUEST_GETS, build_scene, exercise, prepare_host
+from tests.lab.lockdown_lab import EXERCISE_TIMEOUT, GUEST_GETS, build_scene, exercise, prepare_host
 from tests.lab.netlab import Lab, sh
 from tests.lab.test_lockdown_receive import GUESTFENCE, guestfence
 
@@ -29,14 +30,30 @@ def hardened(netns: str, interface: str) -> bool:
     return all(sysctl(netns, family, interface, key) == value for family, key, value, _ in SYSCTLS)
 
 
-def wait_for_line(proc: subprocess.Popen[bytes], text: bytes, seconds: float = 10) -> None:
+def wait_for_line(proc: subprocess.Popen[bytes], text: bytes, seconds: float = EXERCISE_TIMEOUT) -> None:
+    """Wait for a line containing ``text``, up to a bound generous enough for
+    an emulated CPU. Reads the pipe unbuffered: select() on a buffered reader
+    misses lines already in its buffer."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pending = _unread.setdefault(fd, b"")
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
-        if ready and text in proc.stdout.readline():
-            return
-    pytest.fail(f"the watcher did not print {text!r} within {seconds}s")
+    while True:
+        *lines, pending = pending.split(b"\n")
+        for number, line in enumerate(lines):
+            if text in line:
+                _unread[fd] = b"\n".join(lines[number + 1:] + [pending])
+                return
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(left, 0))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            _unread[fd] = pending
+            pytest.fail(f"the watcher did not print {text!r} within {seconds}s")
+        pending += chunk
+
+
+_unread: dict[int, bytes] = {}
 
 
 def test_an_interface_created_after_add_is_locked_down_from_its_first_packet(lab: Lab, tmp_path: Path) -> None:
@@ -49,23 +66,24 @@ def test_an_interface_created_after_add_is_locked_down_from_its_first_packet(lab
 
     scene = build_scene("macvlan", host, switch, guest, str(tmp_path))
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + EXERCISE_TIMEOUT
         while not hardened(host, "up0") and time.monotonic() < deadline:
             time.sleep(0.05)
         assert hardened(host, "up0")
-        seen = exercise(scene)
+        seen = exercise(scene, until=lambda seen: GUEST_GETS <= seen.guest)
+        assert seen.complete, seen
         assert seen.host_sockets == [] and seen.input_packets == 0 and seen.replies == []
         assert GUEST_GETS <= seen.guest
 
         assert guestfence(host, "lockdown", "remove", "up*", "--state-dir", state).returncode == 0
         assert sysctl(host, "ipv6", "up0", "disable_ipv6") == "0"
         assert sysctl(host, "ipv4", "up0", "arp_ignore") == "0"
-        assert "dhcp-discover" in exercise(scene).host_sockets
+        assert "dhcp-discover" in exercise(scene, until=lambda seen: "dhcp-discover" in seen.host_sockets).host_sockets
     finally:
         assert scene.guest is not None
         scene.guest.close()
     watcher.send_signal(signal.SIGTERM)
-    assert watcher.wait(timeout=10) == 0
+    assert watcher.wait(timeout=EXERCISE_TIMEOUT) == 0
 
 
 def test_remove_writes_back_only_what_add_changed(lab: Lab, tmp_path: Path) -> None:
@@ -86,7 +104,7 @@ def test_remove_writes_back_only_what_add_changed(lab: Lab, tmp_path: Path) -> N
     assert sysctl(host, "ipv6", "up0", "disable_ipv6") == "0"
     assert "guestfence_lockdown" not in sh("nft", "list", "tables", netns=host).stdout
     listed = json.loads(guestfence(host, "lockdown", "list", "--json", "--state-dir", state).stdout)
-    assert listed == {"patterns": [], "interfaces": []}
+    assert listed == {"patterns": [], "interfaces": [], "stacked": {"interfaces": [], "rules": []}}
 
 
 def test_a_pattern_matching_the_uplink_is_refused_without_force(lab: Lab, tmp_path: Path) -> None:

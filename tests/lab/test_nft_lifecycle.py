@@ -79,13 +79,14 @@ def test_failed_transaction_leaves_ruleset_and_record_as_they_were(scene: Scene)
     # refuses our element in the middle of the batch.
     sh("nft", "add", "element", "inet", "guestfence", "guests", f'{{ "{second.iface}" : goto unregistered }}', netns=scene.host)
     ruleset, record = scene.ruleset(), (scene.state_dir / "state.json").read_text()
-    failed = scene.gf("guest", "add", "g2", "--iface", second.iface, "--address", f"{second.address4}/30", check=False)
+    failed = scene.gf("guest", "add", "g2", "--iface", second.iface, "--address", f"{second.address4}/30", "--address",
+                      f"{second.address6}/64", "--gateway", second.gateway4, "--gateway", second.gateway6, check=False)  # fmt: skip
     assert failed.returncode == 4 and "add guest g2 failed" in failed.stderr and "Traceback" not in failed.stderr
     assert scene.ruleset() == ruleset
     assert (scene.state_dir / "state.json").read_text() == record
 
 
-def test_apply_file_adds_changes_and_removes_guests_in_one_go(scene: Scene, tmp_path: Path) -> None:
+def test_apply_file_keeps_unnamed_guests_and_with_prune_removes_them(scene: Scene, tmp_path: Path) -> None:
     first, second, third = scene.add_guest("g1", 1), scene.add_guest("g2", 2), scene.add_guest("g3", 3)
     scene.register(first, "--net-allow", "tcp://@gateway:8080")
     scene.register(second, "--net-allow", "tcp://@gateway:8080")
@@ -108,7 +109,16 @@ address = ["{third.address4}/30"]
 gateway = ["{third.gateway4}"]
 net_allow = ["tcp://@gateway:8080"]
 """)
-    scene.gf("apply", str(config))
+    kept = scene.gf("apply", str(config))
+    assert "guests: keep guest g1 (not in the file; --prune removes it)" in kept.stdout
+    assert "guests: change guest g2" in kept.stdout and "guests: add guest g3 on" in kept.stdout
+    names = [g["name"] for g in json.loads(scene.gf("guest", "list", "--json").stdout)["guests"]]
+    assert names == ["g1", "g2", "g3"]
+    assert scene.reachable(first.netns, [f"tcp://{first.gateway4}:8080"]) == {f"tcp://{first.gateway4}:8080"}
+    dry = scene.gf("apply", "--prune", "--dry-run", str(config))
+    assert dry.stdout.splitlines()[0] == "would remove guest g1"
+    assert [g["name"] for g in json.loads(scene.gf("guest", "list", "--json").stdout)["guests"]] == ["g1", "g2", "g3"]
+    scene.gf("apply", "--prune", str(config))
     names = [g["name"] for g in json.loads(scene.gf("guest", "list", "--json").stdout)["guests"]]
     assert names == ["g2", "g3"]
     assert scene.reachable(second.netns, [f"tcp://{second.gateway4}:22", f"tcp://{second.gateway4}:8080"]) == {
@@ -129,9 +139,18 @@ def test_names_crafted_to_inject_rules_stay_data(scene: Scene) -> None:
         refused = scene.gf("guest", "add", "g1", "--iface", iface, "--address", f"{link.address4}/30", check=False)
         assert refused.returncode == 2 and "invalid interface name" in refused.stderr
     assert scene.ruleset() == []
-    comment = '"; flush ruleset; add table ip evil { chain c { type filter hook input priority 0; policy drop; } }'
+    crafted = '"; flush ruleset; add table ip evil { chain c { type filter hook input priority 0; policy drop; } }'
+    refused = scene.gf("guest", "add", "g1", "--iface", link.iface, "--address", f"{link.address4}/30",
+                       "--comment", crafted, check=False)  # fmt: skip
+    assert refused.returncode == 2 and "invalid comment" in refused.stderr and scene.ruleset() == []
+    comment = "; flush ruleset; add table ip evil { chain c { } } \\\\ é"
     scene.register(link, "--net-allow", "tcp://@gateway:8080", extra=("--comment", comment))
     assert scene.other_tables() == others
     listed = sh("nft", "-j", "list", "ruleset", netns=scene.host).stdout
-    assert json.dumps(f"guest g1: {comment}") in listed
+    assert f"guest g1: {comment}" in [item["rule"].get("comment") for item in json.loads(listed)["nftables"] if "rule" in item]
+    # What nft lists loads back as it was: no table injected, the comment whole.
+    saved, ours = sh("nft", "list", "ruleset", netns=scene.host).stdout, scene.ruleset()
+    sh("nft", "flush", "ruleset", netns=scene.host)
+    sh("nft", "-f", "-", netns=scene.host, input=saved)
+    assert scene.ruleset() == ours and scene.other_tables() == others
     assert scene.reachable(link.netns, [f"tcp://{link.gateway4}:8080"]) == {f"tcp://{link.gateway4}:8080"}

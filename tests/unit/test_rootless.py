@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import pwd
+import tempfile
+from pathlib import Path
 
 import pytest
 
+from guestfence.errors import PolicyError
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination, parse_policy
-from guestfence.policy.model import Action, Context, PortRange
+from guestfence.policy.model import Action, Context, PortRange, local_types
 from guestfence.rootless.guard import complement, host_guard
+from guestfence.rootless.preflight import check_socket, socket_path
 from guestfence.rootless.stacks import Stack, guest_view, passt_command, slirp4netns_command
 from tests.unit.test_cli import run
 
 HOST = {ipaddress.ip_address(a) for a in ("127.0.0.1", "198.51.100.1", "2001:db8:1::1")}
-CONTEXT = Context(is_local=HOST.__contains__)
+CONTEXT = Context(address_type=local_types(HOST))
 
 
 @pytest.mark.parametrize(
@@ -101,8 +107,34 @@ def test_nft_mode_compiles_the_guard_for_one_user() -> None:
 
 
 def test_nft_mode_refuses_gateway_rules() -> None:
-    from guestfence.errors import PlanError
+    from guestfence.errors import PolicyError
     from guestfence.rootless.nftmode import compile_owner
 
-    with pytest.raises(PlanError, match="@gateway"):
+    with pytest.raises(PolicyError, match="@gateway"):
         compile_owner(1234, parse_policy(allow=["tcp://@gateway:80"]), {})
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "nft"])
+def test_rootless_refuses_gateway_rules_before_running_anything(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "rootless", "--mode", mode, "--dry-run", "--net-deny", "udp://@gateway:53", "pasta")
+    assert code == 2 and "@gateway needs a gateway address" in err and "Traceback" not in err
+
+
+def test_the_socket_option_is_found_in_each_spelling() -> None:
+    assert socket_path(["-f", "--socket", "/run/a.sock"]) == "/run/a.sock"
+    assert socket_path(["--socket=/run/b.sock"]) == "/run/b.sock"
+    assert socket_path(["-s", "/run/c.sock", "-t", "80"]) == "/run/c.sock"
+    assert socket_path(["--config-net"]) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to ask as another user")
+def test_a_socket_the_stack_user_cannot_create_is_refused_up_front() -> None:
+    nobody = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # pytest's own tmp is closed to other users
+        os.chmod(top, 0o755)
+        closed = Path(top) / "closed"
+        closed.mkdir(mode=0o755)
+        with pytest.raises(PolicyError, match=rf"--socket {closed}/p.sock: nobody cannot create a file in {closed}"):
+            check_socket(["--socket", str(closed / "p.sock")], nobody)
+        os.chown(closed, nobody.pw_uid, nobody.pw_gid)
+        check_socket(["--socket", str(closed / "p.sock")], nobody)

@@ -13,7 +13,7 @@ from guestfence.audit.probe import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, probe_netn
 from guestfence.audit.report import AuditReport, format_report_table, format_summary, render_html, report_json
 from guestfence.audit.sandboxed import probe_sandboxed
 from guestfence.audit.unixsock import UnixFinding, collect_unix_listeners, compare_unix, probe_unix_sandboxed
-from guestfence.cli.common import POLICY_HELP, HelpFormatter, add_policy_options, format_table, policy_from_args, print_json
+from guestfence.cli.common import HelpFormatter, add_policy_options, format_table, policy_from_args, print_json
 from guestfence.errors import HostError, PolicyError
 from guestfence.netinfo import collect_host_addresses
 from guestfence.nft.firewall import GUESTS_KEY, Registered, registry_from_json
@@ -21,8 +21,7 @@ from guestfence.policy.model import Address, Policy
 from guestfence.resolve import resolve_names
 from guestfence.state import StateStore, state_dir
 
-AUDIT_EPILOG = POLICY_HELP + """
-Run it in the host's network namespace. It lists every listening TCP socket
+AUDIT_EPILOG = """Run it in the host's network namespace. It lists every listening TCP socket
 (and, with --udp, every bound UDP socket) there, with its owning process,
 and tries each one on each host address from inside the guest's namespace,
 in parallel, within --timeout seconds per batch. Nothing is sent anywhere
@@ -87,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"how long to wait for answers, per batch of {DEFAULT_PARALLEL} probes (default {DEFAULT_TIMEOUT})",
     )  # fmt: skip
     audit.add_argument("--no-resolve", action="store_true", help="do not resolve DNS names in rules")
-    audit.set_defaults(func=run_audit)
+    audit.set_defaults(func=run_audit, needs_root=lambda args: not args.sandbox)
 
 
 def run_audit(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """``guestfence guest add|remove|list``, ``status``, ``restore``, ``flush``,
 ``apply FILE``: the VM-guest firewall. Parsing and presentation only.
 
-Every changing command takes ``--dry-run`` (print the libnftables JSON
-batch it would apply, change nothing) and records what it applied in the
+Every changing command takes ``--dry-run`` (print what it would add,
+change and remove; with ``--json`` the libnftables batch) and records what it applied in the
 state directory (``--state-dir``, ``$GUESTFENCE_STATE_DIR``, or
 /var/lib/guestfence; see guestfence.state). Run inside ``ip netns exec NS``
 every command works on that namespace's ruleset and record.
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from pathlib import Path
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     format_table,
@@ -23,32 +22,12 @@ from guestfence.cli.common import (
     print_json,
 )
 from guestfence.config import load_config
-from guestfence.lockdown.feature import LOCKDOWN
-from guestfence.nft.firewall import (
-    GUESTS,
-    GUESTS_KEY,
-    Registered,
-    Registry,
-    apply_plan,
-    member_to_json,
-    collect_live,
-    compare_status,
-    plan_add,
-    plan_json,
-    plan_remove,
-    registry_from_json,
-)
-from guestfence.nft.guest import parse_guest
-from guestfence.rootless.feature import ROOTLESS
-from guestfence.state import Feature, FeaturePlan, StateStore, state_dir
+from guestfence.nft.firewall import StatusReport, member_to_json
+from guestfence.nft.guest import COMMENT_HELP, parse_guest
+from guestfence.operations import Outcome, add_guest, read_registry, read_status, remove_guest, run_features
+from guestfence.state import state_dir
 
-# What `apply FILE`, `restore` and `flush` take care of, in this order. Each
-# feature owns one key of the state file (guestfence.state.Feature); a new
-# one (interface lockdown) is added here and nowhere else.
-FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN, ROOTLESS)
-
-ADD_EPILOG = POLICY_HELP + """
-The guest reaches exactly what its policy allows: default deny, deny beats
+ADD_EPILOG = """The guest reaches exactly what its policy allows: default deny, deny beats
 allow. @gateway is the --gateway address(es), @host every host address.
 Adding a guest of an existing name replaces it. Interfaces matching the
 guest pattern (default vmtap*) that belong to no guest are dropped.
@@ -60,7 +39,7 @@ examples:
       --gateway 192.0.2.5 --policy policy.toml:web --masquerade
   guestfence guest add vm3 --iface vnet3 --bridge br0 --mac 02:00:00:00:00:03 \\
       --address 198.51.100.3/24 --gateway 198.51.100.1 --net-allow icmp://@gateway
-  guestfence guest add vm1 ... --dry-run       # print the transaction, change nothing
+  guestfence guest add vm1 ... --dry-run       # say what would change, change nothing
 """
 
 
@@ -68,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     state = argparse.ArgumentParser(add_help=False)
     state.add_argument("--state-dir", metavar="DIR", help="where the applied state is recorded (default: /var/lib/guestfence)")
     changing = argparse.ArgumentParser(add_help=False, parents=[state])
-    changing.add_argument("--dry-run", action="store_true", help="print the nftables transaction, change nothing")
+    changing.add_argument("--dry-run", action="store_true", help="print what would change, change nothing (with --json: the nftables batch)")
     changing.add_argument("--json", action="store_true", help="print machine-readable JSON")
     reporting = argparse.ArgumentParser(add_help=False, parents=[state])
     reporting.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -86,20 +65,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "add", parents=[changing], help="register a guest (or replace one)", epilog=ADD_EPILOG, formatter_class=HelpFormatter
     )
     add.add_argument("name", metavar="NAME", help="guest name: 1-32 letters, digits, '-' or '_'")
-    add.add_argument("--iface", required=True, help="the guest's host-side interface (TAP, veth, macvtap)")
+    add.add_argument("--iface", required=True, help="the guest's host-side interface (TAP or veth; macvtap is not covered)")
     add.add_argument("--address", action="append", required=True, metavar="CIDR", help="the guest's own address, e.g. 192.0.2.2/30 (repeatable)")
     add.add_argument("--gateway", action="append", default=[], metavar="ADDR", help="the host-side address @gateway stands for (repeatable)")
     add.add_argument("--mac", help="the guest's MAC: frames from any other are dropped")
     add.add_argument("--masquerade", action="store_true", help="masquerade the guest's traffic leaving through the host")
     add.add_argument("--bridge", metavar="BR", help="the bridge IFACE is a port of (needs --mac)")
-    add.add_argument("--comment", default="", help="free text shown in the ruleset")
+    add.add_argument("--comment", default="", help=COMMENT_HELP)
+    add.add_argument("--force", action="store_true",
+                     help="register an interface the host itself uses (loopback, a default route, host addresses)")
     add_policy_options(add)
-    add.set_defaults(func=run_add)
+    add.set_defaults(func=run_add, needs_root=_unless_dry_run)
 
     remove = actions.add_parser("remove", parents=[changing], help="unregister a guest; its rules go", formatter_class=HelpFormatter,
                                 epilog="example:\n  guestfence guest remove vm1\n")
     remove.add_argument("name", metavar="NAME")
-    remove.set_defaults(func=run_remove)
+    remove.set_defaults(func=run_remove, needs_root=_unless_dry_run)
 
     listing = actions.add_parser("list", parents=[reporting], help="registered guests, their policies and resolved names",
                                  formatter_class=HelpFormatter, epilog="examples:\n  guestfence guest list\n  guestfence guest list --json\n")
@@ -108,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = (
         ("status", reporting, run_status, "per guest: rules, accepted/dropped packets, drift from the record",
          "Compare the live ruleset with the recorded state. Exits 1 when something drifted.",
-         "  guestfence status\n  ip netns exec lab1 guestfence status --json\n"),
+         "  guestfence status\n  ip netns exec lab1 guestfence status --json\n"
+         "  guestfence status --prometheus-textfile /var/lib/prometheus/node-exporter/guestfence.prom\n"),
         ("restore", changing, run_restore, "re-apply the recorded state (after a reboot)",
          "Rebuild the guestfence tables from the recorded state in one transaction; DNS names are resolved anew.",
          "  guestfence restore\n  guestfence restore --dry-run\n"),
@@ -116,15 +98,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
          "Delete the guestfence tables. The record is kept: `guestfence restore` brings them back.",
          "  guestfence flush\n"),
         ("apply", changing, run_apply, "make the live state equal to a TOML file",
-         "Apply the [[guest]] tables of FILE: guests are added, changed and removed in one transaction.",
-         "  guestfence apply guests.toml\n  guestfence apply --dry-run guests.toml\n"),
+         "Apply the [[guest]] tables of FILE in one transaction: its guests are added or changed; registered "
+         "guests the file does not name are kept, or removed with --prune. Prints what it adds, changes and removes.",
+         "  guestfence apply guests.toml\n  guestfence apply --dry-run guests.toml\n"
+         "  guestfence apply --prune guests.toml      # the file is the whole truth\n"),
     )  # fmt: skip
     for name, parent, func, summary, description, examples in commands:
         command = subparsers.add_parser(name, parents=[parent], help=summary, description=description,
                                         epilog="examples:\n" + examples, formatter_class=HelpFormatter)  # fmt: skip
-        command.set_defaults(func=func)
+        command.set_defaults(func=func, needs_root=True if name == "status" else _unless_dry_run)
+        if name == "status":
+            command.add_argument("--prometheus", action="store_true", help="print the metrics in Prometheus' text format")
+            command.add_argument("--prometheus-textfile", metavar="PATH",
+                                 help="write them atomically to PATH (node-exporter's textfile collector)")  # fmt: skip
         if name == "apply":
             command.add_argument("file", metavar="FILE", help="TOML file with [[guest]] tables (and [policy.NAME] they use)")
+            command.add_argument("--prune", action="store_true", help="also remove the registered guests FILE does not name")
+
+
+def _unless_dry_run(args: argparse.Namespace) -> bool:
+    return not args.dry_run
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -139,31 +132,27 @@ def run_add(args: argparse.Namespace) -> int:
         bridge=args.bridge,
         comment=args.comment,
     )
-    with StateStore(state_dir(args.state_dir)) as store:
-        plan, registry = plan_add(_registry(store), guest)
-        member = registry.find(guest.name)
-        assert member is not None
-        _warn_unresolved(member)
-        if args.dry_run:
-            print_json(plan_json(plan))
-            return 0
-        apply_plan(plan)
-        store.write_section(GUESTS_KEY, registry.to_json())
+    outcome = add_guest(state_dir(args.state_dir), guest, dry_run=args.dry_run, force=args.force)
+    _warn(outcome.warnings)
+    member = outcome.member
+    assert member is not None
+    for name, why in sorted(member.unresolved.items()):
+        _warn([f"{name} did not resolve ({why}); allow rules about it match nothing, deny rules everything"])
+    if args.dry_run:
+        return _print_dry_run(args, outcome, one_feature=True)
     if args.json:
         print_json({"added": member_to_json(member)})
     else:
-        print(f"guest {guest.name} added on {guest.iface}: {len(guest.policy.allow)} allow, {len(guest.policy.deny)} deny rules, default {guest.policy.default.value}")
+        policy = guest.policy
+        print(f"guest {guest.name} added on {guest.iface}: {len(policy.allow)} allow, {len(policy.deny)} deny rules, default {policy.default.value}")
     return 0
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    with StateStore(state_dir(args.state_dir)) as store:
-        plan, registry = plan_remove(_registry(store), args.name)
-        if args.dry_run:
-            print_json(plan_json(plan))
-            return 0
-        apply_plan(plan)
-        store.write_section(GUESTS_KEY, registry.to_json())
+    outcome = remove_guest(state_dir(args.state_dir), args.name, dry_run=args.dry_run)
+    _warn(outcome.warnings)
+    if args.dry_run:
+        return _print_dry_run(args, outcome, one_feature=True)
     if args.json:
         print_json({"removed": args.name})
     else:
@@ -172,10 +161,11 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    with StateStore(state_dir(args.state_dir)) as store:
-        registry = _registry(store)
+    registry = read_registry(state_dir(args.state_dir))
+    _warn(registry.problems())
     if args.json:
-        print_json({"pattern": registry.settings.pattern, "guests": [member_to_json(m) for m in registry.members]})
+        print_json({"pattern": registry.settings.pattern, "guests": [member_to_json(m) for m in registry.members],
+                    "problems": registry.problems()})  # fmt: skip
         return 0
     rows = [("NAME", "IFACE", "ADDRESSES", "GATEWAY", "POLICY", "RESOLVED")]
     for m in registry.members:
@@ -191,70 +181,87 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    with StateStore(state_dir(args.state_dir)) as store:
-        section = store.section(GUESTS_KEY)
-    registry = registry_from_json(section, where=str(store.path))
-    statuses, general = compare_status(registry, collect_live(), recorded=section is not None)
-    drifted = bool(general) or any(s.drift for s in statuses)
+    if args.prometheus or args.prometheus_textfile:
+        from guestfence.metrics import collect_metrics, write_textfile
+        from guestfence.prometheus import render as render_prometheus
+
+        metrics = collect_metrics(state_dir(args.state_dir))
+        if args.prometheus_textfile:
+            write_textfile(render_prometheus(metrics), Path(args.prometheus_textfile))
+        else:
+            print(render_prometheus(metrics), end="")
+        return 1 if metrics.drifted else 0
+    report = read_status(state_dir(args.state_dir))
     if args.json:
-        print_json(
-            {
-                "drift": general,
-                "guests": [
-                    {"name": s.name, "iface": s.iface, "rules": s.rules, "accepted": s.accepted, "dropped": s.dropped, "drift": list(s.drift)}
-                    for s in statuses
-                ],
-            }
-        )
-        return 1 if drifted else 0
+        print_json(report.to_json())
+    else:
+        print(format_status(report))
+    return 1 if report.drifted else 0
+
+
+def format_status(report: StatusReport) -> str:
+    """The text ``status`` prints: one row per guest, then every difference on a line of its own."""
     rows = [("NAME", "IFACE", "RULES", "ACCEPTED", "DROPPED", "DRIFT")]
-    for s in statuses:
-        rows.append((s.name, s.iface, str(s.rules), _count(s.accepted), _count(s.dropped), "; ".join(s.drift) or "none"))
-    print(format_table(rows) if statuses else "no guests registered")
-    for line in general:
-        print(f"drift: {line}")
-    return 1 if drifted else 0
+    for s in report.guests:
+        rows.append((s.name, s.iface, str(s.rules), _count(s.accepted_packets), _count(s.dropped_packets),
+                     f"{len(s.drift)} difference(s)" if s.drift else "none"))  # fmt: skip
+    lines = [format_table(rows) if report.guests else "no guests registered"]
+    lines += [f"drift: guest {s.name}: {d}" for s in report.guests for d in s.drift]
+    lines += [f"drift: {d}" for d in report.drift]
+    return "\n".join(lines)
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    return _run_features(args, lambda feature, recorded: feature.plan_restore(recorded), "restored")
+    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_restore(recorded),
+                           dry_run=args.dry_run, salvage=True)  # fmt: skip
+    return _report(args, outcome, "restored")
 
 
 def run_flush(args: argparse.Namespace) -> int:
-    return _run_features(args, lambda feature, recorded: feature.plan_flush(recorded), "flushed (the record is kept)")
+    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_flush(recorded),
+                           dry_run=args.dry_run, salvage=True)  # fmt: skip
+    return _report(args, outcome, "flushed (the record is kept)")
 
 
 def run_apply(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    return _run_features(args, lambda feature, recorded: feature.plan_apply(config, recorded), f"applied {args.file}")
+    outcome = run_features(state_dir(args.state_dir),
+                           lambda feature, recorded: feature.plan_apply(config, recorded, prune=args.prune),
+                           dry_run=args.dry_run)  # fmt: skip
+    return _report(args, outcome, f"applied {args.file}")
 
 
-def _run_features(args: argparse.Namespace, make_plan: Any, verb: str) -> int:
-    """Plan every feature first (so bad input changes nothing), then apply and record each."""
-    with StateStore(state_dir(args.state_dir)) as store:
-        plans: list[tuple[Feature, FeaturePlan]] = [(f, make_plan(f, store.section(f.key))) for f in FEATURES]
-        if args.dry_run:
-            print_json({plan.key: plan.shown for _, plan in plans})
-            return 0
-        for feature, plan in plans:
-            feature.apply(plan)
-            if plan.record is not None:
-                store.write_section(plan.key, plan.record)
-    if args.json:
-        print_json({plan.key: plan.record for _, plan in plans})
+def _report(args: argparse.Namespace, outcome: Outcome, verb: str) -> int:
+    """Print what the command did (or would do); exit 2 when a part of it could not be done."""
+    if args.dry_run:
+        _print_dry_run(args, outcome)
+    elif args.json:
+        print_json({"done": {plan.key: plan.record for plan in outcome.plans}, "problems": list(outcome.problems)})
     else:
-        print(f"{verb}: " + "; ".join(plan.summary for _, plan in plans))
+        for plan in outcome.plans:
+            for change in plan.changes:
+                print(f"{plan.key}: {change}")
+        print(f"{verb}: " + "; ".join(plan.summary for plan in outcome.plans))
+    for problem in outcome.problems:
+        print(f"guestfence: not done: {problem}", file=sys.stderr)
+    return 2 if outcome.problems else 0
+
+
+def _print_dry_run(args: argparse.Namespace, outcome: Outcome, *, one_feature: bool = False) -> int:
+    """--dry-run: the changes in words; with --json the batches behind them
+    (keyed by feature, unless the command is about ``one_feature``)."""
+    if args.json:
+        print_json(outcome.plans[0].shown if one_feature else {plan.key: plan.shown for plan in outcome.plans})
+        return 0
+    for plan in outcome.plans:
+        for change in plan.changes or ("no change",):
+            print(f"would {change}" if plan.changes else f"{plan.key}: no change")
     return 0
 
 
-def _registry(store: StateStore) -> Registry:
-    return registry_from_json(store.section(GUESTS_KEY), where=str(store.path))
-
-
-def _warn_unresolved(member: Registered) -> None:
-    for name, why in sorted(member.unresolved.items()):
-        print(f"guestfence: warning: {name} did not resolve ({why}); allow rules about it match nothing, deny rules everything",
-              file=sys.stderr)  # fmt: skip
+def _warn(lines: object) -> None:
+    for line in lines:  # type: ignore[attr-defined]
+        print(f"guestfence: warning: {line}", file=sys.stderr)
 
 
 def _count(value: int | None) -> str:

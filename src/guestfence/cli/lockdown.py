@@ -6,27 +6,30 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import NoReturn
 
 from guestfence.cli.common import HelpFormatter, format_table, print_json
-from guestfence.errors import ApplyError
-from guestfence.lockdown.apply import apply_link, apply_lockdown
-from guestfence.lockdown.feature import LOCKDOWN_KEY, recorded_state
+from guestfence.lockdown.apply import apply_lockdown
+from guestfence.lockdown.feature import LOCKDOWN_KEY, guest_interfaces, recorded_state
 from guestfence.lockdown.links import collect_links, collect_protected, link_events
 from guestfence.lockdown.pattern import parse_patterns
-from guestfence.lockdown.plan import HOOKS, Link, LockdownPlan, plan_add, plan_link, plan_remove, plan_to_json
+from guestfence.lockdown.plan import HOOKS, Link, LockdownPlan, plan_add, plan_remove, plan_to_json
 from guestfence.lockdown.report import collect_report, hook_label, report_to_json
-from guestfence.lockdown.state import LockdownState, forget_interface, state_to_json
+from guestfence.lockdown.state import LockdownState, state_to_json
+from guestfence.lockdown.watch import LinkWatcher
 from guestfence.nft.apply import open_nft
+from guestfence.nft.firewall import GUESTS_KEY
+from guestfence.privilege import require_net_admin
 from guestfence.state import StateStore, state_dir
 
 DESCRIPTION = """\
 Make interfaces dumb pipes to guests: the host's own stack processes nothing
 that arrives on them (IPv4, IPv6, ARP), while the guests behind them (a
 macvtap/macvlan, a bridge) keep all their traffic. Rules match interface
-names, so they are in force before the interface exists; per-interface
-sysctls are set now for existing interfaces and by `lockdown watch` for new ones.
+names, so they are in force before the interface exists; macvlan/macvtap
+devices stacked on a locked interface are locked down with it (a macvtap
+no process holds open passes frames to the host). Per-interface sysctls
+are set now for existing interfaces and by `lockdown watch` for new ones.
 The patterns are recorded with the rest of guestfence's state, so `guestfence
 restore`, `flush` and `apply FILE` ([lockdown] interfaces = [...]) include them.
 """
@@ -63,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Lock down every interface matching a PATTERN, now and when it appears.",
                               epilog=EPILOG, formatter_class=HelpFormatter)  # fmt: skip
     add.add_argument("patterns", metavar="PATTERN", nargs="+")
-    add.add_argument("--force", action="store_true", help="allow a pattern matching lo or a default-route interface")
+    add.add_argument("--force", action="store_true",
+                     help="allow a pattern matching lo, a default-route interface or a registered guest's interface")
     add.add_argument("--dry-run", action="store_true", help="print the plan (rules and sysctls); change nothing")
     add.set_defaults(func=run_add)
 
@@ -87,21 +91,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     watch.set_defaults(func=run_watch)
 
 
+Planner = Callable[[StateStore, LockdownState, tuple[Link, ...]], LockdownPlan]
+
+
 def run_add(args: argparse.Namespace) -> int:
     added = parse_patterns(args.patterns)
-    return _change(args, lambda state, links: plan_add(state, added, links=links, protected=collect_protected(),
-                                                        force=args.force))  # fmt: skip
+
+    def plan(store: StateStore, state: LockdownState, links: tuple[Link, ...]) -> LockdownPlan:
+        protected = {**guest_interfaces(store.section(GUESTS_KEY)), **collect_protected()}
+        return plan_add(state, added, links=links, protected=protected, force=args.force)
+
+    return _change(args, plan)
 
 
 def run_remove(args: argparse.Namespace) -> int:
     removed = parse_patterns(args.patterns)
-    return _change(args, lambda state, links: plan_remove(state, removed, links=links))
+    return _change(args, lambda store, state, links: plan_remove(state, removed, links=links))
 
 
-def _change(args: argparse.Namespace, make_plan: Callable[[LockdownState, tuple[Link, ...]], LockdownPlan]) -> int:
-    with StateStore(state_dir(args.state_dir)) as store:
+def _change(args: argparse.Namespace, make_plan: Planner) -> int:
+    if not args.dry_run:
+        require_net_admin(f"lockdown {args.lockdown_command}")
+    with StateStore(state_dir(args.state_dir), read_only=args.dry_run) as store:
         state = recorded_state(store.section(LOCKDOWN_KEY))
-        plan = make_plan(state, collect_links())
+        plan = make_plan(store, state, collect_links())
         if args.dry_run:
             print_json(plan_to_json(plan))
             if not plan.harden:
@@ -110,8 +123,13 @@ def _change(args: argparse.Namespace, make_plan: Callable[[LockdownState, tuple[
             return 0
         store.write_section(LOCKDOWN_KEY, state_to_json(apply_lockdown(plan, open_nft(), state)))
     print("locked down: " + (", ".join(str(p) for p in plan.patterns) or "nothing"))
+    stacked = {link.key for link in plan.stacked}
     for link_steps in plan.harden:
-        print(f"  {link_steps.link.name}: sysctls set")
+        link = link_steps.link
+        how = f" (a {link.kind} on a locked interface)" if link.key in stacked else ""
+        print(f"  {link.name}{how}: sysctls set")
+        for why in link_steps.kept:
+            print(f"  {link.name}: {why}")
     if plan.patterns and not plan.harden:
         print("  no interface matches yet: the rules already hold; `lockdown watch` sets the sysctls when one appears")
     for change in plan.revert:
@@ -120,7 +138,8 @@ def _change(args: argparse.Namespace, make_plan: Callable[[LockdownState, tuple[
 
 
 def run_list(args: argparse.Namespace) -> int:
-    with StateStore(state_dir(args.state_dir)) as store:
+    require_net_admin("lockdown list")
+    with StateStore(state_dir(args.state_dir), read_only=True) as store:
         state = recorded_state(store.section(LOCKDOWN_KEY))
     report = collect_report(state, open_nft(), collect_links())
     if args.json:
@@ -136,6 +155,10 @@ def run_list(args: argparse.Namespace) -> int:
             for p in report.patterns
         ]  # fmt: skip
         print(format_table(rows))
+        stacked = ", ".join(report.stacked) or "none now"
+        print(f"\nstacked macvlan/macvtap devices locked down with their lower device: {stacked}")
+        print("every macvtap, by kind: dropped packets " + " / ".join(
+            f"{h.hook}: {h.packets}" for h in report.stacked_rules if h.hook.endswith("macvtap")))
     sysctl_rows = [
         (i.interface if i.present else f"{i.interface} (gone)", s.name, s.set, s.old, s.now or "-")
         for i in report.interfaces
@@ -148,37 +171,17 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_watch(args: argparse.Namespace) -> int:
+    require_net_admin("lockdown watch")
     signal.signal(signal.SIGTERM, _exit_quietly)
     directory = state_dir(args.state_dir)
+    watcher = LinkWatcher(directory, open_nft(), say=lambda line: print(line, flush=True),
+                          warn=lambda line: print(f"guestfence: warning: {line}", file=sys.stderr, flush=True))  # fmt: skip
     with link_events() as run_events:
-        for link in collect_links():
-            _on_link_event(directory, "new", link)
+        watcher.scan()
         print(f"watching for new interfaces (state in {directory})", flush=True)
-        run_events(lambda kind, link: _on_link_event(directory, kind, link))
+        run_events(watcher.on_event)
     return 0
 
 
 def _exit_quietly(signum: int, frame: object) -> NoReturn:
     raise SystemExit(0)
-
-
-def _on_link_event(directory: Path, kind: str, link: Link) -> None:
-    """Record a deleted link as gone; harden a new (or renamed) matching one.
-    A link that vanishes while being hardened is a warning, not the end."""
-    with StateStore(directory) as store:
-        state = recorded_state(store.section(LOCKDOWN_KEY))
-        if kind == "del":
-            changed = forget_interface(state, link.name, link.ifindex)
-        else:
-            steps = plan_link(state, link)
-            if steps is None:
-                return
-            try:
-                changed = apply_link(steps, state)
-            except ApplyError as err:
-                print(f"guestfence: warning: {link.name}: {err}", file=sys.stderr, flush=True)
-                return
-        if changed != state:
-            store.write_section(LOCKDOWN_KEY, state_to_json(changed))
-            if kind == "new":
-                print(f"{link.name}: sysctls set", flush=True)

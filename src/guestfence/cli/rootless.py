@@ -8,7 +8,6 @@ import pwd
 import subprocess
 
 from guestfence.cli.common import (
-    POLICY_HELP,
     HelpFormatter,
     add_policy_options,
     policy_from_args,
@@ -21,14 +20,15 @@ from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy
 from guestfence.nft.apply import apply_nft, open_nft
 from guestfence.resolve import resolve_names
+from guestfence.policy.decide import require_gateway
 from guestfence.rootless.guard import host_guard
 from guestfence.rootless.nftmode import compile_owner, compile_release
+from guestfence.rootless.preflight import check_socket
 from guestfence.rootless.stacks import Stack, StackCommand, guest_view, passt_command, slirp4netns_command
 from guestfence.sandbox import Sandbox
 from guestfence.sandbox.verdict import DENY_ERRNOS
 
-EPILOG = POLICY_HELP + """
-The stack runs under guestfence's seccomp supervisor with the policy
+EPILOG = """The stack runs under guestfence's seccomp supervisor with the policy
 "default allow, deny @host" (every protocol), plus your rules. Deny beats
 allow, so an allow on @host (--net-allow tcp://@host:8080) is honoured by
 denying only the *rest* of the host. @host is decided by a route lookup at
@@ -40,6 +40,10 @@ of their own and make themselves non-dumpable, so only a supervisor with
 CAP_SYS_PTRACE can read their calls: run guestfence as root with
 --as-user USER (the stack runs as USER), or use the nftables mode of
 docs/rootless.md.
+
+A stack run as root keeps its capabilities: it needs CAP_SYS_ADMIN to join
+the guest's namespace and CAP_NET_ADMIN to configure its tap, and with
+them could take over the supervisor. --as-user runs it as USER, without.
 
 examples:
   guestfence rootless slirp4netns 4242                         # PID of a process in the guest netns
@@ -67,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="slirp4netns: PID of a process in the guest's network namespace")
     parser.add_argument("tap", nargs="?", default="tap0", metavar="TAPNAME", help="slirp4netns: tap name (tap0)")
     parser.add_argument("--netns", metavar="PATH", help="slirp4netns: the guest's netns as a path instead of a PID")
-    add_policy_options(parser)
+    add_policy_options(parser, default="allow, with every host address denied")
     parser.add_argument("--mode", choices=("sandbox", "nft"), default="sandbox",
                         help="sandbox: the seccomp supervisor (rootless); nft: rules in the output hook for --user, "
                              "no supervisor in the data path (needs root)")
@@ -89,7 +93,10 @@ def run_rootless(args: argparse.Namespace) -> int:
     extra = args.passthrough or []
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
+    require_gateway(chosen, frozenset(), hint="a rootless stack has no gateway of its own: use @host or addresses")
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
+    stack_user = args.user if args.mode == "nft" else args.as_user
+    check_socket(extra, None if stack_user is None else _user(stack_user, "--user" if args.mode == "nft" else "--as-user"))
     if args.mode == "nft":
         return _run_nft(command, policy, args)
     argv = _as_user(command.argv, args.as_user)
@@ -166,4 +173,7 @@ def _supervise(argv: tuple[str, ...], policy: Policy, command: StackCommand, arg
 
     on_denied = None if log is None else denial_logger(log, as_json=args.json_log, guest_view=seen_by_guest)
     deny_errno = args.deny_errno or command.stack.deny_errno
-    return run_sandboxed(Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied), argv, verbose=False)
+    # A root stack needs its capabilities (setns, tap configuration); with
+    # --as-user, setpriv needs only CAP_SETUID/SETGID, which the sandbox keeps.
+    sandbox = Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied, keep_caps=args.as_user is None)
+    return run_sandboxed(sandbox, argv, verbose=False)

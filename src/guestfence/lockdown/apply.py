@@ -8,6 +8,9 @@ the writes are undone in reverse order and the previous state stays.
 
 A write-back happens only while the value is still the one lockdown set:
 if someone changed it since, their value is left alone.
+
+``apply_stacked`` is the watcher's other change: the ``stacked`` sets made
+equal to the stacked devices that exist now, in one transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from guestfence.errors import ApplyError, GuestfenceError, HostError
-from guestfence.lockdown.plan import LinkSteps, LockdownPlan
+from guestfence.lockdown.plan import Link, LinkSteps, LockdownPlan, compile_stacked_update
 from guestfence.lockdown.state import InterfaceRecord, LockdownState, SysctlChange, SysctlStep, merge_record
 from guestfence.nft.apply import NftHandle, apply_nft
 
@@ -121,3 +124,9 @@ def apply_link(link_steps: LinkSteps, state: LockdownState) -> LockdownState:
         _undo(journal)
         raise
     return merge_record(state, record)
+
+
+def apply_stacked(nft: NftHandle, stacked: tuple[Link, ...]) -> None:
+    """Make the ``stacked`` sets hold exactly ``stacked``. Raises ApplyError
+    (the sets unchanged) when the tables are not there."""
+    apply_nft(nft, list(compile_stacked_update(stacked)), step="lockdown stacked devices")

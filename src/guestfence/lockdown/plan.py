@@ -33,6 +33,21 @@ Rules match by name (``iifname "vlan*"``), so they are in force before the
 interface exists. Sysctls exist only per existing interface: the plan lists
 steps for the links it is given, and the link watcher applies the same steps
 to a link that appears later (``plan_link``).
+
+Devices stacked on a locked link are covered too. A macvlan/macvtap device
+re-receives its lower device's frames under its own name, and a macvtap
+that no process holds open (before QEMU starts, after it exits) passes
+them to the host stack. nftables cannot match "the lower device", so:
+
+- every **macvtap** is matched by kind (``meta iifkind "macvtap"``, and
+  ``oifkind`` at output), in force before any macvtap exists. The host
+  stack receives on a macvtap only while no process holds it open (with a
+  reader, tap_handle_frame hands every frame to the reader), so this drop
+  never takes a frame from a guest;
+- every macvlan/macvtap whose lower device (IFLA_LINK, same namespace) is
+  covered by a pattern goes into the ``stacked`` set (interface indexes),
+  filled by this plan for existing ones and by the watcher for new ones,
+  and gets the same sysctls as a matched link.
 """
 
 from __future__ import annotations
@@ -91,22 +106,42 @@ SYSCTLS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+# Devices that re-receive their lower device's frames under their own name.
+STACKED_KINDS = ("macvlan", "macvtap")
+# The kind whose host-stack input is never a guest's: dropped by kind.
+TAP_KIND = "macvtap"
+STACKED_SET = "stacked"
+
+
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Link:
-    """An interface that exists now: its name and the kernel's index for it."""
+    """An interface that exists now: its name, the kernel's index for it, its
+    kind (rtnl link kind, None for a plain device), the index of its lower
+    device when that is in the same namespace, and the IPv6 configuration
+    on it that disabling IPv6 would delete (static addresses and routes)."""
 
     name: str
     ifindex: int
+    kind: str | None = None
+    lower: int | None = None
+    ipv6_config: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Name and index: what identifies this interface in the record."""
+        return (self.name, self.ifindex)
 
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkSteps:
-    """The sysctl steps for one existing link."""
+    """The sysctl steps for one existing link; ``kept`` says which step was
+    left out and why (disabling IPv6 would delete configuration)."""
 
     link: Link
     steps: tuple[SysctlStep, ...]
+    kept: tuple[str, ...] = ()
 
 
 @final
@@ -122,6 +157,7 @@ class LockdownPlan:
     harden: tuple[LinkSteps, ...]
     release: tuple[InterfaceRecord, ...]
     revert: tuple[SysctlChange, ...]
+    stacked: tuple[Link, ...] = ()
 
 
 def plan_add(
@@ -145,11 +181,12 @@ def plan_replace(
     force: bool = False,
 ) -> LockdownPlan:
     """Make ``patterns`` the whole set. Raises PlanError when a pattern not
-    already in force matches a protected interface (``protected`` maps its
-    name to why) unless ``force``."""
+    already in force covers a protected interface (``protected`` maps its
+    name to why), by name or as a device stacked on a matching one, unless
+    ``force``."""
     patterns = tuple(dict.fromkeys(patterns))
     if not force:
-        _refuse_protected(tuple(p for p in patterns if p not in state.patterns), protected)
+        _refuse_protected(tuple(p for p in patterns if p not in state.patterns), protected, links)
     return _plan(state, patterns, links)
 
 
@@ -173,11 +210,43 @@ def plan_flush(state: LockdownState, *, links: tuple[Link, ...]) -> LockdownPlan
     return _plan(state, (), links)
 
 
-def plan_link(state: LockdownState, link: Link) -> LinkSteps | None:
-    """The sysctl steps for a link that just appeared, or None if no pattern matches it."""
-    if not any(p.matches(link.name) for p in state.patterns):
+def plan_link(state: LockdownState, link: Link, links: tuple[Link, ...]) -> LinkSteps | None:
+    """The sysctl steps for a link that just appeared (``links``: every link
+    now, to find its lower device), or None if the patterns do not cover it."""
+    by_name = any(p.matches(link.name) for p in state.patterns)
+    if not by_name and link.key not in {found.key for found in stacked_links(state.patterns, links)}:
         return None
-    return LinkSteps(link=link, steps=sysctl_steps(link.name))
+    return link_steps(link)
+
+
+def stacked_links(patterns: tuple[InterfacePattern, ...], links: tuple[Link, ...]) -> tuple[Link, ...]:
+    """The macvlan/macvtap devices whose lower device a pattern matches."""
+    matched = {link.ifindex for link in links if any(p.matches(link.name) for p in patterns)}
+    return tuple(
+        link
+        for link in links
+        if link.kind in STACKED_KINDS and link.lower in matched and not any(p.matches(link.name) for p in patterns)
+    )
+
+
+def covered_links(patterns: tuple[InterfacePattern, ...], links: tuple[Link, ...]) -> tuple[Link, ...]:
+    """The links ``patterns`` lock down: those they match by name, and the
+    devices stacked on those."""
+    stacked = {link.key for link in stacked_links(patterns, links)}
+    return tuple(link for link in links if any(p.matches(link.name) for p in patterns) or link.key in stacked)
+
+
+def link_steps(link: Link) -> LinkSteps:
+    """The sysctl steps for ``link``. ``disable_ipv6`` is left out when the
+    link carries IPv6 configuration it would delete (static addresses,
+    routes), since ``remove`` could not give those back; the rules still
+    drop the link's IPv6."""
+    steps = sysctl_steps(link.name)
+    if not link.ipv6_config:
+        return LinkSteps(link=link, steps=steps)
+    why = (f"disable_ipv6 left as it is: it would delete {', '.join(link.ipv6_config)}, which remove could not "
+           "give back; the lockdown rules still drop IPv6 on it")  # fmt: skip
+    return LinkSteps(link=link, steps=tuple(s for s in steps if s.key != "disable_ipv6"), kept=(why,))
 
 
 def sysctl_steps(interface: str) -> tuple[SysctlStep, ...]:
@@ -189,33 +258,35 @@ def sysctl_steps(interface: str) -> tuple[SysctlStep, ...]:
 
 def _plan(state: LockdownState, patterns: tuple[InterfacePattern, ...], links: tuple[Link, ...]) -> LockdownPlan:
     dropped = tuple(p for p in state.patterns if p not in patterns)
-    harden = tuple(
-        LinkSteps(link=link, steps=sysctl_steps(link.name))
-        for link in links
-        if any(p.matches(link.name) for p in patterns)
-    )
-    release = tuple(r for r in state.interfaces if not any(p.matches(r.interface) for p in patterns))
-    alive = set(links)
-    revert = tuple(
-        change
-        for record in release
-        if Link(name=record.interface, ifindex=record.ifindex) in alive
-        for change in record.changes
-    )
-    return LockdownPlan(
-        patterns=patterns, commands=compile_rules(patterns, dropped), harden=harden, release=release, revert=revert
-    )
+    covered = covered_links(patterns, links)
+    stacked = stacked_links(patterns, links)
+    harden = tuple(link_steps(link) for link in covered)
+    covered_keys = {link.key for link in covered}
+    release = tuple(
+        r for r in state.interfaces
+        if (r.interface, r.ifindex) not in covered_keys and not any(p.matches(r.interface) for p in patterns)
+    )  # fmt: skip
+    alive = {link.key for link in links}
+    revert = tuple(change for record in release if (record.interface, record.ifindex) in alive for change in record.changes)
+    return LockdownPlan(patterns=patterns, commands=compile_rules(patterns, dropped, stacked), harden=harden,
+                        release=release, revert=revert, stacked=stacked)  # fmt: skip
 
 
-def _refuse_protected(patterns: tuple[InterfacePattern, ...], protected: Mapping[str, str]) -> None:
+def _refuse_protected(
+    patterns: tuple[InterfacePattern, ...], protected: Mapping[str, str], links: tuple[Link, ...]
+) -> None:
     hits = [
         f"{p.text!r} matches {name} ({why})"
         for p in patterns
         for name, why in sorted(protected.items())
         if p.matches(name)
     ]
+    for link in stacked_links(patterns, links):
+        if link.name in protected:
+            lower = next((other.name for other in links if other.ifindex == link.lower), "?")
+            hits.append(f"{link.name} ({protected[link.name]}) is a {link.kind} on {lower}, which would be locked down")
     if hits:
-        raise PlanError("refusing to lock down the host's own interfaces: " + "; ".join(hits) + " (use --force if meant)")
+        raise PlanError("refusing to lock down: " + "; ".join(hits) + " (use --force if meant)")
 
 
 def counter_name(hook: Hook, pattern: InterfacePattern) -> str:
@@ -225,13 +296,53 @@ def counter_name(hook: Hook, pattern: InterfacePattern) -> str:
     return f"{hook.chain}_{safe}"
 
 
-def compile_rules(patterns: tuple[InterfacePattern, ...], dropped: tuple[InterfacePattern, ...]) -> tuple[Command, ...]:
-    """The one transaction that makes the tables hold exactly ``patterns``.
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StackedRule:
+    """A rule about stacked devices rather than a pattern: by the ``stacked``
+    set of indexes, or by the macvtap kind. ``counter`` contains "__", which
+    ``counter_name`` never produces, so it cannot collide with a pattern's."""
 
-    Chains are flushed and refilled, so re-applying is idempotent. Named
-    counters survive a change to other patterns; a dropped pattern's
-    counters are added then deleted, which works whether or not they exist.
-    With no pattern left, each table is added then deleted: none remains.
+    hook: Hook
+    what: str
+    key: str
+    right: str
+
+    @property
+    def counter(self) -> str:
+        return f"{self.hook.chain}__{self.what}"
+
+
+_INDEX_KEY = {"iifname": "iif", "oifname": "oif"}
+_KIND_KEY = {"iifname": "iifkind", "oifname": "oifkind"}
+
+
+def stacked_rules() -> tuple[StackedRule, ...]:
+    """Per inet/arp hook: a drop for the ``stacked`` set and one for every macvtap.
+    The bridge input hook needs neither: a macvlan/macvtap is never a bridge port
+    that hands frames up (its own rx_handler comes first)."""
+    return tuple(
+        rule
+        for hook in HOOKS
+        if hook.family != "bridge"
+        for rule in (
+            StackedRule(hook=hook, what=STACKED_SET, key=_INDEX_KEY[hook.key], right=f"@{STACKED_SET}"),
+            StackedRule(hook=hook, what=TAP_KIND, key=_KIND_KEY[hook.key], right=TAP_KIND),
+        )
+    )
+
+
+def compile_rules(
+    patterns: tuple[InterfacePattern, ...], dropped: tuple[InterfacePattern, ...], stacked: tuple[Link, ...] = ()
+) -> tuple[Command, ...]:
+    """The one transaction that makes the tables hold exactly ``patterns``
+    and the ``stacked`` devices.
+
+    Chains and the ``stacked`` set are flushed and refilled, so re-applying
+    is idempotent. Named counters survive a change to other patterns; a
+    dropped pattern's counters are added then deleted, which works whether
+    or not they exist. With no pattern left, each table is added then
+    deleted: none remains.
     """
     commands: list[Command] = []
     for family in FAMILIES:
@@ -242,6 +353,13 @@ def compile_rules(patterns: tuple[InterfacePattern, ...], dropped: tuple[Interfa
             continue
         where = {"family": family, "table": TABLE}
         hooks = [h for h in HOOKS if h.family == family]
+        extra = [r for r in stacked_rules() if r.hook.family == family]
+        if extra:
+            commands.append({"add": {"set": {**where, "name": STACKED_SET, "type": "iface_index"}}})
+            commands.append({"flush": {"set": {**where, "name": STACKED_SET}}})
+            if stacked:
+                elements = sorted(link.ifindex for link in stacked)
+                commands.append({"add": {"element": {**where, "name": STACKED_SET, "elem": elements}}})
         for hook in hooks:
             commands.append({"add": {"chain": {**where, "name": hook.chain, "type": "filter", "hook": hook.chain,
                                                "prio": PRIORITY, "policy": "accept"}}})  # fmt: skip
@@ -252,11 +370,28 @@ def compile_rules(patterns: tuple[InterfacePattern, ...], dropped: tuple[Interfa
             for pattern in dropped:
                 commands.append({"add": {"counter": {**where, "name": counter_name(hook, pattern)}}})
                 commands.append({"delete": {"counter": {**where, "name": counter_name(hook, pattern)}}})
+        for rule in extra:
+            commands.append({"add": {"counter": {**where, "name": rule.counter}}})
         for hook in hooks:
             for pattern in patterns:
                 match = {"match": {"op": "==", "left": {"meta": {"key": hook.key}}, "right": pattern.text}}
                 rule = {**where, "chain": hook.chain, "expr": [match, {"counter": counter_name(hook, pattern)}, {"drop": None}]}
                 commands.append({"add": {"rule": rule}})
+            for extra_rule in (r for r in extra if r.hook == hook):
+                match = {"match": {"op": "==", "left": {"meta": {"key": extra_rule.key}}, "right": extra_rule.right}}
+                rule = {**where, "chain": hook.chain, "expr": [match, {"counter": extra_rule.counter}, {"drop": None}]}
+                commands.append({"add": {"rule": rule}})
+    return tuple(commands)
+
+
+def compile_stacked_update(stacked: tuple[Link, ...]) -> tuple[Command, ...]:
+    """The watcher's transaction: the ``stacked`` sets hold exactly ``stacked``."""
+    commands: list[Command] = []
+    for family in dict.fromkeys(r.hook.family for r in stacked_rules()):
+        where = {"family": family, "table": TABLE, "name": STACKED_SET}
+        commands.append({"flush": {"set": where}})
+        if stacked:
+            commands.append({"add": {"element": {**where, "elem": sorted(link.ifindex for link in stacked)}}})
     return tuple(commands)
 
 
@@ -273,4 +408,6 @@ def plan_to_json(plan: LockdownPlan) -> dict[str, Any]:
         "write_back": [
             {"name": change.step.name, "value": change.old, "if_still": change.step.value} for change in plan.revert
         ],
+        "stacked": [{"interface": link.name, "ifindex": link.ifindex, "kind": link.kind} for link in plan.stacked],
+        "kept": [{"interface": ls.link.name, "why": why} for ls in plan.harden for why in ls.kept],
     }

@@ -3,7 +3,9 @@
 ``compile_report`` is pure: it takes the live table listing (libnftables
 JSON) and the current sysctl values as data. ``collect_report`` reads them.
 A pattern whose rules are missing from the kernel (after a reboot, or
-``nft flush ruleset``) is reported as not in force rather than hidden.
+``nft flush ruleset``) is reported as not in force rather than hidden; so
+are the rules for stacked devices, listed with the members of the live
+``stacked`` set.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, final
 
 from guestfence.lockdown.apply import read_sysctl
 from guestfence.lockdown.pattern import InterfacePattern
-from guestfence.lockdown.plan import FAMILIES, HOOKS, TABLE, Hook, Link, counter_name
+from guestfence.lockdown.plan import FAMILIES, HOOKS, STACKED_SET, TABLE, Hook, Link, counter_name, stacked_rules
 from guestfence.lockdown.state import LockdownState, SysctlStep
 from guestfence.nft.apply import Command, NftHandle, list_ruleset
 
@@ -63,6 +65,8 @@ class InterfaceReport:
 class LockdownReport:
     patterns: tuple[PatternReport, ...]
     interfaces: tuple[InterfaceReport, ...]
+    stacked_rules: tuple[HookReport, ...] = ()
+    stacked: tuple[str, ...] = ()
 
 
 def hook_label(hook: Hook) -> str:
@@ -77,7 +81,10 @@ def compile_report(
 ) -> LockdownReport:
     counters: dict[tuple[str, str], tuple[int, int]] = {}
     rules: set[tuple[str, str, str]] = set()
+    members: set[str] = set()
     for item in ruleset:
+        if "set" in item and item["set"].get("table") == TABLE and item["set"].get("name") == STACKED_SET:
+            members.update(str(e) for e in item["set"].get("elem", []))
         if "counter" in item and item["counter"].get("table") == TABLE:
             c = item["counter"]
             counters[(c["family"], c["name"])] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
@@ -102,12 +109,12 @@ def compile_report(
         )
         for pattern in state.patterns
     )
-    alive = set(links)
+    alive = {link.key for link in links}
     interfaces = tuple(
         InterfaceReport(
             interface=record.interface,
             ifindex=record.ifindex,
-            present=(present := Link(name=record.interface, ifindex=record.ifindex) in alive),
+            present=(present := (record.interface, record.ifindex) in alive),
             sysctls=tuple(
                 SysctlReport(name=c.step.name, set=c.step.value, old=c.old, now=now(c.step) if present else None)
                 for c in record.changes
@@ -115,7 +122,19 @@ def compile_report(
         )
         for record in state.interfaces
     )
-    return LockdownReport(patterns=patterns, interfaces=interfaces)
+    stacked = tuple(
+        HookReport(
+            hook=f"{hook_label(rule.hook)} {rule.what}",
+            in_force=(rule.hook.family, rule.hook.chain, rule.counter) in rules,
+            packets=counters.get((rule.hook.family, rule.counter), (0, 0))[0],
+            bytes=counters.get((rule.hook.family, rule.counter), (0, 0))[1],
+        )
+        for rule in stacked_rules()
+    ) if state.patterns else ()  # fmt: skip
+    # The set lists a member by name while the interface exists, else by index.
+    by_index = {str(link.ifindex): link.name for link in links}
+    return LockdownReport(patterns=patterns, interfaces=interfaces, stacked_rules=stacked,
+                          stacked=tuple(sorted(by_index.get(m, m) for m in members)))  # fmt: skip
 
 
 def collect_report(state: LockdownState, nft: NftHandle, links: tuple[Link, ...]) -> LockdownReport:
@@ -137,6 +156,11 @@ def report_to_json(report: LockdownReport) -> dict[str, Any]:
             }  # fmt: skip
             for p in report.patterns
         ],
+        "stacked": {
+            "interfaces": list(report.stacked),
+            "rules": [{"hook": h.hook, "in_force": h.in_force, "drops": {"packets": h.packets, "bytes": h.bytes}}
+                      for h in report.stacked_rules],
+        },
         "interfaces": [
             {
                 "interface": i.interface,

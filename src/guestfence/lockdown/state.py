@@ -114,23 +114,60 @@ def state_to_json(state: LockdownState) -> dict[str, Any]:
 
 def state_from_json(data: Any, *, source: str) -> LockdownState:
     """The state saved by ``state_to_json``. Raises ConfigError naming ``source``."""
-    try:
-        patterns = tuple(parse_pattern(text) for text in data.get("patterns", []))
-        records = tuple(
-            InterfaceRecord(
-                interface=str(r["interface"]),
-                ifindex=int(r["ifindex"]),
-                changes=tuple(
-                    SysctlChange(
-                        step=SysctlStep(family=str(c["family"]), interface=str(r["interface"]), key=str(c["key"]),
-                                        value=str(c["set"]), optional=bool(c.get("optional", False))),
-                        old=str(c["old"]),
-                    )  # fmt: skip
-                    for c in r["sysctls"]
-                ),
-            )
-            for r in data.get("interfaces", [])
-        )
-    except (AttributeError, KeyError, TypeError, ValueError, PolicyError) as exc:
-        raise ConfigError(f"the recorded lockdown state is damaged ({exc!r}); remove it to start over", source=source) from None
-    return LockdownState(patterns=patterns, interfaces=records)
+    state, problems = salvage_state(data)
+    if problems:
+        raise ConfigError(f"the recorded lockdown state is damaged ({'; '.join(problems)}); remove it to start over",
+                          source=source)  # fmt: skip
+    return state
+
+
+def salvage_state(data: Any) -> tuple[LockdownState, tuple[str, ...]]:
+    """Every pattern and interface record that can be read, and a line for
+    each that cannot (``restore`` installs the first and reports the rest)."""
+    if not isinstance(data, dict):
+        return LockdownState(), (f"the lockdown record is not an object: {_shown(data)}",)
+    patterns: list[InterfacePattern] = []
+    records: list[InterfaceRecord] = []
+    problems: list[str] = []
+    raw_patterns = data.get("patterns", [])
+    raw_records = data.get("interfaces", [])
+    for name, value in (("patterns", raw_patterns), ("interfaces", raw_records)):
+        if not isinstance(value, list):
+            problems.append(f"lockdown {name} is not a list: {_shown(value)}")
+    for text in raw_patterns if isinstance(raw_patterns, list) else []:
+        try:
+            if not isinstance(text, str):
+                raise TypeError("not a string")
+            patterns.append(parse_pattern(text))
+        except (TypeError, PolicyError) as exc:
+            problems.append(f"lockdown pattern {_shown(text)}: {str(exc).splitlines()[0]}")
+    for raw in raw_records if isinstance(raw_records, list) else []:
+        try:
+            records.append(_record_from_json(raw))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            name = raw.get("interface") if isinstance(raw, dict) else None
+            problems.append(f"lockdown record of interface {_shown(name)}: {exc!r} (its sysctls are left as they are)")
+    return LockdownState(patterns=tuple(dict.fromkeys(patterns)), interfaces=tuple(records)), tuple(problems)
+
+
+def _record_from_json(r: Any) -> InterfaceRecord:
+    interface = r["interface"]
+    if not isinstance(interface, str) or not isinstance(r["sysctls"], list):
+        raise TypeError("interface must be a name and sysctls a list")
+    return InterfaceRecord(
+        interface=interface,
+        ifindex=int(r["ifindex"]),
+        changes=tuple(
+            SysctlChange(
+                step=SysctlStep(family=str(c["family"]), interface=interface, key=str(c["key"]), value=str(c["set"]),
+                                optional=bool(c.get("optional", False))),
+                old=str(c["old"]),
+            )  # fmt: skip
+            for c in r["sysctls"]
+        ),
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -63,6 +63,8 @@ def list_ruleset(nft: NftHandle, what: Command) -> list[Command]:
     if rc != 0:
         if "No such file or directory" in (error or ""):
             return []
+        if "Operation not permitted" in (error or ""):
+            raise HostError("reading nftables needs CAP_NET_ADMIN: run as root")
         raise ApplyError("nftables", "list", (error or f"libnftables returned {rc}").strip())
     items = output.get("nftables", []) if isinstance(output, dict) else []
     return [item for item in items if "metainfo" not in item]

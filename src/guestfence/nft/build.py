@@ -66,6 +66,10 @@ def add_set(family: str, name: str, key_type: str, elements: Sequence[Any] = ())
     return {"add": {"set": body}}
 
 
+def flush_set(family: str, name: str) -> Command:
+    return {"flush": {"set": _obj(family, name=name)}}
+
+
 def add_verdict_map(family: str, name: str, key_type: str | Sequence[str]) -> Command:
     key = key_type if isinstance(key_type, str) else list(key_type)
     return {"add": {"map": _obj(family, name=name, type=key, map="verdict")}}

@@ -1,16 +1,29 @@
-"""The guest firewall at work: resolve names, compile, apply one transaction,
-record; and read the live ruleset back for ``status``.
+"""The guest firewall at work: its record, its plans, and the live ruleset
+compared with the record for ``status``.
 
-``plan_*`` read the world (DNS) but change nothing and return the
-transaction plus the record to keep; ``apply_plan`` is the only function
-here that changes the ruleset, through guestfence.nft.apply, and
-``collect_status`` only lists it. What the rules are is compile.py's job.
+``plan_*`` are pure: they take guests whose DNS names are already resolved
+(``resolve_guest``) and return the transaction plus the record to keep;
+``apply_plan`` is the only function here that changes the ruleset, through
+guestfence.nft.apply. What the rules are is compile.py's job; how the live
+tables are compared with them is drift.py's.
 
 The record, under the state file's ``"guests"`` key::
 
-    {"pattern": "vmtap*",
+    {"pattern": "vmtap*", "generation": 7,
      "members": [{...guest_to_json..., "resolved": {"api.example.com": ["203.0.113.7"]},
-                  "unresolved": {"gone.example": "no addresses"}}]}
+                  "unresolved": {"gone.example": "no addresses"}}],
+     "pending": {...the same, for a change being applied...}}
+
+Every change bumps ``generation``, which the transaction also writes into
+the tables (compile.Settings). A change is recorded as ``pending`` before
+its transaction and committed after it (guestfence.state.FeaturePlan), so a
+crash in between is seen: ``status`` reports the tables' generation against
+the record's, and ``restore`` keeps the pending change if the tables hold
+it, else drops it.
+
+A member that cannot be read back (a missing key, a bad rule) is kept in
+the record as it is and reported; ``restore`` installs every other guest
+and drops the bad member's interface like an unregistered one.
 """
 
 from __future__ import annotations
@@ -18,12 +31,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, final
 
 from guestfence.errors import ApplyError, HostError, PolicyError
 from guestfence.nft import names as n
-from guestfence.nft.apply import NftHandle, apply_nft, list_ruleset, open_nft
+from guestfence.nft.apply import NftHandle, apply_nft, open_nft
 from guestfence.nft.compile import (
     NftPlan,
     Settings,
@@ -31,9 +44,16 @@ from guestfence.nft.compile import (
     compile_flush,
     compile_remove,
     compile_ruleset,
-    expected_rule_counts,
 )
-from guestfence.nft.guest import DEFAULT_PATTERN, Guest, guest_from_json, guest_to_json, parse_pattern
+from guestfence.nft.drift import Item, compare_listings, expected_listing, live_listing
+from guestfence.nft.guest import (
+    DEFAULT_PATTERN,
+    IFACE_NAME,
+    Guest,
+    guest_from_json,
+    guest_to_json,
+    parse_pattern,
+)
 from guestfence.policy.model import Address
 from guestfence.resolve import Resolver, resolve_names
 from guestfence.state import FeaturePlan
@@ -53,11 +73,24 @@ class Registered:
 
 @final
 @dataclass(frozen=True, kw_only=True)
+class Unreadable:
+    """A recorded member that could not be read back: kept verbatim, its interface closed."""
+
+    raw: Any = field(hash=False)
+    problem: str
+    name: str | None
+    iface: str | None
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
 class Registry:
     """Every registered guest and the table-wide settings: the recorded section."""
 
     settings: Settings = Settings()
     members: tuple[Registered, ...] = ()
+    unreadable: tuple[Unreadable, ...] = ()
+    pending: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def find(self, name: str) -> Registered | None:
         return next((m for m in self.members if m.guest.name == name), None)
@@ -69,7 +102,12 @@ class Registry:
         return {name: found for m in self.members for name, found in m.names.items()}
 
     def to_json(self) -> dict[str, Any]:
-        return {"pattern": self.settings.pattern, "members": [member_to_json(m) for m in self.members]}
+        members = [member_to_json(m) for m in self.members] + [u.raw for u in self.unreadable]
+        return {"pattern": self.settings.pattern, "generation": self.settings.generation, "members": members}
+
+    def problems(self) -> list[str]:
+        return [f"recorded guest {u.name or '?'}: {u.problem}" + (f" (interface {u.iface} kept closed)" if u.iface else "")
+                for u in self.unreadable]  # fmt: skip
 
 
 def member_to_json(member: Registered) -> dict[str, Any]:
@@ -80,56 +118,133 @@ def member_to_json(member: Registered) -> dict[str, Any]:
 
 
 def registry_from_json(data: Mapping[str, Any] | None, *, where: str) -> Registry:
-    """The recorded section back as values. Raises PolicyError naming ``where``."""
+    """The recorded section back as values, every member readable.
+    Raises PolicyError naming ``where`` and each member that is not."""
+    registry = salvage_registry(data, where=where)
+    if registry.unreadable:
+        problems = "; ".join(registry.problems())
+        raise PolicyError(f"{where}: malformed guests record: {problems} "
+                          "(`guestfence restore` installs the others; `guest remove NAME` drops a bad one)")  # fmt: skip
+    return registry
+
+
+def salvage_registry(data: Mapping[str, Any] | None, *, where: str) -> Registry:
+    """The recorded section with every member that can be read; the others
+    are kept as ``Unreadable``. Raises PolicyError only when the section
+    itself is not a guests record."""
     if data is None:
         return Registry()
     try:
         pattern = parse_pattern(data.get("pattern", DEFAULT_PATTERN), where=f"{where}: ")
-        members = []
-        for record in data["members"]:
-            guest = guest_from_json(record, where=where)
-            found = {name: frozenset(ipaddress.ip_address(a) for a in addrs) for name, addrs in record["resolved"].items()}
-            members.append(Registered(guest=guest, names=found, unresolved=dict(record["unresolved"])))
+        generation = data.get("generation", 0)
+        records = data["members"]
+        if not isinstance(generation, int) or not isinstance(records, list):
+            raise TypeError("generation must be a number and members a list")
+        pending = data.get("pending")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise PolicyError(f"{where}: malformed guests record ({exc})") from None
+    members: list[Registered] = []
+    unreadable: list[Unreadable] = []
+    for index, record in enumerate(records):
+        try:
+            members.append(_member_from_json(record, where=f"{where}: member {index + 1}"))
+        except PolicyError as exc:
+            unreadable.append(_unreadable(record, str(exc)))
+    good = {m.guest.iface for m in members} | {m.guest.bridge for m in members if m.guest.bridge}
+    closed = tuple(sorted({u.iface for u in unreadable if u.iface and u.iface not in good}))
+    settings = Settings(pattern=pattern, generation=generation, closed=closed)
+    return Registry(settings=settings, members=tuple(members), unreadable=tuple(unreadable),
+                    pending=pending if isinstance(pending, Mapping) else None)  # fmt: skip
+
+
+def _member_from_json(record: Any, *, where: str) -> Registered:
+    if not isinstance(record, Mapping):
+        raise PolicyError(f"{where}: not a guest record")
+    guest = guest_from_json(record, where=where)
+    try:
+        found = {name: frozenset(ipaddress.ip_address(a) for a in addrs) for name, addrs in record["resolved"].items()}
+        unresolved = {str(k): str(v) for k, v in record["unresolved"].items()}
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise PolicyError(f"{where}: malformed guests record ({exc!r})") from None
-    return Registry(settings=Settings(pattern=pattern), members=tuple(members))
+        raise PolicyError(f"{where}: malformed guest record ({exc!r})") from None
+    return Registered(guest=guest, names=found, unresolved=unresolved)
+
+
+def _unreadable(record: Any, problem: str) -> Unreadable:
+    fields = record if isinstance(record, Mapping) else {}
+    name, iface = fields.get("name"), fields.get("iface")
+    return Unreadable(
+        raw=record,
+        problem=problem,
+        name=name if isinstance(name, str) and name.isprintable() else None,
+        iface=iface if isinstance(iface, str) and IFACE_NAME.match(iface) else None,
+    )
+
+
+def check_gateways_owned(guest: Guest) -> str | None:
+    """Refuse a gateway the host does not hold on the guest's link (the link
+    is the bridge for a bridged guest): the guest could never reach it, and
+    ``@gateway`` would name an address of someone else. Raises PolicyError.
+    A link that does not exist yet (a TAP QEMU creates at start) cannot be
+    checked: the gateways are accepted and the returned warning says so."""
+    if not guest.gateways:
+        return None
+    from guestfence.netinfo import interface_addresses  # pyroute2: only `guest add` needs it
+
+    link = guest.bridge or guest.iface
+    held = interface_addresses(link)
+    if held is None:
+        return f"link {link} does not exist yet, so gateway(s) {', '.join(map(str, guest.gateways))} are not checked"
+    missing = [g for g in guest.gateways if g not in held]
+    if missing:
+        shown = ", ".join(map(str, held)) or "none"
+        raise PolicyError(
+            f"guest {guest.name}: gateway {', '.join(map(str, missing))} is not an address of {link} "
+            f"(its addresses: {shown}); give the host-side address of the guest's link")
+    return None
 
 
 def resolve_guest(guest: Guest, resolver: Resolver = socket.getaddrinfo) -> Registered:
-    """Resolve the DNS names of the guest's rules, now."""
+    """Resolve the DNS names of the guest's rules, now (the one lookup; plans are pure)."""
     resolution = resolve_names(guest.policy.names(), resolver)
     return Registered(guest=guest, names=dict(resolution.addresses), unresolved=dict(resolution.failures))
 
 
-def plan_add(registry: Registry, guest: Guest, resolver: Resolver = socket.getaddrinfo) -> tuple[NftPlan, Registry]:
-    """Add ``guest``, or replace the guest of that name."""
+def _next(settings: Settings) -> Settings:
+    return replace(settings, generation=settings.generation + 1)
+
+
+def plan_add(registry: Registry, added: Registered) -> tuple[NftPlan, Registry]:
+    """Add ``added``, or replace the guest of that name."""
+    guest = added.guest
     old = registry.find(guest.name)
     others = [m for m in registry.members if m.guest.name != guest.name]
-    added = resolve_guest(guest, resolver)
-    plan = compile_add(
-        guest,
-        registry.settings,
-        added.names,
-        others=[m.guest for m in others],
-        replaces=None if old is None else old.guest,
-    )
-    return plan, Registry(settings=registry.settings, members=(*others, added))
+    settings = _next(registry.settings)
+    plan = compile_add(guest, settings, added.names, others=[m.guest for m in others],
+                       replaces=None if old is None else old.guest)  # fmt: skip
+    return plan, replace(registry, settings=settings, members=(*others, added))
 
 
 def plan_remove(registry: Registry, name: str) -> tuple[NftPlan, Registry]:
+    """Remove guest ``name``; a member whose record cannot be read is dropped from the record."""
+    settings = _next(registry.settings)
+    bad = [u for u in registry.unreadable if u.name == name]
+    if bad and registry.find(name) is None:
+        rest_bad = tuple(u for u in registry.unreadable if u.name != name)
+        closed = tuple(i for i in settings.closed if i not in {u.iface for u in bad})
+        settings = replace(settings, closed=closed)
+        plan = compile_ruleset(registry.guests(), settings, registry.all_names())
+        return plan, replace(registry, settings=settings, unreadable=rest_bad)
     old = registry.find(name)
     if old is None:
         known = ", ".join(m.guest.name for m in registry.members) or "none"
         raise PolicyError(f"no guest named {name!r} is registered (registered: {known})")
     rest = tuple(m for m in registry.members if m.guest.name != name)
-    return compile_remove(old.guest, registry.settings), Registry(settings=registry.settings, members=rest)
+    return compile_remove(old.guest, settings), replace(registry, settings=settings, members=rest)
 
 
-def plan_replace(settings: Settings, guests: Sequence[Guest], resolver: Resolver = socket.getaddrinfo) -> tuple[NftPlan, Registry]:
-    """Make the live ruleset exactly ``guests`` (apply FILE, restore)."""
-    members = tuple(resolve_guest(g, resolver) for g in guests)
-    registry = Registry(settings=settings, members=members)
-    return compile_ruleset(registry.guests(), settings, registry.all_names()), registry
+def plan_replace(registry: Registry) -> NftPlan:
+    """Make the live ruleset exactly ``registry`` (apply FILE, restore, and what status compares with)."""
+    return compile_ruleset(registry.guests(), registry.settings, registry.all_names())
 
 
 def apply_plan(plan: NftPlan, nft: NftHandle | None = None) -> None:
@@ -148,135 +263,208 @@ def plan_json(plan: NftPlan) -> dict[str, Any]:
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *plan.commands]}
 
 
+def describe_changes(old: Registry, new: Registry, *, kept: Sequence[str] = ()) -> list[str]:
+    """What going from ``old`` to ``new`` adds, changes and removes, in words. Pure."""
+    before = {m.guest.name: guest_to_json(m.guest) for m in old.members}
+    after = {m.guest.name: guest_to_json(m.guest) for m in new.members}
+    lines = [f"add guest {name} on {after[name]['iface']}" for name in after if name not in before]
+    lines += [f"change guest {name}" for name in after if name in before and before[name] != after[name]]
+    lines += [f"remove guest {name}" for name in before if name not in after]
+    lines += [f"keep guest {name} (not in the file; --prune removes it)" for name in kept]
+    lines += [f"drop unreadable record of guest {u.name or '?'}" for u in old.unreadable if u not in new.unreadable]
+    if old.settings.pattern != new.settings.pattern:
+        lines.append(f"guest pattern {old.settings.pattern!r} -> {new.settings.pattern!r}")
+    return lines
+
+
 # The feature ``apply FILE`` / ``restore`` / ``flush`` drive (guestfence.state.Feature).
+
+RECORD = "recorded guests"
 
 
 @final
 class GuestsFeature:
     key = GUESTS_KEY
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None) -> FeaturePlan:
-        nft_plan, registry = plan_replace(Settings(pattern=config.guest_pattern), config.guests)
-        return self._feature_plan(nft_plan, registry.to_json())
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False) -> FeaturePlan:
+        """The file's guests; the recorded guests it does not name stay unless ``prune``."""
+        old = salvage_registry(recorded, where=RECORD)
+        if old.unreadable and not prune:
+            raise PolicyError("; ".join(old.problems()) + ": give --prune to replace the whole record with the file")
+        named = {g.name for g in config.guests}
+        kept = () if prune else tuple(m for m in old.members if m.guest.name not in named)
+        members = (*kept, *(resolve_guest(g) for g in config.guests))
+        settings = Settings(pattern=config.guest_pattern, generation=old.settings.generation + 1)
+        new = Registry(settings=settings, members=members)
+        changes = describe_changes(old, new, kept=[m.guest.name for m in kept])
+        return self._feature_plan(plan_replace(new), new, recorded, changes=changes)
 
     def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:
         if recorded is None:
             return FeaturePlan(key=self.key, shown=None, record=None, work=None, summary="no guests recorded")
-        registry = registry_from_json(recorded, where="recorded guests")
-        nft_plan, refreshed = plan_replace(registry.settings, registry.guests())
-        return self._feature_plan(nft_plan, refreshed.to_json())
+        try:
+            registry = salvage_registry(recorded, where=RECORD)
+        except PolicyError as exc:
+            # Not understood: install the tables without guests (unregistered
+            # interfaces dropped) and leave the record as it is for a human.
+            plan = plan_replace(Registry())
+            return FeaturePlan(key=self.key, shown=plan_json(plan), record=None, work=plan,
+                               summary="guests: none restored", problems=(str(exc),))  # fmt: skip
+        registry, note = _settle_pending(registry)
+        members = tuple(resolve_guest(m.guest) for m in registry.members)
+        refreshed = replace(registry, settings=_next(registry.settings), members=members, pending=None)
+        return self._feature_plan(plan_replace(refreshed), refreshed, recorded, changes=note,
+                                  problems=tuple(registry.problems()))  # fmt: skip
 
     def plan_flush(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:
         """Remove the live tables; the record stays, so ``restore`` brings them back."""
-        plan = self._feature_plan(compile_flush(), recorded)
-        return FeaturePlan(key=self.key, shown=plan.shown, record=recorded, work=plan.work, summary="guest tables removed")
+        plan = compile_flush()
+        return FeaturePlan(key=self.key, shown=plan_json(plan), record=None, work=plan, summary="guest tables removed")
 
     def apply(self, plan: FeaturePlan) -> None:
         if plan.work is not None:
             apply_plan(plan.work)
 
-    def _feature_plan(self, nft_plan: NftPlan, record: Any) -> FeaturePlan:
-        count = len(record.get("members", [])) if record else 0
-        return FeaturePlan(key=self.key, shown=plan_json(nft_plan), record=record, work=nft_plan, summary=f"{count} guest(s)")
+    def _feature_plan(self, nft_plan: NftPlan, registry: Registry, recorded: Mapping[str, Any] | None, *,
+                      changes: Sequence[str] = (), problems: tuple[str, ...] = ()) -> FeaturePlan:  # fmt: skip
+        record = registry.to_json()
+        return FeaturePlan(
+            key=self.key,
+            shown=plan_json(nft_plan),
+            record=record,
+            intent={**(recorded or {}), "pending": record},
+            work=nft_plan,
+            summary=f"{len(registry.members)} guest(s)",
+            changes=tuple(changes),
+            problems=problems,
+        )
 
 
 GUESTS = GuestsFeature()
 
 
-# Reading the live ruleset back.
+def _settle_pending(registry: Registry) -> tuple[Registry, list[str]]:
+    """The record to restore when a change was interrupted: the pending one
+    if the tables hold its generation (it was applied), else the committed one."""
+    if registry.pending is None:
+        return registry, []
+    try:
+        pending = salvage_registry(registry.pending, where=f"{RECORD} (pending)")
+    except PolicyError:
+        return replace(registry, pending=None), ["dropped an unreadable pending change"]
+    live = generation_of(live_listing())
+    if live == pending.settings.generation:
+        return replace(pending, pending=None), [f"kept the interrupted change (generation {live}), which the tables hold"]
+    return replace(registry, pending=None), [f"dropped an interrupted change (generation {pending.settings.generation}) the tables never held"]
+
+
+def generation_of(items: Sequence[Item]) -> int | None:
+    """The generation our inet table holds, or None when there is none."""
+    for item in items:
+        body = item.get("set")
+        if isinstance(body, dict) and body.get("family") == n.INET and body.get("name") == n.GENERATION:
+            elements = body.get("elem", [])
+            if len(elements) == 1:
+                value = elements[0]
+                return int(value, 0) if isinstance(value, str) else int(value)
+    return None
+
+
+# Status: the live tables compared with what the record compiles to.
 
 
 @final
 @dataclass(frozen=True, kw_only=True)
 class GuestStatus:
+    """One guest's line of ``status``: counters (None when the counter is not
+    there) and every difference that concerns its objects."""
+
     name: str
     iface: str
     rules: int
-    accepted: int | None
-    dropped: int | None
+    accepted_packets: int | None
+    accepted_bytes: int | None
+    dropped_packets: int | None
+    dropped_bytes: int | None
     drift: tuple[str, ...]
 
 
 @final
 @dataclass(frozen=True, kw_only=True)
-class Live:
-    """What our tables hold now: rules per chain, counters, map entries."""
+class StatusReport:
+    """What ``status`` shows, as plain data for any renderer (text, JSON, metrics)."""
 
-    tables: frozenset[str]
-    rules: Mapping[tuple[str, str], int]
-    counters: Mapping[tuple[str, str], int]
-    entries: Mapping[tuple[str, str], Mapping[str, str]]
+    guests: tuple[GuestStatus, ...]
+    drift: tuple[str, ...]
+    """Differences no single guest owns (base chains, shared sets, the record itself)."""
 
+    @property
+    def drifted(self) -> bool:
+        return bool(self.drift) or any(g.drift for g in self.guests)
 
-def collect_live(nft: NftHandle | None = None) -> Live:
-    handle = nft or open_nft()
-    tables, rules, counters, entries = set(), {}, {}, {}
-    for family in n.FAMILIES:
-        for item in list_ruleset(handle, {"table": {"family": family, "name": n.TABLE}}):
-            kind, body = next(iter(item.items()))
-            if kind == "table":
-                tables.add(family)
-            elif kind == "chain":
-                rules.setdefault((family, body["name"]), 0)
-            elif kind == "rule":
-                rules[(family, body["chain"])] = rules.get((family, body["chain"]), 0) + 1
-            elif kind == "counter":
-                counters[(family, body["name"])] = int(body.get("packets", 0))
-            elif kind == "map":
-                entries[(family, body["name"])] = {_key_text(k): v.get("goto", {}).get("target", "") for k, v in body.get("elem", [])}
-    return Live(tables=frozenset(tables), rules=rules, counters=counters, entries=entries)
+    def to_json(self) -> dict[str, Any]:
+        guests = [{"name": g.name, "iface": g.iface, "rules": g.rules,
+                   "accepted": g.accepted_packets, "accepted_bytes": g.accepted_bytes,
+                   "dropped": g.dropped_packets, "dropped_bytes": g.dropped_bytes, "drift": list(g.drift)}
+                  for g in self.guests]  # fmt: skip
+        return {"drifted": self.drifted, "drift": list(self.drift), "guests": guests}
 
 
-def _key_text(key: Any) -> str:
-    if isinstance(key, dict) and "elem" in key:
-        return _key_text(key["elem"]["val"])
-    if isinstance(key, dict) and "concat" in key:
-        return " . ".join(str(part) for part in key["concat"])
-    return str(key)
+def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHandle | None = None) -> StatusReport:
+    """Read the live tables and compare them with the recorded ``section``."""
+    live = live_listing(nft)
+    try:
+        registry = salvage_registry(section, where=where)
+    except PolicyError as exc:
+        return StatusReport(guests=(), drift=(f"{exc}; the tables cannot be checked against it",))
+    expected = expected_listing(plan_replace(registry).commands) if section is not None else []
+    return status_from_listings(registry, expected, live)
 
 
-def compare_status(registry: Registry, live: Live, *, recorded: bool = True) -> tuple[list[GuestStatus], list[str]]:
-    """Per guest: its rules, counters and drift; plus drift no guest owns
-    (missing tables count only when something was ``recorded``). Pure."""
+def status_from_listings(registry: Registry, expected: Sequence[Item], live: Sequence[Item]) -> StatusReport:
+    """The status of ``registry`` given what it compiles to and what is live. Pure."""
+    drifts = [d for d in compare_listings(expected, live) if not d.text.startswith(f"set {n.INET} {n.GENERATION}:")]
+    general = [d.text for d in drifts if d.guest is None or registry.find(d.guest) is None]
+    general += _generation_drift(registry, expected, live)
+    general += registry.problems()
+    counters = _counters(live)
     statuses = []
     for member in registry.members:
-        guest = member.guest
-        drift = []
-        expected = expected_rule_counts(guest, member.names)
-        for (family, chain), count in expected.items():
-            found = live.rules.get((family, chain))
-            if found is None:
-                drift.append(f"chain {family} {chain} is missing")
-            elif found != count:
-                drift.append(f"chain {family} {chain} has {found} rules, recorded {count}")
-        for family, map_name, key in _dispatch_keys(guest):
-            target = live.entries.get((family, map_name), {}).get(key)
-            if target != n.guest_chain(guest.name):
-                drift.append(f"{family} map {map_name} does not send {key} to the guest")
-        statuses.append(
-            GuestStatus(
-                name=guest.name,
-                iface=guest.iface,
-                rules=sum(expected.values()),
-                accepted=live.counters.get((n.INET, n.guest_counter(guest.name, "accepted"))),
-                dropped=_sum_dropped(guest.name, live),
-                drift=tuple(drift),
-            )
-        )
-    general = [f"table {family} {n.TABLE} is missing" for family in n.FAMILIES if recorded and family not in live.tables]
-    registered = {m.guest.name for m in registry.members}
-    strays = sorted({g for (_, chain) in live.rules for g in [n.guest_of(chain)] if g and g not in registered})
-    general += [f"guest {g} is in the ruleset but not recorded" for g in strays]
-    return statuses, general
+        name = member.guest.name
+        accepted = counters.get((n.INET, n.guest_counter(name, "accepted")))
+        dropped = [v for (_, counter), v in counters.items() if counter == n.guest_counter(name, "dropped")]
+        statuses.append(GuestStatus(
+            name=name, iface=member.guest.iface,
+            rules=sum(1 for item in expected if n.guest_of(str(item.get("rule", {}).get("chain", ""))) == name),
+            accepted_packets=None if accepted is None else accepted[0],
+            accepted_bytes=None if accepted is None else accepted[1],
+            dropped_packets=sum(v[0] for v in dropped) if dropped else None,
+            dropped_bytes=sum(v[1] for v in dropped) if dropped else None,
+            drift=tuple(d.text for d in drifts if d.guest == name),
+        ))  # fmt: skip
+    return StatusReport(guests=tuple(statuses), drift=tuple(general))
 
 
-def _dispatch_keys(guest: Guest) -> list[tuple[str, str, str]]:
-    if guest.bridge is None:
-        return [(n.INET, n.GUESTS_MAP, guest.iface), (n.ARP, n.GUESTS_MAP, guest.iface)]
-    return [(n.INET, n.BRIDGED_MAP, f"{guest.bridge} . {guest.mac}"), (n.BRIDGE, n.GUESTS_MAP, guest.iface)]
+def _generation_drift(registry: Registry, expected: Sequence[Item], live: Sequence[Item]) -> list[str]:
+    want, have = generation_of(expected), generation_of(live)
+    pending = registry.pending.get("generation") if registry.pending is not None else None
+    lines = []
+    if have is not None and want is not None and have != want:
+        if have == pending:
+            lines.append(f"the tables hold change {have}, which was applied but not recorded (interrupted); "
+                         "`guestfence restore` records it")  # fmt: skip
+        else:
+            lines.append(f"the tables hold change {have}, the record says {want}: "
+                         "something changed them outside this record; `guestfence restore` reinstalls the record")  # fmt: skip
+    elif pending is not None and have != pending:
+        lines.append(f"an interrupted change ({pending}) was recorded but never applied; `guestfence restore` drops it")
+    return lines
 
 
-def _sum_dropped(name: str, live: Live) -> int | None:
-    found = [v for (_, counter), v in live.counters.items() if counter == n.guest_counter(name, "dropped")]
-    return sum(found) if found else None
-
+def _counters(items: Sequence[Item]) -> dict[tuple[str, str], tuple[int, int]]:
+    found = {}
+    for item in items:
+        body = item.get("counter")
+        if isinstance(body, dict) and "name" in body:
+            found[(str(body["family"]), str(body["name"]))] = (int(body.get("packets", 0)), int(body.get("bytes", 0)))
+    return found

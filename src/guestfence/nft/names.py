@@ -38,6 +38,8 @@ GUEST_ADDRS = {4: "guest_addrs4", 6: "guest_addrs6"}
 """Every registered guest's own addresses: only rules naming them reach another guest."""
 MASQUERADE = {4: "masquerade4", 6: "masquerade6"}
 """Source addresses of guests registered with masquerade."""
+GENERATION = "generation"
+"""inet: one element, the recorded change the tables hold (see compile.Settings)."""
 
 # Constant sets, shared by every guest's rules (compile.CONSTANT_SETS holds
 # their elements). Named, not anonymous: libnftables reads every set of the
@@ -45,8 +47,6 @@ MASQUERADE = {4: "masquerade4", 6: "masquerade6"}
 # adding a guest slower with every guest already there.
 TO_HOST_TYPES = "to_host"
 LINK_ICMPV6 = "link_icmpv6"
-ERRORS_ICMP = "errors_icmp"
-ERRORS_ICMPV6 = "errors_icmpv6"
 ICMP_PROTOS = "icmp_protos"
 UNSPECIFIED_SOURCE_ICMPV6 = "unspecified_source_icmpv6"
 SPOOF_ICMPV6 = "spoof_icmpv6"

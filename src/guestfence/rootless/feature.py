@@ -22,7 +22,7 @@ ROOTLESS_KEY = "rootless"
 class RootlessFeature:
     key = ROOTLESS_KEY
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False) -> FeaturePlan:
         return self._nothing("rootless: nothing to apply (rules live with their stack)")
 
     def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:

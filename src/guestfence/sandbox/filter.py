@@ -1,4 +1,8 @@
-"""plan_filter() -> FilterPlan (pure), and build_filter(plan) -> libseccomp filter.
+"""plan_filter() -> FilterPlan (pure), build_filter(plan) -> libseccomp filter, bpf_program(plan) -> its BPF.
+
+The supervisor compiles the filter (bpf_program) and the launcher
+(launcher.c) loads those bytes: no libseccomp, no interpreter runs in the
+child before the filter.
 
 The filter every sandboxed process carries (threads and children inherit
 it, and filters a guest adds can only narrow it). Its BPF layout, as
@@ -33,8 +37,8 @@ from __future__ import annotations
 
 import enum
 import errno
-import json
 import socket
+import tempfile
 from dataclasses import dataclass
 from typing import final
 
@@ -79,20 +83,6 @@ class FilterRule:
 class FilterPlan:
     rules: tuple[FilterRule, ...]
 
-    def to_json(self) -> str:
-        return json.dumps([
-            [r.syscall, r.errno, [[c.arg, c.op.value, c.value, c.mask] for c in r.conds]] for r in self.rules
-        ])
-
-    @classmethod
-    def from_json(cls, text: str) -> FilterPlan:
-        return cls(rules=tuple(
-            FilterRule(syscall=name, errno=err, conds=tuple(
-                Cond(arg=arg, op=Op(op), value=value, mask=mask) for arg, op, value, mask in conds
-            ))
-            for name, err, conds in json.loads(text)
-        ))
-
 
 def _eq(arg: int, value: int, mask: int = INT_MASK) -> Cond:
     return Cond(arg=arg, op=Op.MASKED_EQ, value=value, mask=mask)
@@ -125,7 +115,7 @@ def plan_filter() -> FilterPlan:
 
 
 def build_filter(plan: FilterPlan):  # -> seccomp.SyscallFilter
-    """The libseccomp filter for ``plan``, native architecture only. Call in the child."""
+    """The libseccomp filter for ``plan``, native architecture only."""
     import seccomp
 
     flt = seccomp.SyscallFilter(seccomp.ALLOW)
@@ -140,3 +130,13 @@ def build_filter(plan: FilterPlan):  # -> seccomp.SyscallFilter
         ]
         flt.add_rule(action, rule.syscall, *args)
     return flt
+
+
+def bpf_program(plan: FilterPlan) -> bytes:
+    """``plan`` compiled by libseccomp to the BPF program the launcher loads
+    (struct sock_filter[], 8 bytes an instruction), exactly what libseccomp's
+    own load() would hand the kernel."""
+    with tempfile.TemporaryFile() as exported:
+        build_filter(plan).export_bpf(exported)
+        exported.seek(0)
+        return exported.read()

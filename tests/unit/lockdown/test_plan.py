@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from guestfence.errors import PlanError
+from guestfence.lockdown.feature import guest_interfaces
 from guestfence.lockdown.pattern import parse_patterns
 from guestfence.lockdown.plan import (
     HOOKS,
@@ -23,7 +24,7 @@ LINKS = (Link(name="lo", ifindex=1), Link(name="eth0", ifindex=2), Link(name="vl
 PROTECTED = {"lo": "loopback", "eth0": "default route, IPv4"}
 
 
-def rules(commands) -> list[tuple[str, str, str, str]]:
+def all_rules(commands) -> list[tuple[str, str, str, str]]:
     found = []
     for command in commands:
         rule = command.get("add", {}).get("rule")
@@ -31,6 +32,11 @@ def rules(commands) -> list[tuple[str, str, str, str]]:
             match = rule["expr"][0]["match"]
             found.append((rule["family"], rule["chain"], match["left"]["meta"]["key"], match["right"]))
     return found
+
+
+def rules(commands) -> list[tuple[str, str, str, str]]:
+    """The rules about patterns (by interface name)."""
+    return [r for r in all_rules(commands) if r[2] in ("iifname", "oifname")]
 
 
 def test_each_pattern_gets_a_drop_rule_at_every_hook_matched_by_name() -> None:
@@ -45,6 +51,7 @@ def test_each_pattern_gets_a_drop_rule_at_every_hook_matched_by_name() -> None:
     assert {c["prio"] for c in chains} == {PRIORITY} and {c["table"] for c in chains} == {TABLE}
     assert all(r["expr"][1:] == [{"counter": counter_name(h, p)}, {"drop": None}]
                for c in plan.commands if (r := c.get("add", {}).get("rule"))
+               if r["expr"][0]["match"]["left"]["meta"]["key"] in ("iifname", "oifname")
                for h in HOOKS if (h.family, h.chain) == (r["family"], r["chain"])
                for p in parse_patterns([r["expr"][0]["match"]["right"]]))  # fmt: skip
 
@@ -132,8 +139,62 @@ def test_remove_of_a_pattern_not_in_force_is_an_error() -> None:
 def test_restore_and_new_links_follow_the_recorded_patterns() -> None:
     state = LockdownState(patterns=parse_patterns(["vlan*"]))
     assert rules(plan_restore(state, links=LINKS).commands) == [(h.family, h.chain, h.key, "vlan*") for h in HOOKS]
-    assert plan_link(state, Link(name="vlan9", ifindex=9)) is not None
-    assert plan_link(state, Link(name="eth1", ifindex=3)) is None
+    assert plan_link(state, Link(name="vlan9", ifindex=9), LINKS) is not None
+    assert plan_link(state, Link(name="eth1", ifindex=3), LINKS) is None
+
+
+STACK = (
+    Link(name="eth0", ifindex=2),
+    Link(name="vlan7", ifindex=7),
+    Link(name="macvtap3", ifindex=30, kind="macvtap", lower=7),
+    Link(name="mv4", ifindex=40, kind="macvlan", lower=7),
+    Link(name="vlan7.5", ifindex=50, kind="vlan", lower=7),
+    Link(name="macvtap6", ifindex=60, kind="macvtap", lower=2),
+)
+
+
+def test_macvlan_and_macvtap_on_a_matching_link_are_covered_and_go_into_the_stacked_set() -> None:
+    plan = plan_add(LockdownState(), parse_patterns(["vlan7"]), links=STACK, protected=PROTECTED)
+    assert [link.name for link in plan.stacked] == ["macvtap3", "mv4"]  # not the VLAN, not eth0's macvtap
+    assert [ls.link.name for ls in plan.harden] == ["vlan7", "macvtap3", "mv4"]
+    elements = [c["add"]["element"] for c in plan.commands if "element" in c.get("add", {})]
+    assert {(e["family"], tuple(e["elem"])) for e in elements} == {("inet", (30, 40)), ("arp", (30, 40))}
+    state = LockdownState(patterns=parse_patterns(["vlan7"]))
+    assert plan_link(state, STACK[3], STACK) is not None and plan_link(state, STACK[5], STACK) is None
+
+
+def test_every_macvtap_is_dropped_by_kind_and_the_stacked_set_by_index_at_inet_and_arp() -> None:
+    plan = plan_add(LockdownState(), parse_patterns(["vlan*"]), links=(), protected=PROTECTED)
+    extra = [r for r in all_rules(plan.commands) if r[2] not in ("iifname", "oifname")]
+    assert extra == [
+        ("inet", "prerouting", "iif", "@stacked"), ("inet", "prerouting", "iifkind", "macvtap"),
+        ("inet", "output", "oif", "@stacked"), ("inet", "output", "oifkind", "macvtap"),
+        ("arp", "input", "iif", "@stacked"), ("arp", "input", "iifkind", "macvtap"),
+    ]  # fmt: skip
+    verbs = [next(iter(c)) + ":" + next(iter(next(iter(c.values())))) for c in plan.commands]
+    assert verbs.index("flush:set") < verbs.index("add:rule") and "add:element" not in verbs
+
+
+def test_a_stacked_device_carrying_the_host_is_refused_without_force() -> None:
+    with pytest.raises(PlanError, match=r"mv4 \(default route, IPv4\) is a macvlan on vlan7"):
+        plan_add(LockdownState(), parse_patterns(["vlan7"]), links=STACK, protected={"mv4": "default route, IPv4"})
+
+
+def test_a_registered_guests_interface_is_protected_like_the_uplink() -> None:
+    guests = guest_interfaces({"members": [{"name": "vm1", "iface": "vlan7"}, {"name": "vm2", "iface": "vnet2",
+                                            "bridge": "br0"}, "junk"]})  # fmt: skip
+    assert guests == {"vlan7": "interface of registered guest vm1", "vnet2": "interface of registered guest vm2",
+                      "br0": "bridge of registered guest vm2"}  # fmt: skip
+    with pytest.raises(PlanError, match=r"'vlan\*' matches vlan7 \(interface of registered guest vm1\)"):
+        plan_add(LockdownState(), parse_patterns(["vlan*"]), links=LINKS, protected=guests)
+
+
+def test_disable_ipv6_is_left_out_where_it_would_delete_static_configuration() -> None:
+    link = Link(name="vlan7", ifindex=7, ipv6_config=("address 2001:db8::5/64",))
+    plan = plan_add(LockdownState(), parse_patterns(["vlan7"]), links=(link,), protected={})
+    (steps,) = plan.harden
+    assert "disable_ipv6" not in {s.key for s in steps.steps} and {"accept_ra", "arp_ignore"} <= {s.key for s in steps.steps}
+    assert "2001:db8::5/64" in steps.kept[0]
 
 
 def test_counter_names_are_distinct_within_each_table() -> None:

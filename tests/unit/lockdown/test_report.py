@@ -42,3 +42,17 @@ def test_a_pattern_missing_from_the_kernel_is_not_in_force() -> None:
     report = compile_report(state, [], (), lambda s: None)
     assert not report.patterns[0].in_force
     assert all(h.packets == 0 for h in report.patterns[0].hooks)
+
+
+def test_reports_the_stacked_rules_and_the_live_set_by_name_or_index() -> None:
+    links = (Link(name="vlan7", ifindex=7), Link(name="macvtap3", ifindex=30, kind="macvtap", lower=7))
+    plan = plan_add(LockdownState(), parse_patterns(["vlan*"]), links=links, protected={})
+    listing = listing_from(plan.commands, 2) + [
+        {"set": {"family": "inet", "table": "guestfence_lockdown", "name": "stacked", "elem": ["macvtap3", "41"]}}]
+    shown = report_to_json(compile_report(LockdownState(patterns=plan.patterns), listing, links, lambda s: None))
+    assert shown["stacked"]["interfaces"] == ["41", "macvtap3"]  # 41: a member whose interface is gone
+    assert {r["hook"]: (r["in_force"], r["drops"]["packets"]) for r in shown["stacked"]["rules"]} == {
+        f"{hook} {what}": (True, 2)
+        for hook in ("inet prerouting", "inet output", "arp input") for what in ("stacked", "macvtap")
+    }  # fmt: skip
+    assert compile_report(LockdownState(), listing, links, lambda s: None).stacked_rules == ()

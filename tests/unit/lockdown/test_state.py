@@ -13,6 +13,7 @@ from guestfence.lockdown.state import (
     SysctlStep,
     forget_interface,
     merge_record,
+    salvage_state,
     state_from_json,
     state_to_json,
 )
@@ -55,3 +56,27 @@ def test_json_round_trip() -> None:
 def test_a_damaged_state_is_a_clear_error(data: object) -> None:
     with pytest.raises(ConfigError, match="s.json: the recorded lockdown state is damaged"):
         state_from_json(data, source="s.json")
+
+
+def test_salvage_keeps_every_readable_part_and_names_each_damaged_one() -> None:
+    good = {"interface": "vlan7", "ifindex": 7, "sysctls": [
+        {"family": "ipv4", "key": "arp_ignore", "set": "8", "old": "0"}]}  # fmt: skip
+    data = {"patterns": ["vlan*", 5, "vm?", "eth0.1"],
+            "interfaces": [good, {"interface": "vlan8", "ifindex": "eight", "sysctls": []}, "junk"]}  # fmt: skip
+
+    state, problems = salvage_state(data)
+
+    assert [p.text for p in state.patterns] == ["vlan*", "eth0.1"]
+    assert [r.interface for r in state.interfaces] == ["vlan7"]
+    assert problems[0] == "lockdown pattern 5: not a string"
+    assert problems[1].startswith("lockdown pattern 'vm?': ")
+    assert problems[2].startswith("lockdown record of interface 'vlan8': ") and "left as they are" in problems[2]
+    assert problems[3].startswith("lockdown record of interface None: ")
+    with pytest.raises(ConfigError, match="recorded lockdown state is damaged"):
+        state_from_json(data, source="recorded lockdown")
+
+
+@pytest.mark.parametrize("data", [[], "x", {"patterns": "vlan*"}, {"interfaces": {}}])
+def test_salvage_of_a_record_of_the_wrong_shape_reports_it(data: object) -> None:
+    state, problems = salvage_state(data)
+    assert state == LockdownState() and len(problems) == 1

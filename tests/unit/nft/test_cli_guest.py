@@ -46,7 +46,10 @@ def test_injection_crafted_name_is_refused(capsys: pytest.CaptureFixture[str], t
 
 
 def test_dry_run_prints_the_batch_and_records_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, _ = run(capsys, tmp_path, *ADD, "--gateway", "192.0.2.1", "--net-allow", "tcp://@gateway:8080", "--dry-run")
+    code, out, err = run(capsys, tmp_path, *ADD, "--gateway", "192.0.2.1", "--net-allow", "tcp://@gateway:8080", "--dry-run")
+    assert code == 0 and out == "would add guest vm1 on vmtap-a\n"
+    assert "interface vmtap-a does not exist yet" in err
+    code, out, _ = run(capsys, tmp_path, *ADD, "--gateway", "192.0.2.1", "--net-allow", "tcp://@gateway:8080", "--dry-run", "--json")
     assert code == 0
     batch = json.loads(out)["nftables"]
     assert batch[0] == {"metainfo": {"json_schema_version": 1}}
@@ -56,7 +59,7 @@ def test_dry_run_prints_the_batch_and_records_nothing(capsys: pytest.CaptureFixt
 
 def test_list_and_remove_with_nothing_registered(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run(capsys, tmp_path, "guest", "list")[1] == "no guests registered\n"
-    assert json.loads(run(capsys, tmp_path, "guest", "list", "--json")[1]) == {"pattern": "vmtap*", "guests": []}
+    assert json.loads(run(capsys, tmp_path, "guest", "list", "--json")[1]) == {"pattern": "vmtap*", "guests": [], "problems": []}
     code, _, err = run(capsys, tmp_path, "guest", "remove", "vm1")
     assert code == 2 and "no guest named 'vm1' is registered" in err
 
@@ -65,6 +68,9 @@ def test_apply_dry_run_compiles_the_file(capsys: pytest.CaptureFixture[str], tmp
     config = tmp_path / "guests.toml"
     config.write_text('[[guest]]\nname = "vm1"\niface = "vmtap-a"\naddress = "192.0.2.2/30"\nnet_allow = ["udp://*:53"]\n')
     code, out, _ = run(capsys, tmp_path, "apply", "--dry-run", str(config))
+    assert code == 0 and "would add guest vm1 on vmtap-a" in out
+    assert not tmp_path.joinpath(".lock").exists()
+    code, out, _ = run(capsys, tmp_path, "apply", "--dry-run", "--json", str(config))
     assert code == 0
     commands = json.loads(out)["guests"]["nftables"]
     assert {"delete": {"table": {"family": "inet", "name": "guestfence"}}} in commands

@@ -39,7 +39,7 @@ def test_rejects_interface_names_nftables_would_read_as_more_than_a_name(iface: 
         (dict(gateways=["gw"]), "invalid gateway 'gw'"),
         (dict(mac="02:00:00:00:00"), "invalid MAC"),
         (dict(bridge="br0"), "needs --mac"),
-        (dict(comment="a\nb"), "printable text"),
+        (dict(comment="a\nb"), "only printable characters"),
     ],
 )
 def test_rejects_bad_fields_naming_the_guest(fields: dict, message: str) -> None:

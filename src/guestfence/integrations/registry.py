@@ -1,0 +1,57 @@
+"""Register and unregister guests for the integrations: the very
+operations ``guest add``/``remove`` run (guestfence.operations), so the
+intent is recorded before each transaction and the interface foot-guns are
+refused the same way.
+
+``register`` refuses to replace a guest another owner made: a guest of the
+same name must carry the same ``comment`` (the integrations write their
+owner there). ``unregister_where`` removes every guest a predicate selects,
+one transaction each, and does nothing, successfully, when none is
+registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from guestfence.errors import PolicyError
+from guestfence.nft.firewall import Registered
+from guestfence.nft.guest import Guest
+from guestfence.operations import add_guest, read_registry, read_status, remove_guest
+
+
+def register(guest: Guest, directory: Path) -> Registered:
+    """Add ``guest`` (or replace the one of that name it owns) in one transaction."""
+    old = read_registry(directory).find(guest.name)
+    if old is not None and old.guest.comment != guest.comment:
+        raise PolicyError(f"guest {guest.name} is already registered by someone else ({old.guest.comment!r}); not replacing it")
+    # force: the interface is the one the guest's manager (CNI, libvirt,
+    # QEMU) made for this guest, so host addresses on it are the guest
+    # link's own, never an uplink's; ``guest add`` cannot know that.
+    outcome = add_guest(directory, guest, dry_run=False, force=True)
+    assert outcome.member is not None
+    return outcome.member
+
+
+def unregister_where(selected: Callable[[Guest], bool], directory: Path) -> list[str]:
+    """Remove every registered guest ``selected`` picks; their names (maybe none)."""
+    gone = [m.guest.name for m in read_registry(directory).members if selected(m.guest)]
+    for name in gone:
+        remove_guest(directory, name, dry_run=False)
+    return gone
+
+
+def check(guest: Guest, directory: Path) -> list[str]:
+    """What is wrong with ``guest``'s registration: not recorded, recorded
+    differently, or drifted in the live ruleset (its own objects, or the
+    shared ones every guest relies on). Empty when all is well."""
+    registry = read_registry(directory)
+    member = registry.find(guest.name)
+    if member is None:
+        return [f"guest {guest.name} is not registered"]
+    if member.guest != guest:
+        return [f"guest {guest.name} is registered with different settings"]
+    status = read_status(directory)
+    own = [f"guest {guest.name}: {line}" for s in status.guests if s.name == guest.name for line in s.drift]
+    return own + list(status.drift)

@@ -1,0 +1,264 @@
+"""What the kernel holds compared with what guestfence would install.
+
+The contract: ``status`` reports a difference for every object of our
+tables whose content is not what the recorded state compiles to — tables,
+chains (type, hook, priority, policy), every rule in order, sets and maps
+with their elements, named counters (their identity, not their values).
+Counter values and handles are the only things ignored.
+
+How "what we would install" is known without a second description of the
+ruleset: ``expected_listing`` applies the very batch ``restore`` would
+apply (compile.compile_ruleset) inside a private, empty network namespace
+that exists only for the call, and lists it back. Both sides then come
+from the same kernel and libnftables in the same listing form, so the
+comparison is generic: a new rule shape in compile.py needs no change here.
+
+``compare_listings`` and ``describe_*`` are pure; ``expected_listing`` and
+``live_listing`` are the only I/O.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import difflib
+import json
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, final
+
+from guestfence.errors import ApplyError, HostError
+from guestfence.nft import names as n
+from guestfence.nft.apply import Command, NftHandle, apply_nft, list_ruleset, open_nft
+
+Item = dict[str, Any]
+CLONE_NEWNET = 0x40000000
+_VOLATILE = ("handle", "packets", "bytes")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One difference, in words; ``guest`` names the guest whose object it is (None: shared)."""
+
+    guest: str | None
+    text: str
+
+
+def live_listing(nft: NftHandle | None = None) -> list[Item]:
+    """Our tables (every family) as the kernel lists them now."""
+    handle = nft or open_nft()
+    return [item for family in n.FAMILIES for item in list_ruleset(handle, _table(family))]
+
+
+def expected_listing(commands: Sequence[Command]) -> list[Item]:
+    """``commands`` applied in a new, empty network namespace, listed back.
+
+    Runs in a thread of its own: ``unshare(CLONE_NEWNET)`` moves only that
+    thread, so the caller's namespace and ruleset are never touched, and
+    the scratch namespace goes away with the thread's netlink socket."""
+    result: dict[str, Any] = {}
+
+    def scratch() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                errno = ctypes.get_errno()
+                raise HostError(f"cannot make a scratch network namespace to compare with: {os.strerror(errno)} (run as root)")
+            nft = open_nft()
+            apply_nft(nft, list(commands), step="build the expected ruleset")
+            result["items"] = live_listing(nft)
+        except (HostError, ApplyError) as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=scratch, name="guestfence-scratch-netns")
+    worker.start()
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    return list(result["items"])
+
+
+def _table(family: str) -> Command:
+    return {"table": {"family": family, "name": n.TABLE}}
+
+
+# Normalising a listing: objects keyed by what identifies them.
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Objects:
+    """A listing as comparable data: ``attrs[(kind, family, name)]`` without
+    handles and values, ``rules[(family, chain)]`` in order, ``elements[(kind,
+    family, name)]`` as a sorted tuple."""
+
+    attrs: Mapping[tuple[str, str, str], str]
+    rules: Mapping[tuple[str, str], tuple[str, ...]]
+    elements: Mapping[tuple[str, str, str], tuple[str, ...]]
+
+
+def normalise(items: Iterable[Item]) -> Objects:
+    attrs: dict[tuple[str, str, str], str] = {}
+    rules: dict[tuple[str, str], list[str]] = {}
+    elements: dict[tuple[str, str, str], tuple[str, ...]] = {}
+    for item in items:
+        kind, body = next(iter(item.items()))
+        if kind == "metainfo" or not isinstance(body, dict):
+            continue
+        kept = {k: v for k, v in body.items() if k not in _VOLATILE}
+        family = str(kept.get("family"))
+        if kind == "rule":
+            kept.pop("table", None)
+            kept["expr"] = [_stable_expr(e) for e in kept.get("expr", [])]
+            rules.setdefault((family, str(kept["chain"])), []).append(_canon({"expr": kept["expr"], "comment": kept.get("comment")}))
+            continue
+        name = str(kept.get("name"))
+        if kind in ("set", "map"):
+            elements[(kind, family, name)] = tuple(sorted(_canon(e) for e in kept.pop("elem", [])))
+        if kind == "chain":
+            rules.setdefault((family, name), [])
+        attrs[(kind, family, name)] = _canon(kept)
+    return Objects(attrs=attrs, rules={k: tuple(v) for k, v in rules.items()}, elements=elements)
+
+
+def _stable_expr(expr: Any) -> Any:
+    """An anonymous counter's values change with traffic; its presence does not."""
+    if isinstance(expr, dict) and isinstance(expr.get("counter"), dict) and "packets" in expr["counter"]:
+        return {"counter": None}
+    return expr
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# Comparing.
+
+
+def compare_listings(expected: Iterable[Item], live: Iterable[Item]) -> list[Drift]:
+    """Every difference between two listings, in words. Pure."""
+    want, have = normalise(expected), normalise(live)
+    drifts: list[Drift] = []
+    # A table missing on one side is one difference, not one per object in it.
+    one_sided = {family for (kind, family, _) in set(want.attrs) ^ set(have.attrs) if kind == "table"}
+    for key in sorted(set(want.attrs) | set(have.attrs)):
+        kind, family, name = key
+        if family in one_sided and kind != "table":
+            continue
+        owner = n.guest_of(name)
+        label = f"{kind} {family} {name}" if kind != "table" else f"table {family} {n.TABLE}"
+        if key not in have.attrs:
+            drifts.append(Drift(owner, f"{label} is missing"))
+        elif key not in want.attrs:
+            drifts.append(Drift(owner, f"{label} is not part of what guestfence installs"))
+        elif want.attrs[key] != have.attrs[key]:
+            drifts.append(Drift(owner, f"{label} was changed: {_describe_attrs(have.attrs[key])}, expected {_describe_attrs(want.attrs[key])}"))
+    for key in sorted(set(want.rules) & set(have.rules)):
+        drifts += _rule_drift(key, want.rules[key], have.rules[key])
+    for key in sorted(set(want.elements) & set(have.elements)):
+        drifts += _element_drift(key, want.elements[key], have.elements[key])
+    return drifts
+
+
+def _rule_drift(key: tuple[str, str], want: Sequence[str], have: Sequence[str]) -> list[Drift]:
+    family, chain = key
+    owner = n.guest_of(chain)
+    where = f"chain {family} {chain}"
+    drifts = []
+    matcher = difflib.SequenceMatcher(None, want, have, autojunk=False)
+    for op, w1, w2, h1, h2 in matcher.get_opcodes():
+        if op in ("delete", "replace"):
+            for index in range(w1, w2):
+                drifts.append(Drift(owner, f"{where}: rule {index + 1} `{describe_rule(want[index])}` is missing"))
+        if op in ("insert", "replace"):
+            for index in range(h1, h2):
+                drifts.append(Drift(owner, f"{where}: unexpected rule at position {index + 1}: `{describe_rule(have[index])}`"))
+    return drifts
+
+
+def _element_drift(key: tuple[str, str, str], want: Sequence[str], have: Sequence[str]) -> list[Drift]:
+    kind, family, name = key
+    drifts = []
+    for text, elements in (("is missing", set(want) - set(have)), ("is not part of what guestfence installs", set(have) - set(want))):
+        for element in sorted(elements):
+            value = json.loads(element)
+            drifts.append(Drift(_element_owner(value) or n.guest_of(name), f"{kind} {family} {name}: element {describe_value(value)} {text}"))
+    return drifts
+
+
+def _element_owner(element: Any) -> str | None:
+    """The guest a verdict-map element sends to, if any."""
+    if isinstance(element, list) and len(element) == 2 and isinstance(element[1], dict):
+        target = element[1].get("goto", element[1].get("jump", {}))
+        if isinstance(target, dict):
+            return n.guest_of(str(target.get("target", "")))
+    return None
+
+
+# Rules and values in words, close to nft's own syntax (for the reader, not for nft).
+
+
+def describe_rule(canonical: str) -> str:
+    rule = json.loads(canonical)
+    words = " ".join(describe_expr(e) for e in rule["expr"])
+    return words + (f" comment {json.dumps(rule['comment'])}" if rule.get("comment") else "")
+
+
+def describe_expr(expr: Any) -> str:
+    if not isinstance(expr, dict) or len(expr) != 1:
+        return describe_value(expr)
+    (kind, body), = expr.items()
+    if kind == "match":
+        op = "" if body["op"] in ("==", "in") else f"{body['op']} "
+        return f"{describe_value(body['left'])} {op}{describe_value(body['right'])}"
+    if kind in ("accept", "drop", "return", "continue", "masquerade") and not body:
+        return kind
+    if kind in ("goto", "jump"):
+        return f"{kind} {body['target']}"
+    if kind == "vmap":
+        return f"{describe_value(body['key'])} vmap {describe_value(body['data'])}"
+    if kind == "counter":
+        return "counter" if body is None else f"counter name {describe_value(body)}"
+    if kind == "log":
+        return "log" + "".join(f" {k} {json.dumps(v) if k == 'prefix' else v}" for k, v in body.items())
+    if kind == "limit":
+        return f"limit rate {body.get('rate')}/{body.get('per')}" + (f" burst {body['burst']}" if body.get("burst") else "")
+    return f"{kind} {describe_value(body)}"
+
+
+def describe_value(value: Any) -> str:
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, body), = value.items()
+        if kind == "payload" and "protocol" in body:
+            return f"{body['protocol']} {body['field']}"
+        if kind == "payload":
+            return f"@{body.get('base')},{body.get('offset')},{body.get('len')}"
+        if kind in ("meta", "ct"):
+            return f"{kind} {body['key']}"
+        if kind == "fib":
+            return f"fib {' . '.join(body.get('flags', []))} {body.get('result')}"
+        if kind == "set" and isinstance(body, list):
+            return "{ " + ", ".join(describe_value(v) for v in body) + " }"
+        if kind == "prefix":
+            return f"{body['addr']}/{body['len']}"
+        if kind == "range":
+            return f"{describe_value(body[0])}-{describe_value(body[1])}"
+        if kind == "concat":
+            return " . ".join(describe_value(v) for v in body)
+        if kind == "elem":
+            return describe_value(body.get("val"))
+        return describe_expr(value)
+    if isinstance(value, list):
+        if len(value) == 2 and isinstance(value[1], dict):
+            return f"{describe_value(value[0])} : {describe_expr(value[1])}"
+        return "{ " + ", ".join(describe_value(v) for v in value) + " }"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _describe_attrs(canonical: str) -> str:
+    attrs = json.loads(canonical)
+    return ", ".join(f"{k} {describe_value(v)}" for k, v in sorted(attrs.items()) if k not in ("family", "table", "name"))

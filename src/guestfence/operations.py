@@ -1,0 +1,179 @@
+"""The state-changing commands of the VM-guest firewall and of every feature
+(``guest add|remove``, ``apply FILE``, ``restore``, ``flush``), start to
+finish: read the record under the state lock, plan, record the intent,
+apply one transaction, record the result. ``status`` reads without locking
+anything out. The CLI only parses and prints.
+
+Guarantees:
+- Bad input changes nothing: every feature is planned before any applies.
+- ``restore`` and ``flush`` act on the record, not on new input: a feature
+  or a guest whose record cannot be read is reported (``Outcome.problems``,
+  exit 2) while everything else is done, so one bad record never leaves
+  every guest unfiltered after a reboot.
+- A crash between a transaction and its record is never silent (see
+  guestfence.state on intents).
+- ``guest add|remove`` keep recorded members they cannot read as they are
+  (and their interfaces closed), with a warning.
+- ``guest add`` refuses, without ``force``, interfaces the host needs
+  itself (``interface_hazards``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, final
+
+from guestfence.errors import GuestfenceError, PolicyError
+from guestfence.lockdown.feature import LOCKDOWN
+from guestfence.nft.firewall import (
+    GUESTS,
+    check_gateways_owned,
+    GUESTS_KEY,
+    Registered,
+    Registry,
+    StatusReport,
+    collect_status,
+    describe_changes,
+    plan_add,
+    plan_json,
+    plan_remove,
+    resolve_guest,
+    salvage_registry,
+)
+from guestfence.nft.guest import Guest
+from guestfence.rootless.feature import ROOTLESS
+from guestfence.state import Feature, FeaturePlan, StateStore
+
+FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN, ROOTLESS)
+"""What ``apply FILE``, ``restore`` and ``flush`` take care of, in this order.
+Each owns one key of the state file; a new feature is added here only."""
+
+_LINK_LOCAL = (ipaddress.ip_network("fe80::/10"),)
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """What a command did (or, dry, would do): the plans, and what it could not do."""
+
+    plans: tuple[FeaturePlan, ...]
+    problems: tuple[str, ...] = ()
+    member: Registered | None = None
+    warnings: tuple[str, ...] = ()
+    shown: Any = field(default=None, hash=False)
+
+
+def commit(store: StateStore, feature: Feature, plan: FeaturePlan, recorded: Any) -> None:
+    """Record the intent, apply, record the result. When the kernel refused
+    the transaction (nothing changed) the intent is taken back."""
+    if plan.intent is not None:
+        store.write_section(plan.key, plan.intent)
+    try:
+        feature.apply(plan)
+    except GuestfenceError:
+        if plan.intent is not None:
+            store.write_section(plan.key, recorded)
+        raise
+    if plan.record is not None:
+        store.write_section(plan.key, plan.record)
+
+
+def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePlan], *, dry_run: bool,
+                 salvage: bool = False) -> Outcome:  # fmt: skip
+    """Plan every feature, then apply and record each. With ``salvage``
+    (restore, flush), a feature that cannot be planned is reported and the others
+    still applied; otherwise any error stops before anything changed."""
+    problems: list[str] = []
+    with StateStore(directory, read_only=dry_run) as store:
+        planned: list[tuple[Feature, FeaturePlan, Any]] = []
+        for feature in FEATURES:
+            recorded = store.section(feature.key)
+            try:
+                planned.append((feature, make_plan(feature, recorded), recorded))
+            except GuestfenceError as exc:
+                if not salvage:
+                    raise
+                problems.append(f"{feature.key}: {exc}")
+        if not dry_run:
+            for feature, plan, recorded in planned:
+                try:
+                    commit(store, feature, plan, recorded)
+                except GuestfenceError as exc:
+                    if not salvage:
+                        raise
+                    problems.append(f"{feature.key}: {exc}")
+    plans = tuple(plan for _, plan, _ in planned)
+    return Outcome(plans=plans, problems=(*problems, *(p for plan in plans for p in plan.problems)))
+
+
+def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
+    """Register ``guest`` (or replace the guest of that name)."""
+    unchecked = check_gateways_owned(guest)  # first: a wrong gateway is the likelier mistake, and the clearer message
+    warnings = interface_hazards(guest, force=force)
+    if unchecked:
+        warnings.append(unchecked)
+    with StateStore(directory, read_only=dry_run) as store:
+        recorded = store.section(GUESTS_KEY)
+        old = salvage_registry(recorded, where=str(store.path))
+        nft_plan, registry = plan_add(old, resolve_guest(guest))
+        plan = _guests_plan(nft_plan, old, registry, recorded)
+        member = registry.find(guest.name)
+        if not dry_run:
+            commit(store, GUESTS, plan, recorded)
+    return Outcome(plans=(plan,), member=member, warnings=(*warnings, *registry.problems()))
+
+
+def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
+    with StateStore(directory, read_only=dry_run) as store:
+        recorded = store.section(GUESTS_KEY)
+        old = salvage_registry(recorded, where=str(store.path))
+        nft_plan, registry = plan_remove(old, name)
+        plan = _guests_plan(nft_plan, old, registry, recorded)
+        if not dry_run:
+            commit(store, GUESTS, plan, recorded)
+    return Outcome(plans=(plan,), warnings=tuple(registry.problems()))
+
+
+def read_registry(directory: Path) -> Registry:
+    """The record as far as it can be read (``Registry.problems`` says what cannot)."""
+    with StateStore(directory, read_only=True) as store:
+        return salvage_registry(store.section(GUESTS_KEY), where=str(store.path))
+
+
+def read_status(directory: Path) -> StatusReport:
+    with StateStore(directory, read_only=True) as store:
+        return collect_status(store.section(GUESTS_KEY), where=str(store.path))
+
+
+def _guests_plan(nft_plan: Any, old: Registry, new: Registry, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    record = new.to_json()
+    return FeaturePlan(key=GUESTS_KEY, shown=plan_json(nft_plan), record=record, intent={**(recorded or {}), "pending": record},
+                       work=nft_plan, summary=f"{len(new.members)} guest(s)", changes=tuple(describe_changes(old, new)))  # fmt: skip
+
+
+def interface_hazards(guest: Guest, *, force: bool) -> list[str]:
+    """Refuse (PolicyError) an interface the host needs for itself, unless
+    ``force``: loopback, a default-route interface, one carrying host
+    addresses other than the guest link's own (its gateways). Returns
+    warnings: the interface does not exist yet, or what ``force`` overrode."""
+    from guestfence.lockdown.links import collect_protected
+    from guestfence.netinfo import interface_addresses
+
+    hazards = []
+    protected = collect_protected()
+    if guest.iface in protected:
+        hazards.append(f"{guest.iface} is the host's {protected[guest.iface]} interface")
+    addresses = interface_addresses(guest.iface)
+    if addresses is None:
+        return [f"interface {guest.iface} does not exist yet; its rules match it by name once it appears"]
+    foreign = [a for a in addresses if a not in guest.gateways and not any(a in net for net in _LINK_LOCAL)]
+    if foreign:
+        shown = ", ".join(str(a) for a in foreign)
+        hazards.append(f"{guest.iface} carries host addresses that are not the guest's gateway ({shown})")
+    if hazards and not force:
+        raise PolicyError(f"guest {guest.name}: refusing --iface {guest.iface}: " + "; ".join(hazards)
+                          + " — registering it would cut the host off that link (give --force if that is meant)")  # fmt: skip
+    return [f"--force: {h}" for h in hazards]
