@@ -387,3 +387,15 @@ def test_an_unprivileged_supervisor_serves_its_own_uid(place: Path) -> None:
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"uid": NOBODY, "echo": "hi", "peers": [[NOBODY, NOBODY]], "err": ""}
+
+
+def test_magic_links_in_a_guests_path_are_refused(place: Path, servers: list[UnixServer]) -> None:
+    """/proc/self/... would be resolved as the supervisor's; the guest gets ELOOP instead."""
+    servers.append(UnixServer(str(place / "echo.sock")))
+    code = ECHO + f'''
+fd = os.open({str(place / "echo.sock")!r}, os.O_PATH)
+out["via_fd"] = echo(f"/proc/self/fd/{{fd}}")
+out["direct"] = echo({str(place / "echo.sock")!r})
+'''
+    assert run_bare(code) == {"via_fd": "ping", "direct": "ping"}
+    assert run_sandboxed(code, allow=["unix:///*"]) == {"via_fd": errno.ELOOP, "direct": "ping"}
