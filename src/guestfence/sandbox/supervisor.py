@@ -20,7 +20,9 @@ slow peer never delays another thread's send (up to ``max_threads`` calls
 in flight). Threads beyond ``MAX_IDLE`` idle ones exit. Each thread drops
 every effective capability but CAP_SYS_PTRACE (pidfd_getfd and
 process_vm_readv on a guest of another uid need it), so a root supervisor
-lends the guest nothing in the calls it makes for it.
+lends the guest nothing in the calls it makes for it (``identity`` raises
+CAP_SETUID/CAP_SETGID only for the moment it takes on or gives back a
+guest's ids, and makes unix and netlink calls with none).
 
 The loop ends when the kernel reports the listener orphaned (no process
 uses the filter any more) or the listener is closed.
