@@ -20,7 +20,8 @@ does to its fd table, and the destination is the one decided:
 A path is resolved as the guest's kernel would: absolute paths inside the
 guest thread's root (/proc/TID/root, openat2 RESOLVE_IN_ROOT), relative
 ones from its working directory (/proc/TID/cwd; refused when the guest's
-root is not ours, since ".." and absolute symlinks would then leave it),
+root or mount namespace is not ours, since ".." and absolute symlinks
+would then be resolved in ours),
 symlinks followed, magic links (/proc/self/fd/...) refused (they would be
 resolved as ours). The socket inode is opened with O_PATH, the decision
 is made on its canonical path, and the call is made to that very inode
@@ -127,7 +128,8 @@ class _Guest:
             if paths:
                 self.root = os.open(f"/proc/{self.tid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 self.root_path = os.readlink(f"/proc/{self.tid}/root")
-                self.same_root = os.path.samestat(os.fstat(self.root), os.stat("/"))
+                self.same_root = (os.path.samestat(os.fstat(self.root), os.stat("/"))
+                                  and os.path.samestat(os.stat(f"/proc/{self.tid}/ns/mnt"), os.stat("/proc/self/ns/mnt")))
             if relative:
                 self.cwd = os.open(f"/proc/{self.tid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             if passes_fds:
@@ -285,7 +287,7 @@ class Local:
             base, resolve = guest.cwd, _RESOLVE_NO_MAGICLINKS
         else:
             self.report(caller, "unix", os.fsdecode(path),
-                        "refused: a relative socket path in a guest whose root is not the supervisor's")
+                        "refused: a relative socket path in a guest whose root or mount namespace is not the supervisor's")
             raise _Refused(errno.EACCES)
         try:
             fd = _openat2(base, path, resolve)
