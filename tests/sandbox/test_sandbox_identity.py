@@ -34,7 +34,7 @@ def _in_a_thread(body) -> dict:
     return seen
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root can take on another identity")
+@pytest.mark.lab  # only root can take on another identity
 def test_a_thread_takes_on_the_guest_and_gives_it_back() -> None:
     guest = identity.Identity(uids=(NOBODY, NOBODY, NOBODY), gids=(NOBODY, NOBODY, NOBODY), groups=frozenset({NOBODY}))
 
@@ -58,7 +58,7 @@ def test_a_thread_takes_on_the_guest_and_gives_it_back() -> None:
     assert (os.getuid(), os.geteuid()) == (0, 0)  # other threads never changed
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="runs as root")
+@pytest.mark.lab  # the root case
 def test_a_root_guest_of_a_root_supervisor_keeps_no_capability() -> None:
     def body(seen: dict) -> None:
         kernel.keep_only_effective(kernel.CAP_SYS_PTRACE)

@@ -32,7 +32,6 @@ from tests.sandbox.guest import _parse, guest_argv, run_bare, run_sandboxed
 
 SECONDS = float(os.environ.get("GUESTFENCE_RACE_SECONDS", "1.5"))
 NOBODY = 65534
-IS_ROOT = os.geteuid() == 0
 
 
 class UnixServer:
@@ -212,7 +211,7 @@ def _as_nobody(argv: list[str]) -> list[str]:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *argv]
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="a root supervisor with an unprivileged guest needs root")
+@pytest.mark.lab  # a root supervisor with an unprivileged guest: needs root
 def test_root_supervisor_unprivileged_guest_the_server_sees_the_guest(place: Path, servers: list[UnixServer]) -> None:
     open_to_all = UnixServer(str(place / "open.sock"), mode=0o777)
     root_only = UnixServer(str(place / "root.sock"), mode=0o700)
@@ -333,7 +332,7 @@ def test_netlink_to_the_kernel_works() -> None:
     assert run_sandboxed(code)["n"] > 0
 
 
-@pytest.mark.skipif(not IS_ROOT or shutil.which("unshare") is None, reason="needs root and unshare")
+@pytest.mark.lab  # root, in a network namespace of its own
 def test_netlink_sends_gain_nothing_of_the_supervisors_privileges() -> None:
     """Root, in a network namespace of its own, adds a link bare; sandboxed it cannot (EPERM)."""
     add = ["ip", "link", "add", "gfv0", "type", "veth", "peer", "name", "gfv1"]
@@ -378,7 +377,7 @@ print(json.dumps({"uid": os.getuid(), "echo": done.stdout.strip(), "peers": peer
 '''
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="runs the supervisor as nobody with setpriv")
+@pytest.mark.lab  # runs the supervisor as nobody with setpriv: needs root
 def test_an_unprivileged_supervisor_serves_its_own_uid(place: Path) -> None:
     (place / "run").mkdir()
     (place / "run").chmod(0o777)
