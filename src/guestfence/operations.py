@@ -111,8 +111,10 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
 
 def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
-    unchecked = check_gateways_owned(guest)  # first: a wrong gateway is the likelier mistake, and the clearer message
+    # The interface first: refusing the host's own interface (lo, an uplink)
+    # is the message that matters when both are wrong.
     warnings = interface_hazards(guest, force=force)
+    unchecked = check_gateways_owned(guest)
     if unchecked:
         warnings.append(unchecked)
     with StateStore(directory, read_only=dry_run) as store:

@@ -146,6 +146,7 @@ def test_restore_with_a_bad_record_installs_the_good_guests_and_keeps_the_bad_on
     sh("ip", "link", "set", bad.iface, "down", netns=scene.host)
     sh("ip", "link", "set", bad.iface, "name", bad_iface, netns=scene.host)
     sh("ip", "link", "set", bad_iface, "up", netns=scene.host)
+    scene.lab.addr(scene.host, bad_iface, f"{bad.gateway6}/64")  # a link going down loses its IPv6 addresses
     scene.register(good, *POLICY)
     scene.gf("guest", "add", "g2", "--iface", bad_iface, "--address", f"{bad.address4}/30", "--address", f"{bad.address6}/64",
              "--gateway", bad.gateway4, "--gateway", bad.gateway6, "--default", "allow")  # fmt: skip
@@ -224,6 +225,6 @@ def test_restore_with_an_unreadable_lockdown_record_still_installs_the_guests(sc
     flushed = scene.gf("flush", check=False)
     assert flushed.returncode == 2 and "not done: lockdown:" in flushed.stderr and scene.ruleset() == []
     restored = scene.gf("restore", check=False)
-    assert restored.returncode == 2 and "not done: lockdown:" in restored.stderr and "Traceback" not in restored.stderr
+    assert restored.returncode == 2 and "not done: lockdown" in restored.stderr and "Traceback" not in restored.stderr
     assert scene.reachable(link.netns, targets(link)) == {f"tcp://{link.gateway4}:8080"}
     assert json.loads(path.read_text())["lockdown"] == {"patterns": 7}, "left for a human, not rewritten"

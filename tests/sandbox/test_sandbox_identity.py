@@ -39,7 +39,7 @@ def test_a_thread_takes_on_the_guest_and_gives_it_back() -> None:
     guest = identity.Identity(uids=(NOBODY, NOBODY, NOBODY), gids=(NOBODY, NOBODY, NOBODY), groups=frozenset({NOBODY}))
 
     def body(seen: dict) -> None:
-        kernel.keep_only_effective(kernel.CAP_SYS_PTRACE)
+        kernel.keep_only_effective(kernel.CAP_SYS_PTRACE, kernel.CAP_KILL)
         before = identity.of_this_thread()
         with identity.acting_as(guest):
             seen["inside"] = identity.of_this_thread()
@@ -54,21 +54,21 @@ def test_a_thread_takes_on_the_guest_and_gives_it_back() -> None:
     assert inside.groups == {NOBODY}
     assert seen["caps_inside"] == 0
     assert seen["after"] == seen["before"]
-    assert seen["caps_after"] == 1 << kernel.CAP_SYS_PTRACE
+    assert seen["caps_after"] == 1 << kernel.CAP_SYS_PTRACE | 1 << kernel.CAP_KILL
     assert (os.getuid(), os.geteuid()) == (0, 0)  # other threads never changed
 
 
 @pytest.mark.lab  # the root case
 def test_a_root_guest_of_a_root_supervisor_keeps_no_capability() -> None:
     def body(seen: dict) -> None:
-        kernel.keep_only_effective(kernel.CAP_SYS_PTRACE)
+        kernel.keep_only_effective(kernel.CAP_SYS_PTRACE, kernel.CAP_KILL)
         with identity.acting_as(identity.of_this_thread()):
             seen["caps_inside"] = _effective_caps()
         seen["caps_after"] = _effective_caps()
 
     seen = _in_a_thread(body)
     assert seen["caps_inside"] == 0
-    assert seen["caps_after"] == 1 << kernel.CAP_SYS_PTRACE
+    assert seen["caps_after"] == 1 << kernel.CAP_SYS_PTRACE | 1 << kernel.CAP_KILL
 
 
 def test_of_thread_reads_a_threads_ids() -> None:

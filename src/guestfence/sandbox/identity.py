@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import final
 
-from guestfence.sandbox import kernel
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -109,14 +108,15 @@ def acting_as(guest: Identity) -> Iterator[None]:
                                 f"(uid {ours.uids[1]}, gid {ours.gids[1]}), and only root can take them on")
         yield
         return
+    effective = _effective_caps()
     if ours.matches(guest):  # a root guest of a root supervisor: only the capabilities go
         _set_effective_caps(())
         try:
             yield
         finally:
-            _restore(ours, groups=False)
+            _restore(ours, effective, groups=False)
         return
-    _set_effective_caps((CAP_SETUID, CAP_SETGID, kernel.CAP_SYS_PTRACE))
+    _set_effective_caps((CAP_SETUID, CAP_SETGID))
     try:
         if guest.groups != ours.groups:
             _set_groups(guest.groups)
@@ -127,25 +127,26 @@ def acting_as(guest: Identity) -> Iterator[None]:
                         ctypes.c_uint(0)))
         _set_effective_caps(())  # also for a root guest: its calls are made with no capability at all
     except OSError as exc:
-        _restore(ours)
+        _restore(ours, effective)
         raise IdentityError(f"cannot take on the guest's ids: {exc.strerror}") from None
     try:
         yield
     finally:
-        _restore(ours)
+        _restore(ours, effective)
 
 
-def _restore(ours: Identity, *, groups: bool = True) -> None:
+def _restore(ours: Identity, effective: tuple[int, ...], *, groups: bool = True) -> None:
+    """Our ids back, and exactly the effective capabilities we had before."""
     try:
         _check(_syscall(_NR["setresuid"], ctypes.c_uint(ours.uids[0]), ctypes.c_uint(ours.uids[1]),
                         ctypes.c_uint(ours.uids[2])))
-        _set_effective_caps((CAP_SETUID, CAP_SETGID, kernel.CAP_SYS_PTRACE))
+        _set_effective_caps((CAP_SETUID, CAP_SETGID))
         if groups:
             if of_this_thread().groups != ours.groups:
                 _set_groups(ours.groups)
             _check(_syscall(_NR["setresgid"], ctypes.c_uint(ours.gids[0]), ctypes.c_uint(ours.gids[1]),
                             ctypes.c_uint(ours.gids[2])))
-        _set_effective_caps((kernel.CAP_SYS_PTRACE,))
+        _set_effective_caps(effective)
     except OSError as exc:
         os.write(2, f"guestfence: cannot restore a supervisor thread's identity ({exc.strerror}); aborting\n".encode())
         os.abort()
@@ -162,6 +163,14 @@ class _CapHeader(ctypes.Structure):
 
 class _CapData(ctypes.Structure):
     _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
+
+
+def _effective_caps() -> tuple[int, ...]:
+    """This thread's effective capabilities, by number."""
+    header = _CapHeader(0x20080522, 0)
+    data = (_CapData * 2)()
+    _check(_syscall(_NR["capget"], ctypes.byref(header), ctypes.byref(data)))
+    return tuple(i * 32 + bit for i in range(2) for bit in range(32) if data[i].effective >> bit & 1)
 
 
 def _set_effective_caps(capabilities: tuple[int, ...]) -> None:

@@ -57,7 +57,7 @@ from typing import final
 
 from guestfence.policy.decide import decide_unix
 from guestfence.policy.model import Policy, UnixFlow, UnixScope
-from guestfence.sandbox import identity, kernel, onbehalf
+from guestfence.sandbox import identity, onbehalf
 from guestfence.sandbox.identity import IdentityError
 from guestfence.sandbox.materialize import CMSGHDR, GuestFault, Message
 from guestfence.sandbox.onbehalf import Outcome
@@ -96,6 +96,8 @@ class Caller:
     syscall: str
     still_waiting: Callable[[], None]
     """Raises GuestFault(ESRCH) unless the thread is still in the call (its tid not recycled)."""
+    take_fd: Callable[[int], int]
+    """Our copy of the caller's descriptor N (pidfd_getfd from the caller's fd table); GuestFault."""
 
 
 class _Refused(Exception):
@@ -113,17 +115,16 @@ class _Plan:
 
 
 class _Guest:
-    """What we hold of the calling thread: its root, working directory and a pidfd, opened once."""
+    """What we hold of the calling thread: its root and working directory, opened once."""
 
     def __init__(self, tid: int) -> None:
         self.tid = tid
         self.root = -1
         self.cwd = -1
-        self.pidfd = -1
         self.root_path = "/"
         self.same_root = True
 
-    def open(self, *, paths: bool, relative: bool, passes_fds: bool) -> None:
+    def open(self, *, paths: bool, relative: bool) -> None:
         try:
             if paths:
                 self.root = os.open(f"/proc/{self.tid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -132,13 +133,11 @@ class _Guest:
                                   and os.path.samestat(os.stat(f"/proc/{self.tid}/ns/mnt"), os.stat("/proc/self/ns/mnt")))
             if relative:
                 self.cwd = os.open(f"/proc/{self.tid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            if passes_fds:
-                self.pidfd = kernel.pidfd_open(self.tid)
         except OSError:
             raise GuestFault(errno.ESRCH) from None
 
     def close(self) -> None:
-        for fd in (self.root, self.cwd, self.pidfd):
+        for fd in (self.root, self.cwd):
             if fd >= 0:
                 os.close(fd)
 
@@ -176,8 +175,7 @@ class Local:
                 raise GuestFault(errno.ESRCH) from None
             unix = kind.domain == socket.AF_UNIX
             names = [_path_of(m.name) for m in messages if unix and _names_peer(kind, m, connect)]
-            guest.open(paths=any(names), relative=any(p and not p.startswith(b"/") for p in names),
-                       passes_fds=unix and any(m.control for m in messages))
+            guest.open(paths=any(names), relative=any(p and not p.startswith(b"/") for p in names))
             caller.still_waiting()
             try:
                 with identity.acting_as(who):
@@ -189,6 +187,8 @@ class Local:
                             break
                     if not plans:
                         return stop
+                    if any(plan.message.control for plan in plans):
+                        caller.still_waiting()  # the SCM_RIGHTS descriptors came from the caller
                     if connect:
                         return onbehalf.connect(fd, plans[0].message.name or b"")
                     if many:
@@ -211,7 +211,7 @@ class Local:
         plan = _Plan(message=message)
         try:
             if message.control:
-                plan.message = replace(message, control=self._take_passed_fds(guest, message.control, plan.files))
+                plan.message = replace(message, control=self._take_passed_fds(caller, message.control, plan.files))
             if _names_peer(kind, message, connect):
                 self._plan_unix_destination(caller, guest, plan)
         except BaseException:
@@ -309,7 +309,7 @@ class Local:
         self.report(caller, "unix", path, "refused: the socket lies outside the guest's root")
         raise _Refused(errno.EACCES)
 
-    def _take_passed_fds(self, guest: _Guest, control: bytes, files: list[int]) -> bytes:
+    def _take_passed_fds(self, caller: Caller, control: bytes, files: list[int]) -> bytes:
         """``control`` with each SCM_RIGHTS number replaced by our copy of the guest's descriptor."""
         out = bytearray(control)
         offset = 0
@@ -328,12 +328,7 @@ class Local:
                 for i in range(count):
                     at = offset + CMSGHDR.size + 4 * i
                     number = struct.unpack_from("=i", control, at)[0]
-                    if number < 0:
-                        raise GuestFault(errno.EBADF)
-                    try:
-                        ours = kernel.pidfd_getfd(guest.pidfd, number)
-                    except OSError as exc:
-                        raise GuestFault(exc.errno or errno.EBADF) from None
+                    ours = caller.take_fd(number)
                     files.append(ours)
                     struct.pack_into("=i", out, at, ours)
             offset += (length + 7) & ~7

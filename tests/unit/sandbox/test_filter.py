@@ -21,7 +21,8 @@ def test_sendto_without_destination_needs_no_round_trip() -> None:
 def test_refusals() -> None:
     refused = {(r.syscall, r.errno) for r in plan_filter().rules if r.errno is not None}
     assert {("io_uring_setup", errno.EPERM), ("socket", errno.EAFNOSUPPORT), ("socket", errno.EPERM),
-            ("seccomp", errno.EBUSY), ("setsockopt", errno.EPERM)} <= refused
+            ("seccomp", errno.EBUSY), ("setsockopt", errno.EPERM), ("setsockopt", errno.ENOPROTOOPT),
+            ("clone", errno.EPERM), ("unshare", errno.EPERM), ("clone3", errno.ENOSYS)} <= refused
 
 
 def test_plan_compiles_to_a_bpf_program_that_checks_the_architecture_first() -> None:
