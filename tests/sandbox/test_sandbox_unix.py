@@ -398,3 +398,25 @@ out["direct"] = echo({str(place / "echo.sock")!r})
 '''
     assert run_bare(code) == {"via_fd": "ping", "direct": "ping"}
     assert run_sandboxed(code, allow=["unix:///*"]) == {"via_fd": errno.ELOOP, "direct": "ping"}
+
+
+def test_sendmmsg_on_unix_stops_at_the_denied_entry_across_batches(place: Path, servers: list[UnixServer]) -> None:
+    """150 allowed entries (more than one batch), then a denied one: 150 sent, as the kernel counts."""
+    allowed = UnixServer(str(place / "log"), kind=socket.SOCK_DGRAM)
+    denied = UnixServer(str(place / "other"), kind=socket.SOCK_DGRAM)
+    servers += [allowed, denied]
+    good = b"\x01\x00" + str(place / "log").encode()
+    bad = b"\x01\x00" + str(place / "other").encode()
+    code = f'''
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+entries = [({good!r}, b"m%d" % i) for i in range(150)] + [({bad!r}, b"x")] + [({good!r}, b"late")] * 10
+out["result"], lens = sendmmsg(s.fileno(), entries)
+out["lens"] = lens[:151]
+'''
+    got = run_sandboxed(code, allow=[f"unix://{place}/log"])
+    assert got == {"result": 150, "lens": [len(b"m%d" % i) for i in range(150)] + [0]}
+    deadline = time.monotonic() + 10
+    while len(allowed.received) < 150 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert allowed.received == [b"m%d" % i for i in range(150)]
+    assert denied.received == []
