@@ -46,7 +46,7 @@ from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_c
 from guestfence.lockdown.pattern import LockdownConfig, parse_pattern as parse_interface_pattern
 from guestfence.nft.guest import DEFAULT_PATTERN, Guest, parse_guest, parse_pattern
 from guestfence.policy.grammar import parse_action, parse_rules
-from guestfence.policy.model import Policy, Rule, canonical_rules
+from guestfence.policy.model import Policy, Rule, UnixRule, canonical_rules
 
 POLICY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _POLICY_KEYS = ("default", "allow", "deny")
@@ -260,7 +260,7 @@ def _parse_policy_table(table: dict[str, Any], locator: _Locator, errors: list[P
             default = parse_action(default_text)
         except RuleSyntaxError as e:
             errors.append(locator.place(e))
-    rules: dict[str, list[Rule]] = {}
+    rules: dict[str, list[Rule | UnixRule]] = {}
     for kind in ("allow", "deny"):
         rules[kind] = []
         texts = table.get(kind, [])
@@ -274,11 +274,7 @@ def _parse_policy_table(table: dict[str, Any], locator: _Locator, errors: list[P
                 errors.append(locator.place(e))
     if default is None:
         return Policy()
-    return Policy(
-        default=default,
-        allow=tuple(canonical_rules(rules["allow"])),
-        deny=tuple(canonical_rules(rules["deny"])),
-    )
+    return Policy.of(default=default, allow=rules["allow"], deny=rules["deny"])
 
 
 def _decode_error_line(message: str) -> int | None:
@@ -326,7 +322,7 @@ def format_config(config: ConfigFile) -> str:
 
 def format_policy(policy: Policy) -> str:
     lines = [f'default = "{policy.default.value}"']
-    for kind, rules in (("allow", policy.allow), ("deny", policy.deny)):
+    for kind, rules in (("allow", policy.allow + policy.allow_unix), ("deny", policy.deny + policy.deny_unix)):
         if not rules:
             lines.append(f"{kind} = []")
             continue

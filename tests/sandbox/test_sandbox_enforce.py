@@ -91,14 +91,20 @@ out["v4_on_v6_socket"] = r if r >= 0 else -ctypes.get_errno()
                    "v4_on_v6_socket": -errno.ECONNREFUSED}
 
 
-def test_unix_and_netlink_sockets_pass_untouched(tmp_path) -> None:
-    path = tmp_path / "sock"
-    code = f'''
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind({str(path)!r})
+def test_unix_is_decided_by_rules_and_netlink_to_the_kernel_is_made_for_the_guest(tmp_path) -> None:
+    path = tmp_path.resolve() / "sock"
+    code = '''
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind(PATH)
 c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-out["unix_sendto"] = c.sendto(b"hi", {str(path)!r})
-out["unix_got"] = srv.recv(10).decode()
+try:
+    out["unix_sendto"] = c.sendto(b"hi", PATH)
+    out["unix_got"] = srv.recv(10).decode()
+except OSError as e:
+    out["unix_sendto"] = -e.errno
 nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-out["netlink_sendto"] = nl.sendto(b"\\0" * 16, (0, 0)) if False else nl.sendto(struct.pack("=IHHII", 16, 18, 0x301, 1, 0), (0, 0))
+out["netlink_sendto"] = nl.sendto(struct.pack("=IHHII", 16, 18, 0x301, 1, 0), (0, 0))
 '''
-    assert run_sandboxed(code) == {"unix_sendto": 2, "unix_got": "hi", "netlink_sendto": 16}
+    allowed = run_sandboxed(f"PATH = {str(path)!r}" + code, allow=[f"unix://{path}"])
+    assert allowed == {"unix_sendto": 2, "unix_got": "hi", "netlink_sendto": 16}
+    denied = run_sandboxed(f"PATH = {str(path) + '2'!r}" + code)
+    assert denied == {"unix_sendto": -errno.ECONNREFUSED, "netlink_sendto": 16}

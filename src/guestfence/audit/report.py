@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from guestfence.audit.model import Finding, Verdict
+from guestfence.audit.unixsock import UnixFinding
 from guestfence.policy.model import Address, Policy
 
 VERDICT_ORDER = (Verdict.VIOLATION, Verdict.MISSING, Verdict.UNKNOWN, Verdict.ALLOWED, Verdict.BLOCKED)
@@ -32,14 +33,20 @@ class AuditReport:
     findings: tuple[Finding, ...]
     generated: str = ""
     udp: bool = False
+    unix_findings: tuple[UnixFinding, ...] = ()
+    """Host unix listeners probed (``audit --sandbox`` only)."""
 
     @property
     def rows(self) -> tuple[Finding, ...]:
         return tuple(sorted(self.findings, key=_row_key))
 
     @property
+    def unix_rows(self) -> tuple[UnixFinding, ...]:
+        return tuple(sorted(self.unix_findings, key=lambda f: (VERDICT_ORDER.index(f.verdict), str(f.listener))))
+
+    @property
     def summary(self) -> dict[str, int]:
-        counts = Counter(f.verdict for f in self.findings)
+        counts = Counter(f.verdict for f in (*self.findings, *self.unix_findings))
         return {v.value: counts.get(v, 0) for v in VERDICT_ORDER}
 
     @property
@@ -60,12 +67,16 @@ def format_report_table(report: AuditReport) -> list[tuple[str, ...]]:
             f.decision.decided_by,
             f.observation.detail,
         ))  # fmt: skip
+    for u in report.unix_rows:
+        rows.append((u.verdict.value, str(u.listener), u.listener.owned_by, u.status.value,
+                     u.decision.decided_by, u.detail))
     return rows
 
 
 def format_summary(report: AuditReport) -> str:
     parts = [f"{verdict}: {count}" for verdict, count in report.summary.items() if count]
-    return f"{report.guest}: {len(report.findings)} services probed: " + (", ".join(parts) or "none")
+    probed = len(report.findings) + len(report.unix_findings)
+    return f"{report.guest}: {probed} services probed: " + (", ".join(parts) or "none")
 
 
 def report_json(report: AuditReport) -> dict[str, Any]:
@@ -75,14 +86,29 @@ def report_json(report: AuditReport) -> dict[str, Any]:
         "udp": report.udp,
         "policy": {
             "default": report.policy.default.value,
-            "allow": [str(r) for r in report.policy.allow],
-            "deny": [str(r) for r in report.policy.deny],
+            "allow": [str(r) for r in report.policy.allow + report.policy.allow_unix],
+            "deny": [str(r) for r in report.policy.deny + report.policy.deny_unix],
         },
         "host_addresses": [str(a) for a in report.host_addresses],
         "gateways": [str(a) for a in report.gateways],
         "summary": report.summary,
         "violations": report.violations,
         "findings": [_finding_json(f) for f in report.rows],
+        "unix_findings": [_unix_finding_json(u) for u in report.unix_rows],
+    }
+
+
+def _unix_finding_json(u: UnixFinding) -> dict[str, Any]:
+    return {
+        "service": str(u.listener.flow),
+        "type": str(u.listener).rpartition("(")[2].rstrip(")"),
+        "bound_as": u.listener.address,
+        "owners": [{"pid": p.pid, "name": p.name} for p in u.listener.owners],
+        "probe": u.status.value,
+        "detail": u.detail,
+        "policy": u.decision.action.value,
+        "decided_by": u.decision.decided_by,
+        "verdict": u.verdict.value,
     }
 
 
@@ -142,9 +168,20 @@ def render_html(report: AuditReport) -> str:
         f"<td>{e(f.decision.decided_by)}</td>"
         f"<td>{e(f.observation.detail)}</td></tr>\n"
         for f in report.rows
+    ) + "".join(
+        f'<tr class="{_css_class(u.verdict.value)}">'
+        f"<td>{e(u.verdict.value)}</td>"
+        f'<td class="service">{e(str(u.listener))}</td>'
+        f"<td>{e(u.listener.owned_by)}</td>"
+        f"<td>{e(u.status.value)}</td>"
+        f"<td>{e(u.decision.decided_by)}</td>"
+        f"<td>{e(u.detail)}</td></tr>\n"
+        for u in report.unix_rows
     )
-    rules = [f"default {report.policy.default.value}"]
-    rules += [f"allow {r}" for r in report.policy.allow] + [f"deny {r}" for r in report.policy.deny]
+    policy = report.policy
+    rules = [f"default {policy.default.value}"]
+    rules += [f"allow {r}" for r in policy.allow + policy.allow_unix]
+    rules += [f"deny {r}" for r in policy.deny + policy.deny_unix]
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

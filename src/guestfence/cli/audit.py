@@ -12,6 +12,7 @@ from guestfence.audit.counters import open_counters
 from guestfence.audit.probe import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, probe_netns
 from guestfence.audit.report import AuditReport, format_report_table, format_summary, render_html, report_json
 from guestfence.audit.sandboxed import probe_sandboxed
+from guestfence.audit.unixsock import UnixFinding, collect_unix_listeners, compare_unix, probe_unix_sandboxed
 from guestfence.cli.common import HelpFormatter, add_policy_options, format_table, policy_from_args, print_json
 from guestfence.errors import HostError, PolicyError
 from guestfence.netinfo import collect_host_addresses
@@ -29,7 +30,10 @@ but the host's own addresses.
 
 With --sandbox the probes run in a child sandboxed under the policy (the
 host's own namespace: loopback is the host's), so the audit shows whether
-the sandbox lets through exactly what the policy allows.
+the sandbox lets through exactly what the policy allows. It also lists the
+host's unix listeners (/proc/net/unix: listening sockets, and datagram
+receivers such as /dev/log, by path or abstract name) and connects to each
+from the sandbox, next to the TCP/UDP services.
 
 In the policy, @host is every host address found and @gateway the guest's
 default gateway as the guest sees it (a sandbox has none), or, with --guest,
@@ -95,8 +99,11 @@ def run_audit(args: argparse.Namespace) -> int:
         names = {} if args.no_resolve else _resolve(policy)
     host_addresses = collect_host_addresses()
     targets = plan_targets(collect_listeners(udp=args.udp), host_addresses)
+    unix_findings: tuple[UnixFinding, ...] = ()
     if args.sandbox:
         probed = probe_sandboxed(targets, policy, timeout=args.timeout)
+        unix_observed = probe_unix_sandboxed(collect_unix_listeners(), policy, timeout=args.timeout)
+        unix_findings = compare_unix(policy, unix_observed)
     else:
         probed = probe_netns(targets, args.netns, timeout=args.timeout, nft=open_counters() if args.udp else None)
     seen_gateways = registered.guest.gateways if registered is not None else probed.view.gateways
@@ -110,6 +117,7 @@ def run_audit(args: argparse.Namespace) -> int:
         findings=compare(policy, probed.observations, context),
         generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         udp=args.udp,
+        unix_findings=unix_findings,
     )
     if args.html:
         _write(args.html, render_html(report))

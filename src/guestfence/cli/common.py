@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from guestfence.config import load_policy
 from guestfence.errors import PolicyError
 from guestfence.policy.grammar import parse_policy
-from guestfence.policy.model import Address, Policy, Symbol, SymbolHost, canonical_rules, unmap
+from guestfence.policy.model import Address, Policy, Symbol, SymbolHost, unmap
 
 if TYPE_CHECKING:  # only the commands that start a process need subprocess (cli/__init__: start-up)
     import subprocess
@@ -34,10 +34,10 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
     """The policy the options describe. Raises PolicyError."""
     base = load_policy(args.policy) if args.policy else Policy()
     extra = parse_policy(allow=args.net_allow, deny=args.net_deny, default=args.default or base.default.value)
-    return Policy(
+    return Policy.of(
         default=extra.default,
-        allow=tuple(canonical_rules(base.allow + extra.allow)),
-        deny=tuple(canonical_rules(base.deny + extra.deny)),
+        allow=base.allow + base.allow_unix + extra.allow + extra.allow_unix,
+        deny=base.deny + base.deny_unix + extra.deny + extra.deny_unix,
     )
 
 

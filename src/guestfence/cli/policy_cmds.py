@@ -16,9 +16,9 @@ from guestfence.cli.common import (
 )
 from guestfence.config import format_config, load_config
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
-from guestfence.policy.decide import LINK_ESSENTIALS, decide, decide_translated
-from guestfence.policy.grammar import parse_destination
-from guestfence.policy.model import Address, AddressType, Context, Decision, Flow, Policy, Proto
+from guestfence.policy.decide import LINK_ESSENTIALS, decide, decide_translated, decide_unix
+from guestfence.policy.grammar import UNIX_SCHEME, parse_destination, parse_unix_destination
+from guestfence.policy.model import Address, AddressType, Context, Decision, Flow, Policy, Proto, UnixFlow
 from guestfence.resolve import resolve_names
 
 CHECK_EPILOG = """\
@@ -47,11 +47,16 @@ guest: its policy and gateways, the addresses its names resolved to,
 other guests reached only through rules naming their addresses, and
 loopback or unspecified destinations dropped by the kernel as martians.
 
+A unix destination (unix:///run/docker.sock, unix://@name) is decided by
+the unix:// rules on its path as written; the sandbox decides on the path
+the guest's name resolves to (symlinks followed).
+
 examples:
   guestfence explain --policy policy.toml tcp://192.0.2.1:22 udp://192.0.2.1:53
   guestfence explain --net-allow tcp://@gateway:8080 --gateway 192.0.2.1 tcp://192.0.2.1:8080
   guestfence explain --default allow --net-deny '@host:*' --json tcp://127.0.0.1:22
   guestfence explain --guest vm1 --dnat tcp://203.0.113.80:80=tcp://192.0.2.1:22 tcp://203.0.113.80:80
+  guestfence explain --default allow --net-deny @host unix:///run/docker.sock
 """
 
 
@@ -107,8 +112,8 @@ def policy_json(name: str | None, policy: Policy) -> dict[str, object]:
     return {
         "name": name,
         "default": policy.default.value,
-        "allow": [str(r) for r in policy.allow],
-        "deny": [str(r) for r in policy.deny],
+        "allow": [str(r) for r in policy.allow + policy.allow_unix],
+        "deny": [str(r) for r in policy.deny + policy.deny_unix],
     }
 
 
@@ -139,7 +144,7 @@ def run_explain(args: argparse.Namespace) -> int:
         print(format_table(rows))
         for aimed, delivered in translations.items():
             print(f"({aimed}: the host translates it to {delivered}; allowed only if both are)")
-        if any(flow.proto is Proto.ICMP for flow in flows):
+        if any(isinstance(flow, Flow) and flow.proto is Proto.ICMP for flow in flows):
             print(f"(icmp is ping, decided by icmp:// rules; link essentials are allowed whatever the policy: {LINK_ESSENTIALS})")
     return 0
 
@@ -160,13 +165,16 @@ def _parse_translations(texts: list[str]) -> dict[Flow, Flow]:
         if not sep:
             raise PolicyError(f"--dnat {text!r}: expected AIMED=DELIVERED, e.g. tcp://203.0.113.80:80=tcp://192.0.2.1:8080")
         aimed, delivered = _parse_destinations([aimed_text, delivered_text])
+        if not isinstance(aimed, Flow) or not isinstance(delivered, Flow):
+            raise PolicyError(f"--dnat {text!r}: a translation is between network destinations, not unix sockets")
         if aimed.proto is not delivered.proto:
             raise PolicyError(f"--dnat {text!r}: both sides must have the same protocol")
         translations[aimed] = delivered
     return translations
 
 
-def _explain_policy(args: argparse.Namespace, flows: list[Flow], translations: dict[Flow, Flow]) -> list[tuple[Flow, Decision]]:
+def _explain_policy(args: argparse.Namespace, flows: list[Flow | UnixFlow],
+                    translations: dict[Flow, Flow]) -> list[tuple[Flow | UnixFlow, Decision]]:
     policy = policy_from_args(args)
     gateways = parse_gateways(args.gateway)
     if not gateways:
@@ -178,12 +186,17 @@ def _explain_policy(args: argparse.Namespace, flows: list[Flow], translations: d
         for name, why in resolution.failures.items():
             print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
     context = Context(gateways=gateways, address_type=_address_type, names=names)
-    return [(flow, decide(policy, flow, context) if flow not in translations
+    return [(flow, decide_unix(policy, flow) if isinstance(flow, UnixFlow)
+             else decide(policy, flow, context) if flow not in translations
              else decide_translated(policy, flow, translations[flow], context)) for flow in flows]
 
 
-def _explain_guest(args: argparse.Namespace, flows: list[Flow], translations: dict[Flow, Flow]) -> list[tuple[Flow, Decision]]:
+def _explain_guest(args: argparse.Namespace, flows: list[Flow | UnixFlow],
+                   translations: dict[Flow, Flow]) -> list[tuple[Flow | UnixFlow, Decision]]:
     """As the guests' firewall decides for the registered guest ``args.guest``."""
+    if any(isinstance(flow, UnixFlow) for flow in flows):
+        raise PolicyError("--guest: a VM or container guest has no way to the host's unix sockets; "
+                          "unix destinations are decided for the process sandbox (without --guest)")
     from guestfence.nft.explain import explain_guest, guest_context
     from guestfence.nft.firewall import GUESTS_KEY, registry_from_json
     from guestfence.state import StateStore, state_dir
@@ -202,11 +215,12 @@ def _explain_guest(args: argparse.Namespace, flows: list[Flow], translations: di
     return [(flow, explain_guest(member, flow, context, dnat=translations.get(flow))) for flow in flows]
 
 
-def _parse_destinations(texts: list[str]) -> list[Flow]:
-    flows, errors = [], []
+def _parse_destinations(texts: list[str]) -> list[Flow | UnixFlow]:
+    flows: list[Flow | UnixFlow] = []
+    errors = []
     for text in texts:
         try:
-            flows.append(parse_destination(text))
+            flows.append(parse_unix_destination(text) if text.startswith(UNIX_SCHEME) else parse_destination(text))
         except RuleSyntaxError as e:
             errors.append(e.located(source="destination", line=None, offset=1))
     raise_collected(errors)

@@ -28,6 +28,12 @@ Rules of the decision, in order; nothing else affects it:
    unresolved DNS name) are decided closed: such a deny rule matches, such
    an allow rule does not.
 
+Unix destinations (``decide_unix``) follow the same law 4: any
+matching ``unix://`` deny rule denies, otherwise any matching allow rule
+allows, otherwise the default. A path rule matches the resolved path
+exactly; a directory rule (``unix://DIR/*``) every path below DIR; ``@NAME``
+the abstract name exactly; ``@*`` every abstract name; ``*`` everything.
+
 Pure: no I/O here. ``context.address_type`` is the caller's function; the
 backends pass a kernel route lookup, so ``@host`` follows address changes.
 """
@@ -49,6 +55,9 @@ from guestfence.policy.model import (
     Rule,
     Symbol,
     SymbolHost,
+    UnixFlow,
+    UnixRule,
+    UnixScope,
     as_delivered,
     received_by_form,
 )
@@ -143,3 +152,29 @@ def host_receives(address: Address, context: Context, *, unknown: bool = True) -
     if context.address_type is None:
         return unknown
     return context.address_type(address) in HOST_RECEIVED
+
+
+def decide_unix(policy: Policy, flow: UnixFlow) -> Decision:
+    for rule in policy.deny_unix:
+        if unix_matches(rule, flow):
+            return Decision(action=Action.DENY, rule=rule, reason=f"denied by {rule}")
+    for rule in policy.allow_unix:
+        if unix_matches(rule, flow):
+            return Decision(action=Action.ALLOW, rule=rule, reason=f"allowed by {rule}")
+    verb = "allowed" if policy.default is Action.ALLOW else "denied"
+    return Decision(action=policy.default, rule=None, reason=f"{verb} by default (no rule matched)")
+
+
+def unix_matches(rule: UnixRule, flow: UnixFlow) -> bool:
+    match rule.scope:
+        case UnixScope.ANY:
+            return True
+        case UnixScope.ANY_ABSTRACT:
+            return flow.abstract is not None
+        case UnixScope.ABSTRACT:
+            return flow.abstract == rule.target
+        case UnixScope.PATH:
+            return flow.path == rule.target
+        case UnixScope.TREE:
+            return flow.path is not None and (rule.target == "/" or flow.path.startswith(rule.target + "/"))
+    raise TypeError(f"not a unix rule scope: {rule.scope!r}")

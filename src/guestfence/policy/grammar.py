@@ -12,10 +12,25 @@ The grammar (DESIGN.md section 1)::
 
     destination := [scheme "://"] address [":" N]     (for ``explain``)
 
+    unix    := "unix://" path          one socket, by its absolute path
+             | "unix://" dir "/*"      every socket below dir ("unix:///*": every path)
+             | "unix://@" name         one abstract socket (name: printable, no '*')
+             | "unix://@*"             every abstract socket
+             | "unix://*"              every unix socket
+    unix-destination := "unix://" path | "unix://@" name   (for ``explain``)
+
+Paths are written as the guest resolves them, absolute, without empty,
+``.`` or ``..`` components or a trailing slash; ``*`` only as the whole
+last component.
+
 One shorthand is expanded at parse time by ``parse_rules``: a host with
 neither scheme nor port (``@host``, ``192.0.2.1``) means every protocol to
 it, ``tcp://H:*``, ``udp://H:*`` and ``icmp://H``, so
-``--net-deny @host`` keeps a guest off the host whatever it speaks.
+``--net-deny @host`` keeps a guest off the host whatever it speaks. A bare
+``@host`` or ``*`` also stands for ``unix://*``: every unix socket a
+sandboxed process could reach is a service of this host (its files, or
+abstract names in its network namespace), so ``--net-deny @host`` puts the
+Docker socket out of reach too.
 ``parse_rule`` itself reads exactly one rule and refuses that form.
 
 Normalisation, so that ``str(parse_rule(t))`` is the one canonical text:
@@ -49,6 +64,10 @@ from guestfence.policy.model import (
     Rule,
     Symbol,
     SymbolHost,
+    ANY_UNIX,
+    UnixFlow,
+    UnixRule,
+    UnixScope,
     canonical_rules,
     merge_ports,
     unmap,
@@ -83,8 +102,11 @@ def parse_rule(text: str) -> Rule:
     return Rule(proto=proto, host=host, ports=tuple(ports))
 
 
-def parse_rules(text: str) -> tuple[Rule, ...]:
-    """The rules one rule text stands for: one, or three for a bare host."""
+def parse_rules(text: str) -> tuple[Rule | UnixRule, ...]:
+    """The rules one rule text stands for: one, or three for a bare host
+    (four, with ``unix://*``, for a bare ``@host`` or ``*``)."""
+    if isinstance(text, str) and text.startswith(UNIX_SCHEME):
+        return (parse_unix_rule(text),)
     if not _is_bare_host(text):
         return (parse_rule(text),)
     try:
@@ -93,11 +115,82 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
     except _Fail as f:
         raise _syntax_error(text, f) from None
     assert not isinstance(host, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    unix = (ANY_UNIX,) if host in (AnyHost(), SymbolHost(Symbol.HOST)) else ()
     return (
         Rule(proto=Proto.TCP, host=host, ports=(ANY_PORT,)),
         Rule(proto=Proto.UDP, host=host, ports=(ANY_PORT,)),
         Rule(proto=Proto.ICMP, host=host),
+        *unix,
     )
+
+
+UNIX_SCHEME = "unix://"
+_UNIX_EXPECTED = "expected unix:///PATH, unix:///DIR/*, unix://@NAME, unix://@* or unix://*"
+
+
+def parse_unix_rule(text: str) -> UnixRule:
+    """One ``unix://`` rule. Raises RuleSyntaxError."""
+    try:
+        return _parse_unix(text, for_destination=False)
+    except _Fail as f:
+        raise _syntax_error(text, f) from None
+
+
+def parse_unix_destination(text: str) -> UnixFlow:
+    """One unix destination (``unix:///run/docker.sock``, ``unix://@name``) for explain."""
+    try:
+        rule = _parse_unix(text, for_destination=True)
+    except _Fail as f:
+        raise _syntax_error(text, f) from None
+    if rule.scope is UnixScope.PATH:
+        return UnixFlow(path=rule.target)
+    return UnixFlow(abstract=rule.target)
+
+
+def _parse_unix(text: str, *, for_destination: bool) -> UnixRule:
+    _check_characters(text)
+    pos = len(UNIX_SCHEME)
+    body = text[pos:]
+    if not body:
+        raise _Fail(f"missing socket after unix:// ({_UNIX_EXPECTED})", pos - 1, 1)
+    star = body.find("*")
+    if for_destination and star >= 0:
+        raise _Fail("a destination names one socket, not '*'", pos + star, 1)
+    if body == "*":
+        return ANY_UNIX
+    if body.startswith("@"):
+        name = body[1:]
+        if name == "*":
+            return UnixRule(scope=UnixScope.ANY_ABSTRACT)
+        if not name:
+            raise _Fail("missing abstract socket name after '@' (or @* for every name)", pos, 1)
+        if star >= 0:
+            raise _Fail("'*' inside an abstract name (only unix://@* names every abstract socket)", pos + star, 1)
+        return UnixRule(scope=UnixScope.ABSTRACT, target=name)
+    if not body.startswith("/"):
+        raise _Fail(f"relative socket path {body!r} ({_UNIX_EXPECTED})", pos, len(body))
+    scope = UnixScope.PATH
+    path = body
+    if body.endswith("/*"):
+        scope, path = UnixScope.TREE, body[:-2] or "/"
+    stray = path.find("*")
+    if stray >= 0:
+        raise _Fail("'*' can only be the whole last component, as in unix:///run/*", pos + stray, 1)
+    if path != "/":
+        at = pos + 1
+        for part in path[1:].split("/"):
+            if part in ("", ".", ".."):
+                if not part:
+                    what = "trailing slash" if at == pos + len(path) else "empty component"
+                else:
+                    what = f"{part!r} component"
+                start = at - 1 if what == "trailing slash" else at
+                raise _Fail(f"{what} in socket path (write the path as it resolves, e.g. /run/docker.sock)",
+                            start, max(1, len(part)))
+            at += len(part) + 1
+    elif scope is UnixScope.PATH:
+        raise _Fail("'/' is a directory, not a socket (unix:///* names every path)", pos, 1)
+    return UnixRule(scope=scope, target=path)
 
 
 def _is_bare_host(text: object) -> bool:
@@ -134,7 +227,7 @@ def parse_action(text: str) -> Action:
 def parse_policy(*, allow: Iterable[str] = (), deny: Iterable[str] = (), default: str = "deny") -> Policy:
     """A policy from rule texts. Reports every bad rule at once (PolicyError)."""
     errors: list[PolicyError] = []
-    parsed: dict[str, list[Rule]] = {"allow": [], "deny": []}
+    parsed: dict[str, list[Rule | UnixRule]] = {"allow": [], "deny": []}
     action = Action.DENY
     try:
         action = parse_action(default)
@@ -147,11 +240,7 @@ def parse_policy(*, allow: Iterable[str] = (), deny: Iterable[str] = (), default
             except RuleSyntaxError as e:
                 errors.append(e.located(source=f"--net-{kind}", line=None, offset=1))
     raise_collected(errors)
-    return Policy(
-        default=action,
-        allow=tuple(canonical_rules(parsed["allow"])),
-        deny=tuple(canonical_rules(parsed["deny"])),
-    )
+    return Policy.of(default=action, allow=parsed["allow"], deny=parsed["deny"])
 
 
 def _syntax_error(text: str, f: _Fail) -> RuleSyntaxError:
@@ -169,7 +258,9 @@ def _parse(text: str, *, for_destination: bool) -> tuple[Proto, object, list[Por
     if "://" in text:
         scheme = text[: text.index("://")]
         if scheme not in _SCHEMES:
-            raise _Fail(f"unknown scheme {scheme!r} (expected tcp, udp or icmp)", 0, max(1, len(scheme)))
+            raise _Fail(f"unknown scheme {scheme!r} (expected tcp, udp, icmp or unix)", 0, max(1, len(scheme)))
+        if scheme == "unix":
+            raise _Fail("a unix rule, where a network rule was expected", 0, len(scheme))
         proto, pos = _SCHEMES[scheme], len(scheme) + 3
     if pos == len(text):
         raise _Fail("missing host after the scheme (use * for any host)", pos - 1, 1)

@@ -5,6 +5,10 @@ checks invariants only. Turning text into values is grammar.py's job, and
 ``str()`` of a value gives the canonical grammar, so
 ``parse_rule(str(rule)) == rule`` holds for every rule.
 
+Unix destinations have values of their own (``UnixRule``, ``UnixFlow``),
+kept in the policy apart from the network rules (``allow_unix``,
+``deny_unix``): only the process sandbox can enforce them.
+
 IPv4-mapped IPv6 addresses never appear inside these values: the grammar
 turns ``[::ffff:a.b.c.d]`` into the IPv4 address, and ``decide`` decides a
 destination as the kernel delivers it (``as_delivered``: the mapped form as
@@ -18,7 +22,7 @@ import enum
 import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Union, final
+from typing import TypeVar, Union, final
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -186,6 +190,95 @@ class SymbolHost:
 Host = Union[AnyHost, NetHost, NameHost, SymbolHost]
 
 
+class UnixScope(enum.Enum):
+    """What a ``unix://`` rule names."""
+
+    PATH = "path"
+    """One socket path (absolute, as the guest resolves it): ``unix:///run/x.sock``."""
+    TREE = "tree"
+    """Every socket path under a directory: ``unix:///run/user/*``."""
+    ABSTRACT = "abstract"
+    """One abstract name (Linux's namespace of names without files): ``unix://@name``."""
+    ANY_ABSTRACT = "any-abstract"
+    """Every abstract name: ``unix://@*``."""
+    ANY = "any"
+    """Every unix socket, paths and abstract names: ``unix://*``."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnixRule:
+    """``unix://PATH``, ``unix://DIR/*``, ``unix://@NAME``, ``unix://@*`` or ``unix://*``.
+
+    ``target`` is the path (PATH), the directory (TREE; ``/`` for every
+    path), the name (ABSTRACT), and empty for the scopes that name no one.
+    Paths are absolute and normalised: no empty, ``.`` or ``..`` component,
+    no trailing slash.
+    """
+
+    scope: UnixScope
+    target: str = ""
+
+    def __post_init__(self) -> None:
+        if self.scope in (UnixScope.PATH, UnixScope.TREE):
+            if not is_normal_path(self.target):
+                raise ValueError(f"unix rule path {self.target!r} is not absolute and normalised")
+            if self.scope is UnixScope.PATH and self.target == "/":
+                raise ValueError("'/' is a directory, not a socket")
+        elif self.scope is UnixScope.ABSTRACT:
+            if not self.target:
+                raise ValueError("an abstract unix name is not empty")
+        elif self.target:
+            raise ValueError(f"{self.scope.value} unix rules name no target")
+
+    def __str__(self) -> str:
+        match self.scope:
+            case UnixScope.PATH:
+                return f"unix://{self.target}"
+            case UnixScope.TREE:
+                return "unix:///*" if self.target == "/" else f"unix://{self.target}/*"
+            case UnixScope.ABSTRACT:
+                return f"unix://@{self.target}"
+            case UnixScope.ANY_ABSTRACT:
+                return "unix://@*"
+        return "unix://*"
+
+
+ANY_UNIX = UnixRule(scope=UnixScope.ANY)
+
+
+def is_normal_path(path: str) -> bool:
+    """Absolute, without empty, ``.`` or ``..`` components or a trailing slash."""
+    if path == "/":
+        return True
+    parts = path.split("/")
+    return path.startswith("/") and all(p not in ("", ".", "..") for p in parts[1:])
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnixFlow:
+    """One unix destination a guest aims at: a resolved socket path, or an abstract name.
+
+    ``path`` is the path of the socket the guest's name resolves to, in the
+    guest's view of the file system; ``abstract`` is the abstract name
+    (bytes after the leading NUL, shown with backslash escapes where not
+    printable). Exactly one is set.
+    """
+
+    path: str | None = None
+    abstract: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.abstract is None):
+            raise ValueError("a unix flow has a path or an abstract name")
+
+    def __str__(self) -> str:
+        text = self.path if self.path is not None else f"@{self.abstract}"
+        raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return "unix://" + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in raw)
+
+
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
@@ -235,11 +328,28 @@ class Policy:
     default: Action = Action.DENY
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
+    allow_unix: tuple[UnixRule, ...] = ()
+    """``unix://`` rules: kept apart, since only the process sandbox can
+    enforce them (a VM's or container's own unix sockets are its own)."""
+    deny_unix: tuple[UnixRule, ...] = ()
 
     def __post_init__(self) -> None:
-        for rules in (self.allow, self.deny):
+        for rules in (self.allow, self.deny, self.allow_unix, self.deny_unix):
             if list(rules) != canonical_rules(rules):
                 raise ValueError("rules must be deduplicated and sorted (use canonical_rules)")
+
+    @classmethod
+    def of(cls, *, default: Action, allow: Iterable[Rule | UnixRule] = (),
+           deny: Iterable[Rule | UnixRule] = ()) -> Policy:
+        """A policy from rules of either kind, in any order, with duplicates."""
+        allow, deny = list(allow), list(deny)
+        return cls(
+            default=default,
+            allow=tuple(canonical_rules(r for r in allow if isinstance(r, Rule))),
+            deny=tuple(canonical_rules(r for r in deny if isinstance(r, Rule))),
+            allow_unix=tuple(canonical_rules(r for r in allow if isinstance(r, UnixRule))),
+            deny_unix=tuple(canonical_rules(r for r in deny if isinstance(r, UnixRule))),
+        )
 
     @classmethod
     def parse(
@@ -270,7 +380,10 @@ class Policy:
         return frozenset(r.host.name for r in self.rules if isinstance(r.host, NameHost))
 
 
-def canonical_rules(rules: Iterable[Rule]) -> list[Rule]:
+_R = TypeVar("_R", Rule, UnixRule)
+
+
+def canonical_rules(rules: Iterable[_R]) -> list[_R]:
     return sorted(set(rules), key=str)
 
 
@@ -332,7 +445,7 @@ class Decision:
     essential", "another guest"), or else the default."""
 
     action: Action
-    rule: Rule | None
+    rule: Rule | UnixRule | None
     reason: str
     basis: str = ""
 

@@ -2,7 +2,9 @@
 
 Public: ``Sandbox`` (spawn.py) and ``Denial`` (supervisor.py). Phases, one
 module each: filter (what traps), materialize (guest memory -> values),
-verdict (decide), onbehalf (act on the pinned socket), supervisor (loop).
+verdict (decide), onbehalf (act on the pinned socket), supervisor (loop);
+local (unix, netlink and other non-INET sockets) with identity (a handler
+thread taking on the guest's ids for them).
 """
 
 from guestfence.sandbox.spawn import Sandbox

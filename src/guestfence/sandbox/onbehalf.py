@@ -19,9 +19,10 @@ reference after we have freed and reused it: other calls' data, our heap),
 and MSG_NOSIGNAL is always added, so an EPIPE never kills the supervisor's
 process; the guest's own SIGPIPE is raised by ``supervisor``.
 
-Why acting for the guest gains it nothing: the calls take no path (only
-INET sockets come here; AF_UNIX, whose connect resolves paths and whose
-messages carry the sender's credentials, is never sent on its behalf),
+Why acting for the guest gains it nothing: the calls take no path of
+ours (a unix path arrives here as /proc/self/fd/N of an O_PATH descriptor
+``local`` opened in the guest's root, and unix and netlink calls are made
+while the handler thread holds the guest's ids, see ``identity``),
 ephemeral ports are picked without a privilege check, netfilter's owner
 match and cgroup hooks look at the socket (created by the guest), not at
 us, and the supervisor's handler threads keep no effective capability but

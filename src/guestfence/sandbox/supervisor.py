@@ -1,10 +1,12 @@
 """The notification loop: HANDLERS = {syscall number: handler}, a pool of handler threads.
 
 Every trapped call is answered exactly once: with the result of the call
-made on the guest's behalf, with an errno, or -- for sockets that are not
-INET (AF_UNIX, AF_NETLINK), which name no network destination -- by
-letting the kernel run it. A handler that fails unexpectedly answers the
-deny errno: fail closed, never leave a guest waiting.
+made on the guest's behalf or with an errno, never by letting the kernel
+run it (which would look the fd and the address up again, after the
+guest's other threads had a chance to swap them). INET sockets are
+decided here; unix, netlink and other sockets by ``local``. A handler that
+fails unexpectedly answers the deny errno: fail closed, never leave a
+guest waiting.
 
 Per call: pidfd_getfd pins the guest's socket (phase 0), materialize
 copies the arguments (1), verdict decides (2), NOTIF_ID_VALID proves the
@@ -32,7 +34,9 @@ there are). A thread that finishes a call while ``MAX_IDLE`` others are
 idle exits. Each thread drops every effective capability but
 CAP_SYS_PTRACE (pidfd_getfd and process_vm_readv on a guest of another
 uid need it) and CAP_KILL (the guest's SIGPIPE), so a root supervisor
-lends the guest nothing in the calls it makes for it.
+lends the guest nothing in the calls it makes for it (``identity`` raises
+CAP_SETUID/CAP_SETGID only for the moment it takes on or gives back a
+guest's ids, and makes unix and netlink calls with none).
 
 Memory: one call holds at most one batch of copied arguments (see
 ``materialize``), so the supervisor needs a small constant per call in
@@ -57,7 +61,7 @@ from typing import final
 import seccomp
 
 from guestfence.policy.model import Context, Policy, Symbol
-from guestfence.sandbox import kernel, onbehalf
+from guestfence.sandbox import kernel, local, onbehalf
 from guestfence.sandbox.materialize import (
     MAX_MMSG,
     MMSGHDR_SIZE,
@@ -85,8 +89,6 @@ MSG_FASTOPEN = 0x20000000
 HEADERS_PER_READ = 64
 """sendmmsg entries whose struct mmsghdr are copied at a time (4 KiB)."""
 FORCE_LEADER_PIDFDS = "GUESTFENCE_SANDBOX_LEADER_PIDFDS"
-CONTINUE = Outcome(value=-1)
-"""Sentinel: let the kernel run the call (non-INET sockets only)."""
 
 
 @final
@@ -156,6 +158,12 @@ class _Call:
             raise GuestFault(exc.errno or errno.ENOTSOCK) from None
         return fd, SocketKind(domain=domain, type=sock_type, protocol=protocol)
 
+    def take_fd(self, target: int) -> int:
+        """Our own descriptor for the open file behind the caller's fd ``target`` (GuestFault(EBADF))."""
+        if target < 0:
+            raise GuestFault(errno.EBADF)
+        return self._getfd(target)
+
     def _getfd(self, target: int) -> int:
         try:
             pidfd = kernel.pidfd_open_thread(self.pid) if self.thread_pidfds else self._leader_pidfd()
@@ -204,6 +212,7 @@ class Supervisor:
         self._privileged = os.geteuid() == 0
         self._verdicts: dict[tuple[SocketKind, bytes, bool], Verdict] = {}
         self._cacheable = Symbol.HOST not in settings.policy.symbols()
+        self.local = local.Local(settings.policy, settings.deny_errno, self._report_local)
         if settings.thread_pidfds is None:
             self.thread_pidfds = kernel.has_thread_pidfds() and os.environ.get(FORCE_LEADER_PIDFDS) != "1"
         else:
@@ -277,10 +286,7 @@ class Supervisor:
         call = _Call(notif, thread_pidfds=self.thread_pidfds)
         outcome = self._handle(call)
         try:
-            if outcome is CONTINUE:
-                kernel.respond(self.listener, notif.id, cont=True)
-            else:
-                kernel.respond(self.listener, notif.id, value=outcome.value, error=outcome.error)
+            kernel.respond(self.listener, notif.id, value=outcome.value, error=outcome.error)
         except OSError:
             return False
         if call.sigpipe:
@@ -347,6 +353,15 @@ class Supervisor:
             ))
         raise GuestFault(self.settings.deny_errno)
 
+    def caller(self, call: _Call) -> local.Caller:
+        return local.Caller(tid=call.pid, syscall=SYSCALL_NAMES[call.notif.nr],
+                            still_waiting=lambda: self.still_waiting(call), take_fd=call.take_fd)
+
+    def _report_local(self, caller: local.Caller, protocol: str, destination: str, decided_by: str) -> None:
+        if self.settings.on_denied is not None:
+            self.settings.on_denied(Denial(pid=caller.tid, syscall=caller.syscall, protocol=protocol,
+                                           destination=destination, decided_by=decided_by))
+
     def still_waiting(self, call: _Call) -> None:
         """Everything we read came from the caller: it has not left the call (pid not recycled)."""
         if not kernel.id_valid(self.listener, call.notif.id):
@@ -357,9 +372,9 @@ def handle_connect(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, address, length = call.notif.args[:3]
     fd, kind = call.take_socket(fd_arg)
     try:
-        if not kind.is_inet:
-            return CONTINUE
         name = read_sockaddr(call.read, address, length)
+        if not kind.is_inet:
+            return sup.local.connect(sup.caller(call), fd, kind, name)
         sup.still_waiting(call)
         decided = sup.name_to_use(call, kind, name, is_connect=True)
         assert decided is not None  # a connect's name is never "the peer"
@@ -377,15 +392,16 @@ def handle_sendto(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, buffer, length, flags, address, address_length = call.notif.args
     fd, kind = call.take_socket(fd_arg)
     try:
-        if not kind.is_inet:
-            return CONTINUE
         pieces = ((address, sockaddr_length(address_length)), (buffer, payload_length(length, stream=kind.is_stream)))
         try:
             name, payload = call.read_many(pieces)
         except OSError as exc:
             raise GuestFault(exc.errno or errno.EFAULT) from None
-        sup.still_waiting(call)
         flags = as_int32(flags)
+        if not kind.is_inet:
+            message = Message(name=name, payload=payload, control=b"")
+            return _signalled(call, sup.local.send(sup.caller(call), fd, kind, [message], flags, many=False), flags)
+        sup.still_waiting(call)
         decided = sup.name_to_use(call, kind, name, flags=flags)
         return _signalled(call, onbehalf.sendto(fd, payload, flags, decided), flags)
     finally:
@@ -396,11 +412,11 @@ def handle_sendmsg(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, header, flags = call.notif.args[:3]
     fd, kind = call.take_socket(fd_arg)
     try:
-        if not kind.is_inet:
-            return CONTINUE
         message = read_message(call.read, read_bytes(call.read, header, MSGHDR.size), stream=kind.is_stream)
-        sup.still_waiting(call)
         flags = as_int32(flags)
+        if not kind.is_inet:
+            return _signalled(call, sup.local.send(sup.caller(call), fd, kind, [message], flags, many=False), flags)
+        sup.still_waiting(call)
         decided = replace(message, name=sup.name_to_use(call, kind, message.name, flags=flags))
         return _signalled(call, onbehalf.sendmsg(fd, decided, flags), flags)
     finally:
@@ -420,8 +436,12 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
         return Outcome()
     fd, kind = call.take_socket(fd_arg)
     try:
-        if not kind.is_inet:
-            return CONTINUE
+        send = onbehalf.sendmmsg
+        if not kind.is_inet:  # local decides and sends each batch
+            caller = sup.caller(call)
+
+            def send(fd: int, messages: Sequence[Message], flags: int) -> Outcome:
+                return sup.local.send(caller, fd, kind, messages, flags, many=True)
         sent_total, index = 0, 0
         stop: GuestFault | None = None
         while index < count:
@@ -432,8 +452,8 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
             messages, stop = read_messages(call.read, call.read_many, headers, stream=kind.is_stream)
             if stop is None and len(messages) == len(headers) < wanted:
                 stop = GuestFault(errno.EFAULT)  # the vector runs into an unmapped page
-            decided: list[Message] = []
-            for message in messages:
+            decided: list[Message] = [] if kind.is_inet else messages
+            for message in messages if kind.is_inet else ():
                 try:
                     decided.append(replace(message, name=sup.name_to_use(call, kind, message.name, flags=flags)))
                 except GuestFault as refused:
@@ -442,7 +462,7 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
             sup.still_waiting(call)
             if not decided:
                 break
-            sent, fault = _send_batch(call, fd, base, raw, decided, flags)
+            sent, fault = _send_batch(call, fd, base, raw, decided, flags, send)
             sent_total += sent
             if fault is not None or sent < len(decided):
                 stop = fault
@@ -457,8 +477,8 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
         os.close(fd)
 
 
-def _send_batch(call: _Call, fd: int, base: int, raw: bytes, messages: Sequence[Message],
-                flags: int) -> tuple[int, GuestFault | None]:
+def _send_batch(call: _Call, fd: int, base: int, raw: bytes, messages: Sequence[Message], flags: int,
+                send: Callable[[int, Sequence[Message], int], Outcome]) -> tuple[int, GuestFault | None]:
     """Send ``messages`` (the entries at ``base``, whose bytes are ``raw``)
     and store each msg_len; (the count the kernel would report, the error
     that ended the call there, if any).
@@ -467,6 +487,8 @@ def _send_batch(call: _Call, fd: int, base: int, raw: bytes, messages: Sequence[
     at the first it cannot store, counting it unsent. So we first find how
     many msg_len fields are writable by writing back the values they hold
     (invisible to the guest), and send at most one entry past them.
+    ``send`` is onbehalf.sendmmsg, or local's for a non-INET socket (which
+    decides each entry and answers the deny errno when it sends none).
     """
     fields = [(base + i * MMSGHDR_SIZE + MSGHDR.size, raw[i * MMSGHDR_SIZE + MSGHDR.size:][:4])
               for i in range(len(messages))]
@@ -474,7 +496,7 @@ def _send_batch(call: _Call, fd: int, base: int, raw: bytes, messages: Sequence[
         writable = kernel.write_memory(call.pid, fields) // 4
     except OSError:
         raise GuestFault(errno.ESRCH) from None
-    sent = onbehalf.sendmmsg(fd, messages[:writable + 1], flags)
+    sent = send(fd, messages[:writable + 1], flags)
     if sent.error:
         _signalled(call, sent, flags)
         return 0, GuestFault(sent.error)

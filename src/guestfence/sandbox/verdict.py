@@ -10,7 +10,9 @@ duplicate of the guest's descriptor), never from the guest's arguments:
     INET         SOCK_DGRAM   IPPROTO_ICMP    icmp (the kernel ping socket)
     INET6        SOCK_DGRAM   IPPROTO_ICMPV6  icmp (the kernel ping socket)
     INET/INET6   anything else                denied: no rule can name it
-    UNIX, NETLINK, others                     not a network destination: pass
+    UNIX, NETLINK, others                     not decided here: ``local`` decides
+                                              them (unix:// rules, netlink to
+                                              the kernel only)
 
 One errno per outcome, answered to the guest:
 

@@ -65,7 +65,7 @@ def test_normalises_to_canonical_text(text: str, canonical: str) -> None:
 
 REJECTED = [
     ("", 1, "empty rule"),
-    ("http://x:80", 1, "unknown scheme 'http' (expected tcp, udp or icmp)"),
+    ("http://x:80", 1, "unknown scheme 'http' (expected tcp, udp, icmp or unix)"),
     ("tcp://", 6, "missing host after the scheme (use * for any host)"),
     ("tcp://x", 7, "missing port for tcp (expected :PORT, :LO-HI, a comma list or :*)"),
     ("udp://192.0.2.1", 15, "missing port for udp"),
@@ -149,7 +149,8 @@ def test_rejects_destinations_that_are_not_one_address_and_port(text: str, messa
 @pytest.mark.parametrize(
     ("text", "expanded"),
     [
-        ("@host", ["tcp://@host:*", "udp://@host:*", "icmp://@host"]),
+        ("@host", ["tcp://@host:*", "udp://@host:*", "icmp://@host", "unix://*"]),
+        ("*", ["tcp://*:*", "udp://*:*", "icmp://*", "unix://*"]),
         ("[2001:db8::]/32", ["tcp://[2001:db8::]/32:*", "udp://[2001:db8::]/32:*", "icmp://[2001:db8::]/32"]),
         ("192.0.2.1:22", ["tcp://192.0.2.1:22"]),
         ("udp://192.0.2.1:53", ["udp://192.0.2.1:53"]),
