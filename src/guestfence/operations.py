@@ -111,12 +111,7 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
 
 def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
-    # The interface first: refusing the host's own interface (lo, an uplink)
-    # is the message that matters when both are wrong.
-    warnings = interface_hazards(guest, force=force)
-    unchecked = check_gateways_owned(guest)
-    if unchecked:
-        warnings.append(unchecked)
+    warnings = _checked_link(guest, force=force)
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))
@@ -126,6 +121,22 @@ def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> O
         if not dry_run:
             commit(store, GUESTS, plan, recorded)
     return Outcome(plans=(plan,), member=member, warnings=(*warnings, *registry.problems()))
+
+
+def _checked_link(guest: Guest, *, force: bool) -> list[str]:
+    """Both checks of the guest's link, the interface's (``interface_hazards``)
+    and the gateways' (``check_gateways_owned``); when either refuses, one
+    PolicyError says everything that is wrong. Returns the warnings."""
+    warnings: list[str] = []
+    refusals: list[str] = []
+    for check in (lambda: interface_hazards(guest, force=force), lambda: [check_gateways_owned(guest)]):
+        try:
+            warnings += [w for w in check() if w]
+        except PolicyError as exc:
+            refusals.append(str(exc))
+    if refusals:
+        raise PolicyError("; ".join(refusals))
+    return warnings
 
 
 def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
