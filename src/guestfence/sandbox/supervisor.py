@@ -70,13 +70,13 @@ from guestfence.sandbox.materialize import (
     parse_sockaddr,
     payload_length,
     read_bytes,
-    read_message,
     read_messages,
+    read_one_message,
     read_sockaddr,
     sockaddr_length,
 )
 from guestfence.sandbox.onbehalf import Outcome
-from guestfence.sandbox.verdict import SocketKind, Verdict, verdict
+from guestfence.sandbox.verdict import SocketKind, Verdict, socket_kind, verdict
 
 MAX_IDLE = 4
 MAX_CACHED_VERDICTS = 4096
@@ -154,7 +154,7 @@ class _Call:
         except OSError as exc:
             os.close(fd)
             raise GuestFault(exc.errno or errno.ENOTSOCK) from None
-        return fd, SocketKind(domain=domain, type=sock_type, protocol=protocol)
+        return fd, socket_kind(domain, sock_type, protocol)
 
     def _getfd(self, target: int) -> int:
         try:
@@ -202,7 +202,7 @@ class Supervisor:
         self._idle = 0
         self._threads = 0
         self._privileged = os.geteuid() == 0
-        self._verdicts: dict[tuple[SocketKind, bytes, bool], Verdict] = {}
+        self._verdicts: dict[tuple[int, int, int, bytes, bool], Verdict] = {}
         self._cacheable = Symbol.HOST not in settings.policy.symbols()
         if settings.thread_pidfds is None:
             self.thread_pidfds = kernel.has_thread_pidfds() and os.environ.get(FORCE_LEADER_PIDFDS) != "1"
@@ -321,7 +321,7 @@ class Supervisor:
         """
         if name is None or (kind.is_stream and not is_connect and not flags & MSG_FASTOPEN):
             return None
-        key = (kind, name, is_connect)
+        key = (kind.domain, kind.type, kind.protocol, name, is_connect)  # hashed in C, unlike SocketKind
         result = self._verdicts.get(key)
         if result is None:
             destination = parse_sockaddr(name, domain=kind.domain, is_connect=is_connect, stream=kind.is_stream)
@@ -397,7 +397,8 @@ def handle_sendmsg(sup: Supervisor, call: _Call) -> Outcome:
     try:
         if not kind.is_inet:
             return CONTINUE
-        message = read_message(call.read, read_bytes(call.read, header, MSGHDR.size), stream=kind.is_stream)
+        message = read_one_message(call.read, call.read_many, read_bytes(call.read, header, MSGHDR.size),
+                                   stream=kind.is_stream)
         sup.still_waiting(call)
         flags = as_int32(flags)
         decided = replace(message, name=sup.name_to_use(call, kind, message.name, flags=flags))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import final
 
 from guestfence.policy.decide import decide
@@ -70,6 +71,13 @@ class SocketKind:
     @property
     def is_stream(self) -> bool:
         return self.type == socket.SOCK_STREAM
+
+
+@lru_cache(maxsize=64)
+def socket_kind(domain: int, type: int, protocol: int) -> SocketKind:  # noqa: A002 -- SO_TYPE's name
+    """The SocketKind of these values, built once per kind: a frozen
+    dataclass costs more to build than the cache hit, on every call."""
+    return SocketKind(domain=domain, type=type, protocol=protocol)
 
 
 @final
