@@ -74,10 +74,10 @@ class SocketKind:
 
 
 @lru_cache(maxsize=64)
-def socket_kind(domain: int, type: int, protocol: int) -> SocketKind:  # noqa: A002 -- SO_TYPE's name
+def socket_kind(domain: int, sock_type: int, protocol: int) -> SocketKind:
     """The SocketKind of these values, built once per kind: a frozen
     dataclass costs more to build than the cache hit, on every call."""
-    return SocketKind(domain=domain, type=type, protocol=protocol)
+    return SocketKind(domain=domain, type=sock_type, protocol=protocol)
 
 
 @final
