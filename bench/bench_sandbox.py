@@ -1,18 +1,41 @@
-"""Per-call cost of allowed network calls: bare, under guestfence, under sandlock, in one run.
+"""Cost per trapped call: bare, under guestfence, under sandlock 0.9.0, in one run.
 
-    .venv/bin/pip install -e ".[bench]"     # sandlock 0.9.0
-    .venv/bin/python bench/bench_sandbox.py [--rounds 3] [--profile]
+    make bench-deps                           # the venv with sandlock 0.9.0
+    .venv/bin/python bench/bench_sandbox.py [--rounds 5] [--profile]
 
 The guest (bench/sandbox_guest.c, built here with gcc) times a tight loop
 of one call: a TCP connect to a loopback listener (accepted and closed by a
-separate process), a UDP sendto, a sendmmsg of 64 datagrams. Each is run
-bare, under ``guestfence run`` and under sandlock 0.9.0 with the equivalent
-policy (allow exactly the listener's TCP and UDP port on 127.0.0.1), in
-interleaved rounds; the median of the rounds is reported with the overhead
-over bare and the ratio of the overheads guestfence/sandlock.
+separate process), a UDP sendto, a UDP sendmsg (destination in msg_name),
+a sendmmsg of 64 datagrams. Each is run bare, under guestfence's
+``Sandbox`` and under sandlock's ``Sandbox`` with the equivalent policy
+(allow exactly the listener's TCP and UDP port on 127.0.0.1).
+
+What is measured, per call of the guest's loop:
+
+- supervisor CPU: user+sys of the supervising process, from
+  getrusage(RUSAGE_SELF) just before and just after ``.run()`` (both
+  supervise in threads of the calling process), divided by the loop's
+  calls. Nothing is subtracted, so it includes the run's fixed cost
+  (start-up, filter, launcher, exit: printed once as "fixed CPU", the same
+  run with 0 calls) and, for a supervisor that makes the call on the
+  guest's behalf, the call's own kernel work, which bare is charged to the
+  guest: the "guest CPU" column (RUSAGE_CHILDREN around the run) shows
+  what the guest paid itself.
+- pinned wall-clock: the guest's own clock around its loop, with the
+  whole bench (guest, supervisor threads) on one CPU (``taskset -c 0``).
+  Unpinned, an idle vCPU's wake-up latency dominates any unotify
+  supervisor's wall-clock; pinned, the guest and the supervisor hand the
+  CPU to each other.
+
+Each round runs two worker processes, one unpinned (the CPU figures) and
+one under ``taskset -c 0`` (the wall-clock); inside a worker the three
+tools run interleaved per call. The median over rounds is printed, with
+the spread (min-max) and the ratio guestfence/sandlock of the medians.
+The machine's load average is printed at the start and the end: on a
+loaded machine the wall-clock figures move a lot more than the CPU ones.
 
 ``--profile`` runs the guestfence supervisor in this process under
-cProfile for the sendto loop and prints where its time goes.
+cProfile for the sendto loop and prints where the handler's time goes.
 """
 
 from __future__ import annotations
@@ -21,17 +44,21 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
+import resource
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ITERATIONS = {"connect": 2000, "sendto": 20000, "sendmmsg": 1000}
+ITERATIONS = {"connect": 2000, "sendto": 20000, "sendmsg": 20000, "sendmmsg": 1000}
+TOOLS = ("bare", "guestfence", "sandlock")
 ACCEPTOR = """
 import socket, sys
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4096)
@@ -39,6 +66,7 @@ print(s.getsockname()[1], flush=True)
 while True:
     s.accept()[0].close()
 """
+Sample = dict[str, float]  # supervisor_cpu_ns, guest_cpu_ns, wall_ns: per call
 
 
 def build_guest(workdir: Path) -> Path:
@@ -49,9 +77,9 @@ def build_guest(workdir: Path) -> Path:
     return binary
 
 
-def guest_args(binary: Path, op: str, tcp_port: int, udp_port: int) -> list[str]:
+def guest_args(binary: Path, op: str, tcp_port: int, udp_port: int, iterations: int) -> list[str]:
     port = tcp_port if op == "connect" else udp_port
-    return [str(binary), op, "127.0.0.1", str(port), str(ITERATIONS[op])]
+    return [str(binary), op, "127.0.0.1", str(port), str(iterations)]
 
 
 def parse(stdout: str | bytes) -> float:
@@ -67,9 +95,10 @@ def run_bare(argv: list[str]) -> float:
 
 
 def run_guestfence(argv: list[str], tcp_port: int, udp_port: int) -> float:
-    cli = [sys.executable, "-c", "import sys; from guestfence.cli import main; sys.exit(main())", "run",
-           "--net-allow", f"tcp://127.0.0.1:{tcp_port}", "--net-allow", f"udp://127.0.0.1:{udp_port}", "--", *argv]
-    return parse(subprocess.run(cli, capture_output=True, text=True, check=True).stdout)
+    from guestfence import Policy, Sandbox
+
+    box = Sandbox(Policy.parse(allow=[f"tcp://127.0.0.1:{tcp_port}", f"udp://127.0.0.1:{udp_port}"]))
+    return parse(box.run(argv, capture_output=True, check=True).stdout)
 
 
 def run_sandlock(argv: list[str], tcp_port: int, udp_port: int) -> float:
@@ -85,12 +114,54 @@ def run_sandlock(argv: list[str], tcp_port: int, udp_port: int) -> float:
     return parse(result.stdout)
 
 
+RUNNERS = {
+    "bare": lambda argv, tcp, udp: run_bare(argv),
+    "guestfence": run_guestfence,
+    "sandlock": run_sandlock,
+}
+
+
+def cpu_ns(who: int) -> int:
+    usage = resource.getrusage(who)
+    return int((usage.ru_utime + usage.ru_stime) * 1e9)
+
+
+def measure(tool: str, argv: list[str], tcp_port: int, udp_port: int) -> tuple[float, float, float]:
+    """(supervisor CPU ns, guest CPU ns, guest's ns per call) of one run, totals."""
+    self_before, children_before = cpu_ns(resource.RUSAGE_SELF), cpu_ns(resource.RUSAGE_CHILDREN)
+    wall = RUNNERS[tool](argv, tcp_port, udp_port)
+    return (cpu_ns(resource.RUSAGE_SELF) - self_before, cpu_ns(resource.RUSAGE_CHILDREN) - children_before, wall)
+
+
+def worker(binary: Path, tcp_port: int, udp_port: int) -> None:
+    """One round, all calls and tools interleaved: JSON {op: {tool: Sample}} on stdout."""
+    results: dict[str, dict[str, Sample]] = {op: {} for op in ITERATIONS}
+    for tool in TOOLS[1:]:  # the fixed cost of a run: sendto with 0 calls
+        sup, _, _ = measure(tool, guest_args(binary, "sendto", tcp_port, udp_port, 0), tcp_port, udp_port)
+        results.setdefault("fixed", {})[tool] = {"supervisor_cpu_ns": sup, "guest_cpu_ns": 0.0, "wall_ns": 0.0}
+    for op, n in ITERATIONS.items():
+        for tool in TOOLS:
+            sup, guest, wall = measure(tool, guest_args(binary, op, tcp_port, udp_port, n), tcp_port, udp_port)
+            results[op][tool] = {"supervisor_cpu_ns": sup / n, "guest_cpu_ns": guest / n, "wall_ns": wall}
+    print(json.dumps(results))
+
+
+def run_worker(binary: Path, tcp_port: int, udp_port: int, *, pinned: bool) -> dict[str, dict[str, Sample]]:
+    argv = [sys.executable, __file__, "--worker", str(binary), str(tcp_port), str(udp_port)]
+    if pinned:
+        argv = ["taskset", "-c", "0", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_sandbox: worker failed ({done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def profile_sendto(binary: Path, tcp_port: int, udp_port: int) -> str:
     from guestfence import Policy, Sandbox
     from guestfence.sandbox import supervisor
 
     profiler = cProfile.Profile()
-    original = supervisor.Supervisor._handle
+    original = supervisor.Supervisor._answer
 
     def profiled(self, *args):  # type: ignore[no-untyped-def]
         profiler.enable()
@@ -99,22 +170,31 @@ def profile_sendto(binary: Path, tcp_port: int, udp_port: int) -> str:
         finally:
             profiler.disable()
 
-    supervisor.Supervisor._handle = profiled  # type: ignore[method-assign]
+    supervisor.Supervisor._answer = profiled  # type: ignore[method-assign]
     try:
         box = Sandbox(Policy.parse(allow=[f"udp://127.0.0.1:{udp_port}"]))
-        box.run(guest_args(binary, "sendto", tcp_port, udp_port), capture_output=True, check=True)
+        box.run(guest_args(binary, "sendto", tcp_port, udp_port, ITERATIONS["sendto"]), capture_output=True,
+                check=True)
     finally:
-        supervisor.Supervisor._handle = original  # type: ignore[method-assign]
+        supervisor.Supervisor._answer = original  # type: ignore[method-assign]
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(14)
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
     return text.getvalue()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="profile the supervisor's sendto path")
+    parser.add_argument("--worker", nargs=3, metavar=("GUEST", "TCP_PORT", "UDP_PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(Path(args.worker[0]), int(args.worker[1]), int(args.worker[2]))
+        return
+    if shutil.which("taskset") is None:
+        sys.exit("bench_sandbox: taskset is needed for the pinned wall-clock (apt-get install util-linux)")
+    print(f"load average at start: {'/'.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs;"
+          f" {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; kernel {os.uname().release}")
     acceptor = subprocess.Popen([sys.executable, "-c", ACCEPTOR], stdout=subprocess.PIPE, text=True)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
@@ -123,15 +203,11 @@ def main() -> None:
         tcp_port, udp_port = int(acceptor.stdout.readline()), udp.getsockname()[1]
         with tempfile.TemporaryDirectory() as tmp:
             binary = build_guest(Path(tmp))
-            results: dict[str, dict[str, list[float]]] = {op: {"bare": [], "guestfence": [], "sandlock": []}
-                                                          for op in ITERATIONS}
+            unpinned, pinned = [], []
             for _ in range(args.rounds):
-                for op in ITERATIONS:
-                    argv = guest_args(binary, op, tcp_port, udp_port)
-                    results[op]["bare"].append(run_bare(argv))
-                    results[op]["guestfence"].append(run_guestfence(argv, tcp_port, udp_port))
-                    results[op]["sandlock"].append(run_sandlock(argv, tcp_port, udp_port))
-            report(results, args.rounds)
+                unpinned.append(run_worker(binary, tcp_port, udp_port, pinned=False))
+                pinned.append(run_worker(binary, tcp_port, udp_port, pinned=True))
+            report(unpinned, pinned)
             if args.profile:
                 print("\nguestfence supervisor, sendto loop (cProfile, handler threads only):")
                 print(profile_sendto(binary, tcp_port, udp_port))
@@ -139,15 +215,44 @@ def main() -> None:
         acceptor.kill()
         acceptor.wait()
         udp.close()
+    print(f"load average at end: {'/'.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
-def report(results: dict[str, dict[str, list[float]]], rounds: int) -> None:
-    print(f"per-call time in microseconds, median of {rounds} rounds (sendmmsg: per call of 64 messages)")
-    print(f"{'call':10} {'bare':>9} {'guestfence':>11} {'sandlock':>9} {'gf over':>9} {'sl over':>9} {'gf/sl':>7}")
-    for op, runs in results.items():
-        bare, gf, sl = (statistics.median(runs[k]) / 1000 for k in ("bare", "guestfence", "sandlock"))
-        ratio = (gf - bare) / (sl - bare) if sl > bare else float("inf")
-        print(f"{op:10} {bare:9.1f} {gf:11.1f} {sl:9.1f} {gf - bare:+9.1f} {sl - bare:+9.1f} {ratio:7.2f}")
+def _stat(rounds: list[dict[str, dict[str, Sample]]], op: str, tool: str, field: str) -> tuple[float, float, float]:
+    """(median, min, max) over rounds, in microseconds."""
+    values = [r[op][tool][field] / 1000 for r in rounds]
+    return statistics.median(values), min(values), max(values)
+
+
+def _cell(stat: tuple[float, float, float]) -> str:
+    median, low, high = stat
+    return f"{median:.1f} ({low:.1f}-{high:.1f})"
+
+
+def report(unpinned: list[dict[str, dict[str, Sample]]], pinned: list[dict[str, dict[str, Sample]]]) -> None:
+    rounds = len(unpinned)
+    print(f"\nmicroseconds per call, median (min-max) of {rounds} rounds; sendmmsg: per call of 64 datagrams")
+    fixed = {tool: _stat(unpinned, "fixed", tool, "supervisor_cpu_ns") for tool in TOOLS[1:]}
+    print("fixed CPU of one run with 0 calls (included below, divided by the calls): "
+          + ", ".join(f"{tool} {m / 1000:.1f} ms" for tool, (m, _, _) in fixed.items()))
+    print("\nsupervisor CPU per call (getrusage SELF user+sys around .run(), unpinned);"
+          " guest CPU per call (RUSAGE_CHILDREN)")
+    print(f"{'call':9} {'bare guest':>20} {'guestfence sup':>20} {'gf guest':>17} {'sandlock sup':>20}"
+          f" {'sl guest':>17} {'gf/sl sup':>9}")
+    for op, n in ITERATIONS.items():
+        gf, sl = _stat(unpinned, op, "guestfence", "supervisor_cpu_ns"), _stat(unpinned, op, "sandlock",
+                                                                                "supervisor_cpu_ns")
+        print(f"{op:9} {_cell(_stat(unpinned, op, 'bare', 'guest_cpu_ns')):>20} {_cell(gf):>20}"
+              f" {_cell(_stat(unpinned, op, 'guestfence', 'guest_cpu_ns')):>17} {_cell(sl):>20}"
+              f" {_cell(_stat(unpinned, op, 'sandlock', 'guest_cpu_ns')):>17} {gf[0] / sl[0]:9.2f}")
+    print("\nwall-clock per call, pinned (taskset -c 0), the guest's own clock")
+    print(f"{'call':9} {'bare':>20} {'guestfence':>20} {'sandlock':>20} {'gf over':>8} {'sl over':>8}"
+          f" {'gf/sl over':>10}")
+    for op in ITERATIONS:
+        bare, gf, sl = (_stat(pinned, op, tool, "wall_ns") for tool in TOOLS)
+        gf_over, sl_over = gf[0] - bare[0], sl[0] - bare[0]
+        ratio = f"{gf_over / sl_over:10.2f}" if sl_over > 0 else f"{'-':>10}"
+        print(f"{op:9} {_cell(bare):>20} {_cell(gf):>20} {_cell(sl):>20} {gf_over:+8.1f} {sl_over:+8.1f} {ratio}")
 
 
 if __name__ == "__main__":

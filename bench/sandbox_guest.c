@@ -1,10 +1,11 @@
 /* The guest of bench_sandbox.py: times one kind of call in a tight loop.
  *
- *   sandbox_guest connect|sendto|sendmmsg IPV4 PORT ITERATIONS
+ *   sandbox_guest connect|sendto|sendmsg|sendmmsg IPV4 PORT ITERATIONS
  *
  * Prints {"op": ..., "ns_per_call": ..., "failures": N} on stdout. connect
  * opens, connects and closes a TCP socket per iteration (the bench's
- * acceptor takes the connection); sendto sends one UDP datagram per call;
+ * acceptor takes the connection); sendto and sendmsg send one UDP datagram
+ * per call (sendmsg with the destination in msg_name, no control data);
  * sendmmsg sends 64 datagrams per call. Compiled by the bench with gcc.
  */
 #define _GNU_SOURCE
@@ -27,7 +28,7 @@ static double now_ns(void) {
 
 int main(int argc, char **argv) {
     if (argc != 5) {
-        fprintf(stderr, "usage: %s connect|sendto|sendmmsg IPV4 PORT ITERATIONS\n", argv[0]);
+        fprintf(stderr, "usage: %s connect|sendto|sendmsg|sendmmsg IPV4 PORT ITERATIONS\n", argv[0]);
         return 2;
     }
     const char *op = argv[1];
@@ -53,11 +54,13 @@ int main(int argc, char **argv) {
             close(s);
         } else if (strcmp(op, "sendto") == 0) {
             if (sendto(udp, payload, sizeof payload, 0, (struct sockaddr *)&dst, sizeof dst) < 0) failures++;
+        } else if (strcmp(op, "sendmsg") == 0) {
+            if (sendmsg(udp, &msgs[0].msg_hdr, 0) < 0) failures++;
         } else {
             if (sendmmsg(udp, msgs, BATCH, 0) != BATCH) failures++;
         }
     }
     double elapsed = now_ns() - start;
-    printf("{\"op\": \"%s\", \"ns_per_call\": %.1f, \"failures\": %ld}\n", op, elapsed / n, failures);
+    printf("{\"op\": \"%s\", \"ns_per_call\": %.1f, \"failures\": %ld}\n", op, n ? elapsed / n : 0.0, failures);
     return 0;
 }

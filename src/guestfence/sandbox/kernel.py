@@ -69,6 +69,11 @@ _ioctl = _libc.ioctl
 _ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 
 
+SMALL_READ = 4096
+"""Reads up to this size land in a per-thread buffer (4 KiB per handler
+thread) rather than a fresh one: a sockaddr and a typical datagram."""
+
+
 class _Scratch(threading.local):
     """Per-thread ctypes buffers reused by every call (allocating them costs
     more than the system calls they serve)."""
@@ -82,6 +87,8 @@ class _Scratch(threading.local):
         self.iovecs = (ctypes.c_uint64 * 16)()
         self.local_ref = ctypes.addressof(self.iovecs)
         self.remote_ref = ctypes.addressof(self.iovecs) + 8 * 8
+        self.small = ctypes.create_string_buffer(SMALL_READ)
+        self.small_ref = ctypes.addressof(self.small)
 
 
 _scratch = _Scratch()
@@ -220,16 +227,21 @@ def _read_chunk(pid: int, pieces: Sequence[tuple[int, int]]) -> list[bytes]:
     total = sum(length for _, length in pieces)
     if total == 0:
         return [b"" for _ in pieces]
-    buf = ctypes.create_string_buffer(total)
+    scratch = _scratch
+    if total <= SMALL_READ:
+        start = scratch.small_ref
+    else:
+        buf = ctypes.create_string_buffer(total)
+        start = ctypes.addressof(buf)
     count = len(pieces)
     if count <= MAX_PIECES:
-        iovecs, local, remote = _scratch.iovecs, _scratch.local_ref, _scratch.remote_ref
+        iovecs, local, remote = scratch.iovecs, scratch.local_ref, scratch.remote_ref
     else:
         iovecs = (ctypes.c_uint64 * (4 * count))()
         local = ctypes.addressof(iovecs)
         remote = local + 16 * count
     half = len(iovecs) // 2
-    base = ctypes.addressof(buf)
+    base = start
     for i, (address, length) in enumerate(pieces):
         iovecs[2 * i] = base
         iovecs[2 * i + 1] = length
@@ -242,10 +254,9 @@ def _read_chunk(pid: int, pieces: Sequence[tuple[int, int]]) -> list[bytes]:
         raise OSError(err, os.strerror(err))
     if got != total:
         raise OSError(errno_mod.EFAULT, os.strerror(errno_mod.EFAULT))
-    raw = buf.raw
-    out, offset = [], 0
+    out, offset = [], start
     for _, length in pieces:
-        out.append(raw[offset:offset + length])
+        out.append(ctypes.string_at(offset, length))
         offset += length
     return out
 

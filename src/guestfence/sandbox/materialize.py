@@ -222,6 +222,16 @@ def read_message(read: Reader, raw_header: bytes, *, stream: bool) -> Message:
     return Message(name=name, payload=payload, control=control)
 
 
+def read_one_message(read: Reader, read_many: ManyReader, raw_header: bytes, *, stream: bool) -> Message:
+    """``read_message`` in two reads, not three or more (name, iovec array
+    and control in one, the payload pieces in the other): the same message,
+    or -- read again one piece at a time -- the same GuestFault."""
+    messages, fault = read_messages(read, read_many, [raw_header], stream=stream)
+    if fault is not None:
+        raise fault
+    return messages[0]  # read_messages returns one message at least, or a fault
+
+
 def _payload_pieces(raw_iovecs: bytes, *, stream: bool) -> list[tuple[int, int]]:
     """The (address, length) pieces to copy, capped as ``payload_length`` caps a send."""
     pieces: list[tuple[int, int]] = []

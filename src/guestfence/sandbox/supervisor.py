@@ -74,13 +74,13 @@ from guestfence.sandbox.materialize import (
     parse_sockaddr,
     payload_length,
     read_bytes,
-    read_message,
     read_messages,
+    read_one_message,
     read_sockaddr,
     sockaddr_length,
 )
 from guestfence.sandbox.onbehalf import Outcome
-from guestfence.sandbox.verdict import SocketKind, Verdict, executed_name, verdict
+from guestfence.sandbox.verdict import SocketKind, Verdict, executed_name, socket_kind, verdict
 
 MAX_IDLE = 4
 MAX_CACHED_VERDICTS = 4096
@@ -156,7 +156,7 @@ class _Call:
         except OSError as exc:
             os.close(fd)
             raise GuestFault(exc.errno or errno.ENOTSOCK) from None
-        return fd, SocketKind(domain=domain, type=sock_type, protocol=protocol)
+        return fd, socket_kind(domain, sock_type, protocol)
 
     def take_fd(self, target: int) -> int:
         """Our own descriptor for the open file behind the caller's fd ``target`` (GuestFault(EBADF))."""
@@ -210,7 +210,7 @@ class Supervisor:
         self._idle = 0
         self._threads = 0
         self._privileged = os.geteuid() == 0
-        self._verdicts: dict[tuple[SocketKind, bytes, bool], Verdict] = {}
+        self._verdicts: dict[tuple[int, int, int, bytes, bool], Verdict] = {}
         self._cacheable = Symbol.HOST not in settings.policy.symbols()
         self.local = local.Local(settings.policy, settings.deny_errno, self._report_local)
         if settings.thread_pidfds is None:
@@ -328,7 +328,7 @@ class Supervisor:
         if name is None or (kind.is_stream and not is_connect and not flags & MSG_FASTOPEN):
             return None
         name = executed_name(name)  # an unspecified destination goes to the loopback it is decided as
-        key = (kind, name, is_connect)
+        key = (kind.domain, kind.type, kind.protocol, name, is_connect)  # hashed in C, unlike SocketKind
         result = self._verdicts.get(key)
         if result is None:
             destination = parse_sockaddr(name, domain=kind.domain, is_connect=is_connect, stream=kind.is_stream)
@@ -412,7 +412,8 @@ def handle_sendmsg(sup: Supervisor, call: _Call) -> Outcome:
     fd_arg, header, flags = call.notif.args[:3]
     fd, kind = call.take_socket(fd_arg)
     try:
-        message = read_message(call.read, read_bytes(call.read, header, MSGHDR.size), stream=kind.is_stream)
+        message = read_one_message(call.read, call.read_many, read_bytes(call.read, header, MSGHDR.size),
+                                   stream=kind.is_stream)
         flags = as_int32(flags)
         if not kind.is_inet:
             return _signalled(call, sup.local.send(sup.caller(call), fd, kind, [message], flags, many=False), flags)

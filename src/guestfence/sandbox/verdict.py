@@ -42,6 +42,7 @@ import errno
 import socket
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import final
 
 from guestfence.policy.decide import decide
@@ -81,6 +82,13 @@ class SocketKind:
     @property
     def is_stream(self) -> bool:
         return self.type == socket.SOCK_STREAM
+
+
+@lru_cache(maxsize=64)
+def socket_kind(domain: int, sock_type: int, protocol: int) -> SocketKind:
+    """The SocketKind of these values, built once per kind: a frozen
+    dataclass costs more to build than the cache hit, on every call."""
+    return SocketKind(domain=domain, type=sock_type, protocol=protocol)
 
 
 @final

@@ -22,6 +22,7 @@ from guestfence.sandbox.materialize import (
     parse_sockaddr,
     read_message,
     read_messages,
+    read_one_message,
     payload_length,
     read_sockaddr,
     sockaddr_length,
@@ -129,6 +130,34 @@ def test_read_message_caps_and_faults(header: bytes, err: int) -> None:
     with pytest.raises(GuestFault) as info:
         read_message(Memory(bytes(64)), header, stream=False)
     assert info.value.errno == err
+
+
+@pytest.mark.parametrize(("header", "err"), [
+    (_msghdr(0, 0, 0x1000, 1025), errno.EMSGSIZE),
+    (_msghdr(0, 0, 0x1000, 0, 0x1000, MAX_CONTROL + 1), errno.ENOBUFS),
+    (_msghdr(0x1000, 0xFFFFFFFF, 0x1000, 0), errno.EINVAL),
+    (_msghdr(0, 0, 0x9999, 1), errno.EFAULT),
+    (_msghdr(0x1000, 16, 0x1010, 1, 0x9999, 16), errno.EFAULT),  # control unreadable
+])
+def test_read_one_message_faults_as_read_message(header: bytes, err: int) -> None:
+    memory = Memory(V4 + struct.pack("=QQ", 0x1020, 3) + b"abc")
+    with pytest.raises(GuestFault) as info:
+        read_one_message(memory, lambda pieces: [memory(a, n) for a, n in pieces], header, stream=False)
+    assert info.value.errno == err
+
+
+def test_read_one_message_reads_what_read_message_reads_in_two_reads() -> None:
+    memory = Memory(V4 + struct.pack("=QQQQ", 0x1030, 5, 0x1035, 6) + b"hello world")
+    header = _msghdr(0x1000, 16, 0x1010, 2)
+    many_calls: list[int] = []
+
+    def read_many(pieces):  # type: ignore[no-untyped-def]
+        many_calls.append(len(pieces))
+        return [memory(address, length) for address, length in pieces]
+
+    memory.reads.clear()
+    assert read_one_message(memory, read_many, header, stream=False) == read_message(memory, header, stream=False)
+    assert many_calls == [3, 2]  # name+iovecs+control, then the payload pieces
 
 
 @pytest.mark.parametrize(("level", "kind", "refused"), [
