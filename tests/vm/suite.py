@@ -60,7 +60,10 @@ def main(args: list[str]) -> int:
     for test, reason in NOT_UNDER_TCG.items():
         print(f"[vm pass: not run: {test}: {reason}]", flush=True)
     deselect = [f"--deselect={test}" for test in NOT_UNDER_TCG]
-    pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-m", "not vm", *deselect, *args, *selection]
+    # Per-test limit three times the host's: it stops hangs, and a lab test
+    # runs the CLI several times at tens of seconds each under TCG.
+    pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-m", "not vm", "--timeout=900",
+              *deselect, *args, *selection]  # fmt: skip
     env = {"CI": "true", "PYTHONDONTWRITEBYTECODE": "1"}
     ran = run_in_vm(pytest, cwd=REPO, env=env, timeout=LIMIT_SECONDS, echo=sys.stdout)
     took = time.monotonic() - started
