@@ -40,6 +40,9 @@ NOT_UNDER_TCG = {
     "tests/sandbox/test_sandbox_concurrency.py::test_64_threads_by_500_connects_are_all_decided_right":
         "throughput: 32,000 trapped calls outlast its 240 s limit under TCG; the thread paths "
         "are the same as in test_threads_and_forked_children_are_covered",
+    "tests/sandbox/test_sandbox_hostile.py::test_thread_churn_and_parallel_senders_under_ulimit_1024":
+        "churn: 25,000 short-lived guest threads and 16,000 sends; the pidfd paths they load are "
+        "the thread tests' (leader pidfds on 6.1)",
     "tests/lab/test_audit_html.py":
         "renders a page in headless Chromium: minutes under TCG, and no kernel feature involved",
     "tests/lab/test_libvirt_daemon.py":
