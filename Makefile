@@ -18,8 +18,11 @@
 PYTHON  := /usr/bin/python3
 VENV    := .venv
 STAMP   := $(VENV)/.installed
+LAUNCHER := src/guestfence/sandbox/guestfence-launch
 
 RUNTIME_APT := python3 python3-venv python3-nftables python3-seccomp nftables iproute2 procps
+# The sandbox launcher is C, compiled here (static, so libc6-dev for libc.a).
+BUILD_APT   := gcc libc6-dev
 DEMO_APT    := iputils-ping
 TEST_APT    := iputils-ping passt slirp4netns gcc chromium ethtool
 # Host software the integrations are tested with, without recommends: no
@@ -52,7 +55,7 @@ endef
 
 .PHONY: install install-system uninstall venv test-deps bench-deps demo test unit lab bench clean
 
-install: venv install-system
+install: venv $(LAUNCHER) install-system
 
 venv: $(STAMP)
 
@@ -73,8 +76,8 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]'
 	touch $@
 
-test-deps: $(VENV)/.test-installed
-bench-deps: $(VENV)/.bench-installed
+test-deps: $(VENV)/.test-installed $(LAUNCHER)
+bench-deps: $(VENV)/.bench-installed $(LAUNCHER)
 
 # guestfence on PATH, units generated for this checkout's venv, and each
 # integration where its host looks for it. Links, not copies: a `git pull`
@@ -102,6 +105,13 @@ uninstall:
 	for unit in contrib/systemd/*.in; do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$unit .in); done
 	-rmdir $(DESTDIR)$(LIBEXECDIR) 2>/dev/null
 
+# The sandbox's first program (src/guestfence/sandbox/launcher.c says why C):
+# static, so no dynamic loader, and nothing of the guest's environment, runs
+# before its seccomp filter. Found by sandbox/spawn.py next to itself.
+$(LAUNCHER): src/guestfence/sandbox/launcher.c | $(STAMP)
+	$(call apt_install,$(BUILD_APT))
+	gcc -std=gnu11 -O2 -Wall -Wextra -static -o $@ $<
+
 demo: install
 	$(call apt_install,$(DEMO_APT))
 	$(VENV)/bin/guestfence demo
@@ -119,4 +129,4 @@ bench: bench-deps
 	@echo "benchmarks: $(VENV)/bin/python bench/bench_nft.py (see bench/)"
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info $(LAUNCHER)

@@ -7,9 +7,12 @@ detail that may change:
   ``load_policy("policy.toml[:NAME]")`` make a policy; ``decide`` judges one
   ``Flow`` against it.
 - ``Sandbox(policy).run(argv)`` runs a command under the seccomp supervisor;
-  each refused attempt is a ``Denial`` (needs libseccomp's bindings, imported
-  on first use).
+  each refused attempt is a ``Denial`` (needs libseccomp's bindings).
 - Errors are ``GuestfenceError`` subclasses.
+
+Everything but the errors is imported on first use (PEP 562), so that
+``guestfence --help`` does not pay for the policy core, and the sandbox's
+libseccomp bindings are needed only by those who use ``Sandbox``.
 """
 
 from guestfence.errors import (
@@ -20,18 +23,6 @@ from guestfence.errors import (
     PlanError,
     PolicyError,
     RuleSyntaxError,
-)
-from guestfence.policy import (
-    Action,
-    Context,
-    Decision,
-    Flow,
-    Policy,
-    Proto,
-    Rule,
-    decide,
-    parse_destination,
-    parse_rule,
 )
 
 __all__ = [
@@ -57,28 +48,24 @@ __all__ = [
     "parse_rule",
 ]
 
-
-_SANDBOX = ("Denial", "Sandbox")
-
-
-def load_policy(spec: str) -> Policy:
-    """The policy of a TOML file, ``"FILE"`` or ``"FILE:NAME"`` for its
-    ``[policy.NAME]``. Raises PolicyError (ConfigError) naming the file and line."""
-    from guestfence.config import load_policy as load
-
-    return load(spec)
+_LAZY = {
+    **dict.fromkeys(("Sandbox", "Denial"), "guestfence.sandbox"),
+    "load_policy": "guestfence.config",
+    **dict.fromkeys(("Action", "Context", "Decision", "Flow", "Policy", "Proto", "Rule", "decide",
+                     "parse_destination", "parse_rule"), "guestfence.policy"),
+}
 
 
 def __getattr__(name: str) -> object:
-    # The sandbox needs libseccomp's bindings; import it only when asked, so
-    # the policy core and the nft backend work without them.
-    if name in _SANDBOX:
-        import guestfence.sandbox
+    if name in _LAZY:
+        import importlib
 
-        return getattr(guestfence.sandbox, name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'guestfence' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
     # help(guestfence) and completion list the lazily imported names too.
-    return sorted({*globals(), *_SANDBOX})
+    return sorted({*globals(), *_LAZY})

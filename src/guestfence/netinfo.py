@@ -1,40 +1,24 @@
 """What the kernel says about this host's addresses, through pyroute2.
 
-``@host`` means "local to the host at the moment of the decision", so this
-module asks the kernel each time instead of keeping a list: an address
-added a moment ago is local from its first packet.
+How ``@host`` is answered at decision time is guestfence.sandbox.route's
+job (one raw netlink question, no list kept); this module lists addresses.
+
+pyroute2 is imported when first asked (it takes ~80 ms to import; most
+commands never need it).
 """
 
 from __future__ import annotations
 
 import ipaddress
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from guestfence.errors import HostError
 from guestfence.policy.model import Address
-
-RTN_LOCAL = 2
-
-
-def lookup_is_local(address: Address) -> bool:
-    """Whether the kernel routes ``address`` as local (``ip route get`` says ``local``).
-
-    An address the kernel cannot route at all is not local.
-    """
-    try:
-        with IPRoute() as ipr:
-            routes = ipr.route("get", dst=str(address))
-    except NetlinkError:
-        return False
-    except OSError as exc:
-        raise HostError(f"route lookup for {address} failed: {exc}") from exc
-    return bool(routes) and routes[0]["type"] == RTN_LOCAL
 
 
 def collect_host_addresses() -> tuple[Address, ...]:
     """Every address configured on any interface of this network namespace."""
+    from pyroute2 import IPRoute
+
     try:
         with IPRoute() as ipr:
             # On a point-to-point link IFA_ADDRESS is the peer's; IFA_LOCAL is ours.
@@ -46,6 +30,9 @@ def collect_host_addresses() -> tuple[Address, ...]:
 
 def interface_addresses(name: str) -> tuple[Address, ...] | None:
     """The addresses configured on interface ``name``; None when there is no such interface."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=name)

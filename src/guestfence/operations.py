@@ -6,9 +6,10 @@ anything out. The CLI only parses and prints.
 
 Guarantees:
 - Bad input changes nothing: every feature is planned before any applies.
-- ``restore`` is the exception that keeps the host closed: a feature or a
-  guest whose record cannot be read is reported (``Outcome.problems``) while
-  everything else is installed.
+- ``restore`` and ``flush`` act on the record, not on new input: a feature
+  or a guest whose record cannot be read is reported (``Outcome.problems``,
+  exit 2) while everything else is done, so one bad record never leaves
+  every guest unfiltered after a reboot.
 - A crash between a transaction and its record is never silent (see
   guestfence.state on intents).
 - ``guest add|remove`` keep recorded members they cannot read as they are
@@ -29,6 +30,7 @@ from guestfence.errors import GuestfenceError, PolicyError
 from guestfence.lockdown.feature import LOCKDOWN
 from guestfence.nft.firewall import (
     GUESTS,
+    check_gateways_owned,
     GUESTS_KEY,
     Registered,
     Registry,
@@ -82,7 +84,7 @@ def commit(store: StateStore, feature: Feature, plan: FeaturePlan, recorded: Any
 def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePlan], *, dry_run: bool,
                  salvage: bool = False) -> Outcome:  # fmt: skip
     """Plan every feature, then apply and record each. With ``salvage``
-    (restore), a feature that cannot be planned is reported and the others
+    (restore, flush), a feature that cannot be planned is reported and the others
     still applied; otherwise any error stops before anything changed."""
     problems: list[str] = []
     with StateStore(directory, read_only=dry_run) as store:
@@ -109,7 +111,12 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
 
 def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
+    # The interface first: refusing the host's own interface (lo, an uplink)
+    # is the message that matters when both are wrong.
     warnings = interface_hazards(guest, force=force)
+    unchecked = check_gateways_owned(guest)
+    if unchecked:
+        warnings.append(unchecked)
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))

@@ -146,8 +146,9 @@ class StateStore:
         temporary = self.path.with_name(f".{STATE_FILE}.tmp")
         try:
             with open(temporary, "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2, sort_keys=True)
-                out.write("\n")
+                # One line, by json's C encoder: with indent (or json.dump)
+                # it takes the pure-Python path, 20 ms of `guest add` at 1000 guests.
+                out.write(json.dumps(data, sort_keys=True) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)

@@ -88,8 +88,15 @@ def test_del_leaves_the_ruleset_and_record_as_before_add(scene: Scene, tmp_path:
     assert scene.ruleset() != ruleset_before
     chain.delete()
     assert scene.ruleset() == ruleset_before
-    assert recorded(scene) == record_before
+    assert _without_generation(recorded(scene)) == _without_generation(record_before)
     chain.exec_plugin(chain.conflist["plugins"][1], "DEL", None)  # nothing to remove: still success
+
+
+def _without_generation(record: dict | None) -> dict | None:
+    """The record but its change counter, which every change bumps."""
+    if record is None:
+        return None
+    return {**record, "guests": {k: v for k, v in record["guests"].items() if k != "generation"}}
 
 
 def test_check_fails_when_the_rules_are_gone(scene: Scene, tmp_path: Path) -> None:

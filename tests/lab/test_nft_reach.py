@@ -60,13 +60,15 @@ def test_port_forwarded_on_the_host_is_judged_by_what_the_guest_aimed_at(scene: 
 
 
 @pytest.mark.parametrize("kind", ["veth", "tap"])
-def test_return_traffic_ping_and_neighbour_discovery_work(scene: Scene, kind: str) -> None:
+def test_return_traffic_neighbour_discovery_and_allowed_ping_work(scene: Scene, kind: str) -> None:
     link = scene.add_guest("g1", 1, kind=kind)
     scene.listen(link.netns, (7000,))
     scene.register(link, *GATEWAY_ONLY)
     sh("ip", "neigh", "flush", "dev", "eth0", netns=link.netns)
     sh("ip", "neigh", "flush", "dev", link.iface, netns=scene.host)
     pings = [f"icmp://{link.gateway4}", f"icmp://{link.gateway6}"]
+    assert scene.reachable(link.netns, pings) == set(), "ping is the policy's: this one does not allow it"
+    scene.register(link, *GATEWAY_ONLY, "--net-allow", "icmp://@gateway")
     assert scene.reachable(link.netns, pings) == set(pings)
     guest_service = [f"tcp://{link.address4}:7000", f"tcp://[{link.address6}]:7000"]
     assert scene.reachable(scene.host, guest_service) == set(guest_service)

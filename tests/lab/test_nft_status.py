@@ -146,6 +146,7 @@ def test_restore_with_a_bad_record_installs_the_good_guests_and_keeps_the_bad_on
     sh("ip", "link", "set", bad.iface, "down", netns=scene.host)
     sh("ip", "link", "set", bad.iface, "name", bad_iface, netns=scene.host)
     sh("ip", "link", "set", bad_iface, "up", netns=scene.host)
+    scene.lab.addr(scene.host, bad_iface, f"{bad.gateway6}/64")  # a link going down loses its IPv6 addresses
     scene.register(good, *POLICY)
     scene.gf("guest", "add", "g2", "--iface", bad_iface, "--address", f"{bad.address4}/30", "--address", f"{bad.address6}/64",
              "--gateway", bad.gateway4, "--gateway", bad.gateway6, "--default", "allow")  # fmt: skip
@@ -175,3 +176,55 @@ def test_a_truncated_state_file_is_refused_and_left_as_it_is(scene: Scene) -> No
         done = scene.gf(*argv, check=False)
         assert done.returncode == 3 and "not valid JSON" in done.stderr and "Traceback" not in done.stderr
     assert path.read_text() == truncated
+
+
+def test_status_finds_nothing_through_a_guests_life(scene: Scene, tmp_path: Path) -> None:
+    """No false drift: every way of reaching a ruleset compares equal to what the record compiles to."""
+    host, lab = scene.host, scene.lab
+    first, second = scene.add_guest("g1", 1), scene.add_guest("g2", 2, kind="tap")
+    sh("ip", "link", "add", "br0", "type", "bridge", netns=host)
+    sh("ip", "link", "set", "br0", "up", netns=host)
+    lab.addr(host, "br0", "203.0.113.1/24")
+    bridged = lab.netns("gfb")
+    lab.veth(host, "vmtap-b1", bridged, "eth0")
+    sh("ip", "link", "set", "vmtap-b1", "master", "br0", netns=host)
+
+    def clean() -> None:
+        status = scene.gf("status", check=False)
+        assert status.returncode == 0, status.stdout
+
+    scene.register(first, *POLICY, "--net-allow", "udp://localhost:53", "--net-deny", "gone.invalid:443", extra=("--masquerade",))
+    clean()
+    scene.register(second, "--net-allow", "icmp://*", "--default", "allow", extra=("--comment", "tap guest, rack 4"))
+    clean()
+    scene.gf("guest", "add", "b1", "--iface", "vmtap-b1", "--bridge", "br0", "--mac", "02:00:00:00:00:b1",
+             "--address", "203.0.113.11/24", "--gateway", "203.0.113.1", "--net-allow", "tcp://@gateway:8080")  # fmt: skip
+    clean()
+    scene.register(first, "--net-allow", "tcp://@gateway:22")  # replaced
+    clean()
+    scene.gf("guest", "remove", "g2")
+    clean()
+    config = tmp_path / "guests.toml"
+    config.write_text(f'guest_pattern = "vmtap*"\n[[guest]]\nname = "g2"\niface = "{second.iface}"\n'
+                      f'address = "{second.address4}/30"\ngateway = "{second.gateway4}"\n')  # fmt: skip
+    scene.gf("apply", str(config))
+    clean()
+    scene.gf("restore")
+    clean()
+    report = json.loads(scene.gf("status", "--json").stdout)
+    assert sorted(g["name"] for g in report["guests"]) == ["b1", "g1", "g2"] and not report["drifted"]
+
+
+def test_restore_with_an_unreadable_lockdown_record_still_installs_the_guests(scene: Scene) -> None:
+    link = scene.add_guest("g1", 1)
+    scene.register(link, *POLICY)
+    path = scene.state_dir / "state.json"
+    state = json.loads(path.read_text())
+    state["lockdown"] = {"patterns": 7}
+    path.write_text(json.dumps(state))
+    flushed = scene.gf("flush", check=False)
+    assert flushed.returncode == 2 and "not done: lockdown:" in flushed.stderr and scene.ruleset() == []
+    restored = scene.gf("restore", check=False)
+    assert restored.returncode == 2 and "not done: lockdown" in restored.stderr and "Traceback" not in restored.stderr
+    assert scene.reachable(link.netns, targets(link)) == {f"tcp://{link.gateway4}:8080"}
+    assert json.loads(path.read_text())["lockdown"] == {"patterns": 7}, "left for a human, not rewritten"

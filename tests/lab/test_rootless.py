@@ -164,7 +164,7 @@ def nobody_tree() -> Iterator[Path]:
             source = Path(package.__file__).parent
             shutil.copytree(source, tree / source.name, ignore=shutil.ignore_patterns("__pycache__"))
         for path in (tree, *tree.rglob("*")):
-            path.chmod(0o755 if path.is_dir() else 0o644)
+            path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)  # the sandbox launcher
         yield tree
     finally:
         shutil.rmtree(tree)

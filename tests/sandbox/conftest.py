@@ -2,24 +2,27 @@
 
 ``tcp_server``/``udp_server`` listen on 127.0.0.1, 127.0.0.2 and ::1 at one
 port, so a destination the sandbox refuses is one a bare run reaches;
-the TCP one accepts and closes in a thread, the UDP one records what it got.
+the TCP one accepts, counts and closes in a thread, the UDP one records
+what it got. ``denied_ports`` is both at one port, for counting arrivals.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 
 class Listener:
-    def __init__(self, kind: int) -> None:
+    def __init__(self, kind: int, port: int = 0) -> None:
         self.kind = kind
         self.received: list[bytes] = []
+        self.accepted = 0
         first = socket.socket(socket.AF_INET, kind)
-        first.bind(("127.0.0.1", 0))
+        first.bind(("127.0.0.1", port))
         self.port = first.getsockname()[1]
         second = socket.socket(socket.AF_INET, kind)
         second.bind(("127.0.0.2", self.port))
@@ -41,11 +44,23 @@ class Listener:
             try:
                 if self.kind == socket.SOCK_STREAM:
                     conn, _ = sock.accept()
+                    self.accepted += 1
                     conn.close()
                 else:
                     self.received.append(sock.recv(65536))
             except (TimeoutError, OSError):
                 continue
+
+    @property
+    def arrivals(self) -> int:
+        return self.accepted + len(self.received)
+
+    def received_at_least(self, count: int, timeout: float = 10) -> list[bytes]:
+        """What was received, once ``count`` datagrams have been (or the time bound passed)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.received)
 
     def close(self) -> None:
         self.stopping = True
@@ -69,3 +84,43 @@ def udp_server() -> Iterator[Listener]:
     listener = Listener(socket.SOCK_DGRAM)
     yield listener
     listener.close()
+
+
+class DeniedPorts:
+    """TCP and UDP listeners at one port on 127.0.0.1, 127.0.0.2 and ::1: what reached them."""
+
+    def __init__(self) -> None:
+        for _ in range(50):
+            self.tcp = Listener(socket.SOCK_STREAM)
+            try:
+                self.udp = Listener(socket.SOCK_DGRAM, port=self.tcp.port)
+            except OSError:
+                self.tcp.close()
+                continue
+            self.port = self.tcp.port
+            return
+        raise RuntimeError("no port free for both TCP and UDP")
+
+    @property
+    def arrivals(self) -> int:
+        return self.tcp.arrivals + self.udp.arrivals
+
+    def settled(self, timeout: float = 5) -> int:
+        """The arrival count once the listeners have taken what is queued (unchanged for 0.3 s)."""
+        count, deadline = -1, time.monotonic() + timeout
+        while count != self.arrivals and time.monotonic() < deadline:
+            count = self.arrivals
+            time.sleep(0.3)
+        return self.arrivals
+
+    def close(self) -> None:
+        self.tcp.close()
+        self.udp.close()
+
+
+@pytest.fixture
+def denied_ports() -> Iterator[DeniedPorts]:
+    """name: denied_ports; scope: function. TCP and UDP at one port on 127.0.0.1, 127.0.0.2, ::1, counting arrivals."""
+    ports = DeniedPorts()
+    yield ports
+    ports.close()

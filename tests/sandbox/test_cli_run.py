@@ -85,6 +85,6 @@ def test_verbose_prints_resolved_names(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0 and "guestfence: localhost -> 127.0.0.1" in err
 
 
-def test_gateway_in_a_sandbox_policy_is_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+def test_gateway_in_a_sandbox_policy_without_a_gateway_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "run", "--quiet", "--net-allow", "udp://@gateway:53", "--", "true")
-    assert code == 0 and "udp://@gateway:53 uses @gateway, which only VM guests have" in err and "matches nothing" in err
+    assert code == 2 and "udp://@gateway:53: @gateway needs a gateway address, and none is given" in err

@@ -65,6 +65,81 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 name = sin("127.0.0.1", PORT)
 hdr = struct.pack("=QI4xQQQQi4x", ctypes.cast(ctypes.c_char_p(name), ctypes.c_void_p).value, 16, 8, 1, 0, 0, 0)
 out["r"] = libc.sendmsg(u.fileno(), hdr, 0) == -1 and ctypes.get_errno()''',
+    "sendmsg_overlong_namelen_is_clamped": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+name = ctypes.create_string_buffer(sin("127.0.0.1", PORT) + bytes(184), 200)
+data = ctypes.create_string_buffer(b"x", 1)
+iov = ctypes.create_string_buffer(struct.pack("=QQ", ctypes.addressof(data), 1), 16)
+hdr = struct.pack("=QI4xQQQQi4x", ctypes.addressof(name), 200, ctypes.addressof(iov), 1, 0, 0, 0)
+r = libc.sendmsg(u.fileno(), hdr, 0)
+out["r"] = r if r >= 0 else -ctypes.get_errno()''',
+    "sendmsg_negative_namelen": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+name = ctypes.create_string_buffer(sin("127.0.0.1", PORT), 16)
+hdr = struct.pack("=QI4xQQQQi4x", ctypes.addressof(name), 0xFFFFFFFF, 0, 0, 0, 0, 0)
+r = libc.sendmsg(u.fileno(), hdr, 0)
+out["r"] = r if r >= 0 else -ctypes.get_errno()''',
+    "sendmsg_long_controllen": '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+name = ctypes.create_string_buffer(sin("127.0.0.1", PORT), 16)
+out["r"] = {}
+for size in (100000, 140000, 1 << 40):
+    control = ctypes.create_string_buffer(min(size, 200000))
+    hdr = struct.pack("=QI4xQQQQi4x", ctypes.addressof(name), 16, 0, 0, ctypes.addressof(control), size, 0)
+    r = libc.sendmsg(u.fileno(), hdr, 0)
+    out["r"][size] = r if r >= 0 else -ctypes.get_errno()''',
+    "sendmmsg_vector_into_an_unmapped_page": '''
+import mmap
+m = mmap.mmap(-1, 8192)
+base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+name = ctypes.create_string_buffer(sin("127.0.0.1", PORT), 16)
+data = ctypes.create_string_buffer(b"x", 1)
+iov = ctypes.create_string_buffer(struct.pack("=QQ", ctypes.addressof(data), 1), 16)
+start = 4096 - 2 * 64
+for i in range(2):
+    struct.pack_into("=QI4xQQQQi4x", m, start + 64 * i, ctypes.addressof(name), 16, ctypes.addressof(iov), 1, 0, 0, 0)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+libc.mprotect(base + 4096, 4096, 0)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+r = libc.sendmmsg(u.fileno(), base + start, 4, 0)
+out["r"] = r if r >= 0 else -ctypes.get_errno()
+out["lens"] = [struct.unpack_from("=I", m, start + 64 * i + 56)[0] for i in range(2)]''',
+    "sendmmsg_read_only_vector": '''
+import mmap
+m = mmap.mmap(-1, 4096)
+base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+name = ctypes.create_string_buffer(sin("127.0.0.1", PORT), 16)
+data = ctypes.create_string_buffer(b"x", 1)
+iov = ctypes.create_string_buffer(struct.pack("=QQ", ctypes.addressof(data), 1), 16)
+for i in range(3):
+    struct.pack_into("=QI4xQQQQi4x", m, 64 * i, ctypes.addressof(name), 16, ctypes.addressof(iov), 1, 0, 0, 0)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+libc.mprotect(base, 4096, 1)  # PROT_READ
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+r = libc.sendmmsg(u.fileno(), base, 3, 0)
+out["r"] = r if r >= 0 else -ctypes.get_errno()''',
+    "epipe_raises_sigpipe_unless_msg_nosignal": '''
+import signal
+caught = []
+signal.signal(signal.SIGPIPE, lambda *_: caught.append(threading.get_native_id()))
+for name, flags in (("plain", 0), ("nosignal", socket.MSG_NOSIGNAL)):
+    caught.clear()
+    s = socket.socket()
+    s.connect(("127.0.0.1", PORT))
+    s.recv(1)  # the server has closed its end
+    errors = []
+    while not errors or errors[-1] != errno.EPIPE and len(errors) < 100:
+        try:
+            s.sendmsg([b"x"], [], flags)
+        except OSError as e:
+            errors.append(e.errno)
+    deadline = time.monotonic() + (5 if flags == 0 else 0.3)  # sandboxed, it comes just after the call returns
+    while not caught and time.monotonic() < deadline:
+        time.sleep(0.01)
+    out[name] = [errors[-1], caught == [threading.get_native_id()]]
+    s.close()''',
 }
 
 

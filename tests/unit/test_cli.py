@@ -87,3 +87,28 @@ def test_demo_runs_and_shows_protocol_isolation(capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "demo")
     assert code == 0
     assert "udp://192.0.2.1:8080         deny     default deny" in out
+
+
+def test_run_refuses_gateway_rules_without_a_gateway(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "run", "--net-allow", "tcp://@gateway:8080", "--", "true")
+    assert code == 2 and "tcp://@gateway:8080: @gateway needs a gateway address" in err and "--gateway" in err
+    code, _out, err = run(capsys, "run", "--gateway", "not-an-address", "--", "true")
+    assert code == 2 and "--gateway 'not-an-address' is not an IP address" in err
+
+
+def test_explain_decides_a_translated_destination_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", "--net-allow", "tcp://203.0.113.0/24:*", "--default", "allow",
+                       "--net-deny", "tcp://@host:*", "--dnat", "tcp://203.0.113.80:80=tcp://127.0.0.1:22", "--json",
+                       "tcp://203.0.113.80:80", "tcp://203.0.113.81:80")
+    assert code == 0
+    answer, untranslated = json.loads(out)
+    assert untranslated["verdict"] == "allow" and "delivered_to" not in untranslated
+    assert answer["verdict"] == "deny" and answer["delivered_to"] == "tcp://127.0.0.1:22"
+    assert answer["rule"] == "tcp://@host:*" and "translates" in answer["reason"]
+
+
+def test_explain_guest_needs_a_registered_guest_and_no_policy_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "explain", "--guest", "vm9", "--state-dir", str(tmp_path), "tcp://192.0.2.1:22")
+    assert code == 2 and "'vm9' is not a registered guest" in err
+    code, _, err = run(capsys, "explain", "--guest", "vm9", "--default", "allow", "--state-dir", str(tmp_path), "tcp://192.0.2.1:22")
+    assert code == 2 and "--default cannot be given with it" in err

@@ -14,14 +14,14 @@ import pytest
 from guestfence.errors import PolicyError
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination, parse_policy
-from guestfence.policy.model import Action, Context, PortRange
+from guestfence.policy.model import Action, Context, PortRange, local_types
 from guestfence.rootless.guard import complement, host_guard
 from guestfence.rootless.preflight import check_socket, socket_path
 from guestfence.rootless.stacks import Stack, guest_view, passt_command, slirp4netns_command
 from tests.unit.test_cli import run
 
 HOST = {ipaddress.ip_address(a) for a in ("127.0.0.1", "198.51.100.1", "2001:db8:1::1")}
-CONTEXT = Context(is_local=HOST.__contains__)
+CONTEXT = Context(address_type=local_types(HOST))
 
 
 @pytest.mark.parametrize(
@@ -107,11 +107,17 @@ def test_nft_mode_compiles_the_guard_for_one_user() -> None:
 
 
 def test_nft_mode_refuses_gateway_rules() -> None:
-    from guestfence.errors import PlanError
+    from guestfence.errors import PolicyError
     from guestfence.rootless.nftmode import compile_owner
 
-    with pytest.raises(PlanError, match="@gateway"):
+    with pytest.raises(PolicyError, match="@gateway"):
         compile_owner(1234, parse_policy(allow=["tcp://@gateway:80"]), {})
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "nft"])
+def test_rootless_refuses_gateway_rules_before_running_anything(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "rootless", "--mode", mode, "--dry-run", "--net-deny", "udp://@gateway:53", "pasta")
+    assert code == 2 and "@gateway needs a gateway address" in err and "Traceback" not in err
 
 
 def test_the_socket_option_is_found_in_each_spelling() -> None:

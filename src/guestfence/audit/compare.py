@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 
 from guestfence.audit.model import Finding, Observation, Verdict
 from guestfence.policy.decide import decide
-from guestfence.policy.model import Address, Context, Policy
+from guestfence.policy.model import Address, Context, Policy, local_types
 
 
 def audit_context(
@@ -32,7 +32,7 @@ def audit_context(
     names: Mapping[str, frozenset[Address]] | None = None,
 ) -> Context:
     hosts = frozenset(host_addresses)
-    return Context(gateways=frozenset(gateways), is_local=hosts.__contains__, names=dict(names or {}))
+    return Context(gateways=frozenset(gateways), address_type=local_types(hosts), names=dict(names or {}))
 
 
 def compare(policy: Policy, observations: Iterable[Observation], context: Context) -> tuple[Finding, ...]:

@@ -44,9 +44,9 @@ from pyroute2 import IPRoute, netns as pyroute2_netns
 from guestfence.audit.counters import collect_drop_count
 from guestfence.audit.model import Observation, Status, Target
 from guestfence.errors import HostError
-from guestfence.netinfo import lookup_is_local
 from guestfence.nft.apply import NftHandle
-from guestfence.policy.model import Address, Proto
+from guestfence.policy.model import Address, AddressType, Proto
+from guestfence.sandbox.route import address_type
 
 DEFAULT_TIMEOUT = 1.5
 DEFAULT_PARALLEL = 256
@@ -147,7 +147,7 @@ def collect_guest_view(addresses: Iterable[Address]) -> GuestView:
             )
     except OSError as exc:
         raise HostError(f"cannot read the guest's routes: {exc}") from exc
-    own = {a for a in addresses if not a.is_link_local and lookup_is_local(a)}
+    own = {a for a in addresses if not a.is_link_local and address_type(a) is AddressType.LOCAL}
     return GuestView(gateways=frozenset(gateways), own_addresses=frozenset(own), interfaces=interfaces)
 
 

@@ -4,6 +4,13 @@ This package is the only code that prints for the user or chooses an exit
 status. Each command module has ``register(subparsers)``, which adds its
 parser and sets ``func(args) -> int`` on it.
 
+Start-up: only the chosen command's module is imported (COMMANDS maps each
+command to its module and one-line help, which ``guestfence --help``
+lists without importing any). pyroute2, libnftables and libseccomp alone
+cost over 100 ms; ``check`` and ``explain`` need none of them. Keep
+command modules free of import-time work, and import what only one
+action needs inside it.
+
 Exit statuses:
     0  success
     1  the command ran and found what it reports on (audit violations, status drift)
@@ -20,15 +27,29 @@ or a function of its arguments); it is checked before the command runs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
-from guestfence.cli import audit, demo, guest, lockdown, policy_cmds, rootless, run
 from guestfence.errors import ApplyError, GuestfenceError, HostError, PlanError, PolicyError
 
-COMMANDS = (policy_cmds, demo, guest, lockdown, run, rootless, audit)
+# command -> (module in this package that registers it, its help in the
+# command list). tests/unit/test_cli.py checks the help against the modules'.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("policy_cmds", "validate a policy file and print it normalised"),
+    "explain": ("policy_cmds", "say which verdict a policy gives each destination, and why"),
+    "demo": ("demo", "show guestfence at work on a built-in example"),
+    "guest": ("guest", "register VM guests with the nftables firewall"),
+    "status": ("guest", "per guest: rules, accepted/dropped packets, drift from the record"),
+    "restore": ("guest", "re-apply the recorded state (after a reboot)"),
+    "flush": ("guest", "remove everything guestfence installed, nothing else"),
+    "apply": ("guest", "make the live state equal to a TOML file"),
+    "lockdown": ("lockdown", "stop the host stack from processing anything on guest-only interfaces"),
+    "run": ("run", "run a command with its network destinations decided by the policy"),
+    "rootless": ("rootless", "run slirp4netns, passt or pasta so its guest cannot reach the host's own addresses"),
+    "audit": ("audit", "probe, from a guest's side, which host services it can reach"),
+}
 
 EXIT_CODES: tuple[tuple[type[GuestfenceError], int], ...] = (
     (PolicyError, 2),
@@ -59,7 +80,14 @@ Run 'guestfence COMMAND --help' for each command's options and examples.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(name: str):  # -> module
+    """The module that registers command ``name`` (imported now)."""
+    return importlib.import_module(f"guestfence.cli.{COMMANDS[name][0]}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with ``command``'s module registering its own parsers and
+    every other command a bare entry in the command list."""
     parser = argparse.ArgumentParser(
         prog="guestfence",
         description=DESCRIPTION,
@@ -69,17 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--version", action="version", version=f"guestfence {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS:
-        module.register(subparsers)
+    chosen = COMMANDS[command][0] if command in COMMANDS else None
+    for name, (module_name, summary) in COMMANDS.items():
+        if module_name != chosen:
+            subparsers.add_parser(name, help=summary, add_help=False)
+        elif name == command:
+            command_module(name).register(subparsers)  # all of its module's commands (check and explain)
     return parser
 
 
+def chosen_command(words: Sequence[str]) -> str | None:
+    """The command word: the first that is not an option (the top-level
+    options take no value)."""
+    return next((word for word in words if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first "--" belongs to the command guestfence runs
     # (run, rootless), whatever it looks like: argparse never sees it.
     head, tail = (words[: words.index("--")], words[words.index("--") + 1 :]) if "--" in words else (words, None)
+    parser = build_parser(chosen_command(head))
     args = parser.parse_args(head)
     args.passthrough = tail
     try:
@@ -93,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except GuestfenceError as err:
         if args.debug:
+            import traceback
+
             traceback.print_exc()
         print(f"guestfence: {err}" if "\n" not in str(err) else str(err), file=sys.stderr)
         return next((code for cls, code in EXIT_CODES if isinstance(err, cls)), 1)

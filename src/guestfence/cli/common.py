@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
-import signal
-import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guestfence.config import load_policy
+from guestfence.errors import PolicyError
 from guestfence.policy.grammar import parse_policy
-from guestfence.policy.model import Policy, Symbol, SymbolHost, canonical_rules
+from guestfence.policy.model import Address, Policy, Symbol, SymbolHost, canonical_rules, unmap
+
+if TYPE_CHECKING:  # only the commands that start a process need subprocess (cli/__init__: start-up)
+    import subprocess
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-written layout of descriptions and examples."""
@@ -37,6 +41,15 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
     )
 
 
+def parse_gateways(texts: list[str]) -> frozenset[Address]:
+    """``--gateway`` values. Raises PolicyError naming the bad one."""
+    gateways = set()
+    for text in texts:
+        try:
+            gateways.add(unmap(ipaddress.ip_address(text)))
+        except ValueError:
+            raise PolicyError(f"--gateway {text!r} is not an IP address (expected e.g. 192.0.2.1 or 2001:db8::1)") from None
+    return frozenset(gateways)
 def warn_gateway_undefined(policy: Policy, where: str) -> None:
     """@gateway with no gateway defined is decided closed; say so instead of staying silent."""
     for rule in policy.rules:
@@ -61,6 +74,8 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 def wait_forwarding_signals(proc: subprocess.Popen[Any]) -> int:
     """Wait for the command guestfence started, passing on SIGINT, SIGTERM and
     SIGHUP; its exit status, or 128+N if it died of signal N, as a shell says."""
+    import signal
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda sig, _frame: proc.send_signal(sig))
     status = proc.wait()

@@ -22,7 +22,7 @@ from guestfence.demolab import DemoLab, run
 from guestfence.config import format_policy, parse_config
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination
-from guestfence.policy.model import Context
+from guestfence.policy.model import Context, local_types
 
 DEMO_POLICY = """\
 # A VM guest may reach its gateway's API port and ping; nothing else on the host.
@@ -62,7 +62,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("    " + DEMO_POLICY.replace("\n", "\n    ").rstrip())
     print("\n...and normalised (what `guestfence check` prints):\n")
     print("    " + format_policy(policy).replace("\n", "\n    ").rstrip())
-    context = Context(gateways=frozenset({DEMO_GATEWAY}), is_local=DEMO_HOST_ADDRESSES.__contains__)
+    context = Context(gateways=frozenset({DEMO_GATEWAY}), address_type=local_types(DEMO_HOST_ADDRESSES))
     print(f"\nWhat it decides, with @gateway = {DEMO_GATEWAY}:\n")
     rows = [("DESTINATION", "VERDICT", "DECIDED BY")]
     for text in DEMO_DESTINATIONS:
@@ -81,7 +81,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 LAB_TCP = {22: "ssh", 5432: "postgres", 8080: "the VM's API"}
 LAB_UDP = {53: "dns"}
-LAB_POLICY = ("--net-allow", "tcp://@gateway:8080")
+LAB_POLICY = ("--net-allow", "tcp://@gateway:8080", "--net-allow", "icmp://@gateway")
 
 
 def run_lab_demo() -> int:
@@ -108,8 +108,10 @@ def run_lab_demo() -> int:
         for target in targets:
             rows.append((target, _service(target), _reached(before[target]), _reached(after[target])))
         print(format_table(rows))
-        print("\nPing and ICMP errors are what the link needs, so they pass; everything else is")
-        print("dropped, on every host address, including 198.51.100.7 which the policy never named.")
+        print("\nPing is the policy's like any flow: allowed to the gateway (icmp://@gateway), not to")
+        print("198.51.100.7. Everything else is dropped, on every host address, including 198.51.100.7")
+        print("which the policy never named; neighbour discovery and the ICMP errors of the guest's own")
+        print("connections pass whatever the policy, because the link needs them.")
         print("\nThe ruleset guestfence applied (nft list table inet guestfence):\n")
         print(run(["nft", "list", "table", "inet", "guestfence"], netns=lab.host).stdout.rstrip())
         print("\nguestfence status:\n")

@@ -218,7 +218,8 @@ def run_restore(args: argparse.Namespace) -> int:
 
 
 def run_flush(args: argparse.Namespace) -> int:
-    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_flush(recorded), dry_run=args.dry_run)
+    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_flush(recorded),
+                           dry_run=args.dry_run, salvage=True)  # fmt: skip
     return _report(args, outcome, "flushed (the record is kept)")
 
 
@@ -242,7 +243,7 @@ def _report(args: argparse.Namespace, outcome: Outcome, verb: str) -> int:
                 print(f"{plan.key}: {change}")
         print(f"{verb}: " + "; ".join(plan.summary for plan in outcome.plans))
     for problem in outcome.problems:
-        print(f"guestfence: could not {'restore' if verb == 'restored' else 'do'}: {problem}", file=sys.stderr)
+        print(f"guestfence: not done: {problem}", file=sys.stderr)
     return 2 if outcome.problems else 0
 
 

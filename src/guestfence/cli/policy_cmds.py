@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 
 from guestfence.cli.common import (
     HelpFormatter,
     add_policy_options,
     format_table,
+    parse_gateways,
     policy_from_args,
     print_json,
     warn_gateway_undefined,
 )
 from guestfence.config import format_config, load_config
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
-from guestfence.netinfo import lookup_is_local
-from guestfence.policy.decide import decide
+from guestfence.policy.decide import LINK_ESSENTIALS, decide, decide_translated
 from guestfence.policy.grammar import parse_destination
-from guestfence.policy.model import Context, Flow, Policy
+from guestfence.policy.model import Address, AddressType, Context, Decision, Flow, Policy, Proto
 from guestfence.resolve import resolve_names
 
 CHECK_EPILOG = """\
@@ -35,14 +34,24 @@ examples:
 EXPLAIN_EPILOG = """destinations:
   tcp://192.0.2.1:22   udp://[2001:db8::1]:53   icmp://203.0.113.9   192.0.2.1:443 (tcp)
 
-@host is answered by this machine's routing table (is the address local
-here, now?); @gateway by --gateway. DNS names in rules are resolved once
-unless --no-resolve; a name that does not resolve is decided closed.
+@host is every address this machine receives on, answered by its routing
+table now: its own addresses, all of loopback (0.0.0.0 and :: are delivered
+there), broadcast, multicast and anycast. @gateway is --gateway. DNS names
+in rules are resolved once unless --no-resolve; a name that does not
+resolve is decided closed. ICMP destinations are ping (echo); what a link
+needs (neighbour discovery, MLD, ICMP errors of existing connections) is
+always allowed.
+
+--guest NAME answers as the guests' firewall does for that registered
+guest: its policy and gateways, the addresses its names resolved to,
+other guests reached only through rules naming their addresses, and
+loopback or unspecified destinations dropped by the kernel as martians.
 
 examples:
   guestfence explain --policy policy.toml tcp://192.0.2.1:22 udp://192.0.2.1:53
   guestfence explain --net-allow tcp://@gateway:8080 --gateway 192.0.2.1 tcp://192.0.2.1:8080
   guestfence explain --default allow --net-deny '@host:*' --json tcp://127.0.0.1:22
+  guestfence explain --guest vm1 --dnat tcp://203.0.113.80:80=tcp://192.0.2.1:22 tcp://203.0.113.80:80
 """
 
 
@@ -70,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explain.add_argument(
         "--gateway", metavar="ADDR", action="append", default=[], help="the address @gateway stands for (repeatable)"
     )
+    explain.add_argument("--guest", metavar="NAME",
+                         help="decide as the firewall does for registered guest NAME (its policy, gateways, other guests)")
+    explain.add_argument("--state-dir", metavar="DIR", help="where guests are recorded, with --guest (default: /var/lib/guestfence)")
+    explain.add_argument("--dnat", metavar="AIMED=DELIVERED", action="append", default=[],
+                         help="the host translates destination AIMED to DELIVERED: decide both (repeatable)")
     explain.add_argument("--no-resolve", action="store_true", help="do not resolve DNS names in rules")
     explain.add_argument("--json", action="store_true", help="print machine-readable JSON")
     explain.set_defaults(func=run_explain)
@@ -99,24 +113,18 @@ def policy_json(name: str | None, policy: Policy) -> dict[str, object]:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    policy = policy_from_args(args)
     flows = _parse_destinations(args.destinations)
-    gateways = _parse_gateways(args.gateway)
-    if not gateways:
-        warn_gateway_undefined(policy, "is not defined without --gateway")
-    names = {}
-    if policy.names() and not args.no_resolve:
-        resolution = resolve_names(policy.names())
-        names = dict(resolution.addresses)
-        for name, why in resolution.failures.items():
-            print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
-    context = Context(gateways=gateways, is_local=lookup_is_local, names=names)
-    decisions = [(flow, decide(policy, flow, context)) for flow in flows]
+    translations = _parse_translations(args.dnat)
+    if args.guest:
+        decisions = _explain_guest(args, flows, translations)
+    else:
+        decisions = _explain_policy(args, flows, translations)
     if args.json:
         print_json(
             [
                 {
                     "destination": str(flow),
+                    **({"delivered_to": str(translations[flow])} if flow in translations else {}),
                     "verdict": d.action.value,
                     "rule": None if d.rule is None else str(d.rule),
                     "decided_by": d.decided_by,
@@ -129,7 +137,69 @@ def run_explain(args: argparse.Namespace) -> int:
         rows = [("DESTINATION", "VERDICT", "DECIDED BY")]
         rows += [(str(flow), d.action.value, d.decided_by) for flow, d in decisions]
         print(format_table(rows))
+        for aimed, delivered in translations.items():
+            print(f"({aimed}: the host translates it to {delivered}; allowed only if both are)")
+        if any(flow.proto is Proto.ICMP for flow in flows):
+            print(f"(icmp is ping, decided by icmp:// rules; link essentials are allowed whatever the policy: {LINK_ESSENTIALS})")
     return 0
+
+
+def _address_type(address: Address) -> AddressType:
+    """The kernel's route type of ``address``, imported only when a rule asks
+    (the sandbox package loads libseccomp; explain mostly needs none of it)."""
+    from guestfence.sandbox.route import address_type
+
+    return address_type(address)
+
+
+def _parse_translations(texts: list[str]) -> dict[Flow, Flow]:
+    """``--dnat AIMED=DELIVERED`` values. Raises PolicyError."""
+    translations = {}
+    for text in texts:
+        aimed_text, sep, delivered_text = text.partition("=")
+        if not sep:
+            raise PolicyError(f"--dnat {text!r}: expected AIMED=DELIVERED, e.g. tcp://203.0.113.80:80=tcp://192.0.2.1:8080")
+        aimed, delivered = _parse_destinations([aimed_text, delivered_text])
+        if aimed.proto is not delivered.proto:
+            raise PolicyError(f"--dnat {text!r}: both sides must have the same protocol")
+        translations[aimed] = delivered
+    return translations
+
+
+def _explain_policy(args: argparse.Namespace, flows: list[Flow], translations: dict[Flow, Flow]) -> list[tuple[Flow, Decision]]:
+    policy = policy_from_args(args)
+    gateways = parse_gateways(args.gateway)
+    if not gateways:
+        warn_gateway_undefined(policy, "is not defined without --gateway")
+    names = {}
+    if policy.names() and not args.no_resolve:
+        resolution = resolve_names(policy.names())
+        names = dict(resolution.addresses)
+        for name, why in resolution.failures.items():
+            print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
+    context = Context(gateways=gateways, address_type=_address_type, names=names)
+    return [(flow, decide(policy, flow, context) if flow not in translations
+             else decide_translated(policy, flow, translations[flow], context)) for flow in flows]
+
+
+def _explain_guest(args: argparse.Namespace, flows: list[Flow], translations: dict[Flow, Flow]) -> list[tuple[Flow, Decision]]:
+    """As the guests' firewall decides for the registered guest ``args.guest``."""
+    from guestfence.nft.explain import explain_guest, guest_context
+    from guestfence.nft.firewall import GUESTS_KEY, registry_from_json
+    from guestfence.state import StateStore, state_dir
+
+    given = [o for o, v in (("--policy", args.policy), ("--net-allow", args.net_allow), ("--net-deny", args.net_deny),
+                            ("--default", args.default), ("--gateway", args.gateway)) if v]
+    if given:
+        raise PolicyError(f"--guest takes the registered guest's policy and gateways; {', '.join(given)} cannot be given with it")
+    with StateStore(state_dir(args.state_dir)) as store:
+        registry = registry_from_json(store.section(GUESTS_KEY), where=str(store.path))
+    member = registry.find(args.guest)
+    if member is None:
+        known = ", ".join(g.name for g in registry.guests()) or "none"
+        raise PolicyError(f"--guest {args.guest!r} is not a registered guest (registered: {known})")
+    context = guest_context(member, registry, _address_type)
+    return [(flow, explain_guest(member, flow, context, dnat=translations.get(flow))) for flow in flows]
 
 
 def _parse_destinations(texts: list[str]) -> list[Flow]:
@@ -141,13 +211,3 @@ def _parse_destinations(texts: list[str]) -> list[Flow]:
             errors.append(e.located(source="destination", line=None, offset=1))
     raise_collected(errors)
     return flows
-
-
-def _parse_gateways(texts: list[str]) -> frozenset:
-    gateways = set()
-    for text in texts:
-        try:
-            gateways.add(ipaddress.ip_address(text))
-        except ValueError:
-            raise PolicyError(f"--gateway {text!r} is not an IP address") from None
-    return frozenset(gateways)

@@ -11,7 +11,6 @@ from guestfence.cli.common import (
     HelpFormatter,
     add_policy_options,
     policy_from_args,
-    warn_gateway_undefined,
     print_json,
     wait_forwarding_signals,
 )
@@ -21,6 +20,7 @@ from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy
 from guestfence.nft.apply import apply_nft, open_nft
 from guestfence.resolve import resolve_names
+from guestfence.policy.decide import require_gateway
 from guestfence.rootless.guard import host_guard
 from guestfence.rootless.nftmode import compile_owner, compile_release
 from guestfence.rootless.preflight import check_socket
@@ -40,6 +40,10 @@ of their own and make themselves non-dumpable, so only a supervisor with
 CAP_SYS_PTRACE can read their calls: run guestfence as root with
 --as-user USER (the stack runs as USER), or use the nftables mode of
 docs/rootless.md.
+
+A stack run as root keeps its capabilities: it needs CAP_SYS_ADMIN to join
+the guest's namespace and CAP_NET_ADMIN to configure its tap, and with
+them could take over the supervisor. --as-user runs it as USER, without.
 
 examples:
   guestfence rootless slirp4netns 4242                         # PID of a process in the guest netns
@@ -89,7 +93,7 @@ def run_rootless(args: argparse.Namespace) -> int:
     extra = args.passthrough or []
     command = _stack_command(stack, args, extra)
     chosen = policy_from_args(args)
-    warn_gateway_undefined(chosen, "only VM guests have (use @host for the host's addresses)")
+    require_gateway(chosen, frozenset(), hint="a rootless stack has no gateway of its own: use @host or addresses")
     policy = host_guard(chosen, default=chosen.default if args.default or args.policy else Action.ALLOW)
     stack_user = args.user if args.mode == "nft" else args.as_user
     check_socket(extra, None if stack_user is None else _user(stack_user, "--user" if args.mode == "nft" else "--as-user"))
@@ -169,4 +173,7 @@ def _supervise(argv: tuple[str, ...], policy: Policy, command: StackCommand, arg
 
     on_denied = None if log is None else denial_logger(log, as_json=args.json_log, guest_view=seen_by_guest)
     deny_errno = args.deny_errno or command.stack.deny_errno
-    return run_sandboxed(Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied), argv, verbose=False)
+    # A root stack needs its capabilities (setns, tap configuration); with
+    # --as-user, setpriv needs only CAP_SETUID/SETGID, which the sandbox keeps.
+    sandbox = Sandbox(policy, deny_errno=deny_errno, on_denied=on_denied, keep_caps=args.as_user is None)
+    return run_sandboxed(sandbox, argv, verbose=False)

@@ -21,8 +21,8 @@ from typing import TextIO
 from guestfence.cli.common import (
     HelpFormatter,
     add_policy_options,
+    parse_gateways,
     policy_from_args,
-    warn_gateway_undefined,
     wait_forwarding_signals,
 )
 from guestfence.errors import PolicyError
@@ -34,7 +34,10 @@ RUN_EPILOG = """Every connect and send of the command, its threads and its child
 decided by the policy, per protocol (a UDP rule never authorises TCP; ICMP
 rules govern the kernel ping socket). A refused call fails with
 ECONNREFUSED (or --deny-errno). Raw and packet sockets and io_uring are
-refused outright. @host is answered by a route lookup at each decision.
+refused outright. @host is every address this host receives on (its own,
+all of loopback, 0.0.0.0 and :: which Linux delivers to loopback, broadcast,
+multicast, anycast), answered by a route lookup at each decision. @gateway
+rules need --gateway ADDR. ICMP rules govern ping (the kernel ping socket).
 DNS names in rules are resolved once, at start (--verbose shows them).
 
 The exit status is the command's own (128+N if it died of signal N);
@@ -57,12 +60,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_policy_options(run)
     run.add_argument("--log", metavar="FILE|-", help="log every denied attempt to FILE (- for stderr)")
+    run.add_argument("--gateway", metavar="ADDR", action="append", default=[],
+                     help="the address @gateway stands for (repeatable); @gateway rules need it")
     run.add_argument("--json-log", action="store_true", help="log one JSON object per line (to stderr without --log)")
     run.add_argument("--verbose", action="store_true",
                      help="log every denied attempt to stderr and print what DNS names in rules resolved to")
     run.add_argument("--quiet", action="store_true", help="no summary of refused attempts on exit")
     run.add_argument("--deny-errno", choices=tuple(DENY_ERRNOS), default="ECONNREFUSED",
                      help="errno of a refused call (default: ECONNREFUSED)")
+    run.add_argument("--keep-caps", action="store_true",
+                     help="let a root command keep every capability; with CAP_SYS_PTRACE or CAP_SYS_ADMIN it can "
+                          "take the listener from guestfence and answer its own calls: trusted commands only "
+                          "(default: a root command runs without the capabilities that reach guestfence or "
+                          "go around the network stack)")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
     run.set_defaults(func=run_command)
 
@@ -72,12 +82,12 @@ def run_command(args: argparse.Namespace) -> int:
     if not command:
         raise PolicyError("no command given (usage: guestfence run [options] -- CMD ARGS...)")
     policy = policy_from_args(args)
-    warn_gateway_undefined(policy, "only VM guests have (a sandboxed process has no gateway)")
     log = open_log(args.log if args.log or not (args.verbose or args.json_log) else "-")
     name = os.path.basename(command[0])
     tally = DenialTally()
     loggers = [tally.add] + ([] if log is None else [denial_logger(log, as_json=args.json_log, command=name)])
-    sandbox = Sandbox(policy, deny_errno=args.deny_errno, on_denied=lambda denial: [f(denial) for f in loggers])
+    sandbox = Sandbox(policy, deny_errno=args.deny_errno, keep_caps=args.keep_caps, gateways=parse_gateways(args.gateway),
+                      on_denied=lambda denial: [f(denial) for f in loggers])
     status = run_sandboxed(sandbox, command, verbose=args.verbose)
     if not args.quiet:
         for line in tally.summary(policy, command=name):

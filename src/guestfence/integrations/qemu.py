@@ -9,9 +9,10 @@ whose ``iface`` is ``$1``, else the one whose ``name`` is ``$1`` (its
 ``iface`` is then taken to be ``$1``).
 
 ifup, in this order, so the link carries nothing before its rules exist:
-register the guest (one transaction, recorded); attach the TAP to the
-guest's ``bridge`` if it has one, else give the TAP each gateway address
-(with the prefix of the guest's address of that version) unless it has it;
+while the TAP is still down, attach it to the guest's ``bridge`` if it has
+one, else give it each gateway address (with the prefix of the guest's
+address of that version) unless it has it -- ``guest add`` checks that the
+gateways are the link's; register the guest (one transaction, recorded);
 set the TAP up. Any failure exits non-zero with the reason on stderr (and
 removes the registration, since QEMU then runs no downscript).
 
@@ -28,7 +29,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from guestfence.config import load_config
 from guestfence.errors import GuestfenceError, HostError, PolicyError
@@ -63,8 +64,31 @@ def gateway_addresses(guest: Guest) -> list[str]:
     return found
 
 
-def bring_up(guest: Guest) -> None:
-    """Attach to the bridge or address the TAP, then set it up (pyroute2)."""
+def prepare_link(guest: Guest) -> None:
+    """Attach the (down) TAP to the bridge, or give it the gateway addresses."""
+    _with_link(guest, lambda ipr, index: _attach_or_address(ipr, index, guest))
+
+
+def set_up(guest: Guest) -> None:
+    _with_link(guest, lambda ipr, index: ipr.link("set", index=index, state="up"))
+
+
+def _attach_or_address(ipr: Any, index: int, guest: Guest) -> None:
+    if guest.bridge is not None:
+        bridges = ipr.link_lookup(ifname=guest.bridge)
+        if not bridges:
+            raise HostError(f"bridge {guest.bridge} of guest {guest.name} does not exist")
+        ipr.link("set", index=index, master=bridges[0])
+        return
+    present = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
+    for text in gateway_addresses(guest):
+        address = ipaddress.ip_interface(text)
+        if (str(address.ip), address.network.prefixlen) not in present:
+            extra = {"flags": 0x80} if address.version == 6 else {}  # IFA_F_NODAD: usable at once
+            ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **extra)
+
+
+def _with_link(guest: Guest, action: Callable[[Any, int], None]) -> None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -73,31 +97,19 @@ def bring_up(guest: Guest) -> None:
             found = ipr.link_lookup(ifname=guest.iface)
             if not found:
                 raise HostError(f"interface {guest.iface} does not exist")
-            index = found[0]
-            if guest.bridge is not None:
-                bridges = ipr.link_lookup(ifname=guest.bridge)
-                if not bridges:
-                    raise HostError(f"bridge {guest.bridge} of guest {guest.name} does not exist")
-                ipr.link("set", index=index, master=bridges[0])
-            else:
-                present = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
-                for text in gateway_addresses(guest):
-                    address = ipaddress.ip_interface(text)
-                    if (str(address.ip), address.network.prefixlen) not in present:
-                        extra = {"flags": 0x80} if address.version == 6 else {}  # IFA_F_NODAD: usable at once
-                        ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **extra)
-            ipr.link("set", index=index, state="up")
+            action(ipr, found[0])
     except NetlinkError as exc:
         raise HostError(f"setting up {guest.iface}: {exc}") from None
 
 
-def run_ifup(tap: str, configure: Callable[[Guest], None] = bring_up) -> str:
+def run_ifup(tap: str) -> str:
     config = load_config(guests_file())
     guest = select_guest(config.guests, tap, source=config.source)
     directory = state_dir()
+    prepare_link(guest)
     registry.register(guest, directory)
     try:
-        configure(guest)
+        set_up(guest)
     except BaseException:
         # QEMU will not start, so no downscript will run: take the rules back.
         registry.unregister_where(lambda g: g.name == guest.name, directory)

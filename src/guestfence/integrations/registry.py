@@ -26,7 +26,10 @@ def register(guest: Guest, directory: Path) -> Registered:
     old = read_registry(directory).find(guest.name)
     if old is not None and old.guest.comment != guest.comment:
         raise PolicyError(f"guest {guest.name} is already registered by someone else ({old.guest.comment!r}); not replacing it")
-    outcome = add_guest(directory, guest, dry_run=False, force=False)
+    # force: the interface is the one the guest's manager (CNI, libvirt,
+    # QEMU) made for this guest, so host addresses on it are the guest
+    # link's own, never an uplink's; ``guest add`` cannot know that.
+    outcome = add_guest(directory, guest, dry_run=False, force=True)
     assert outcome.member is not None
     return outcome.member
 
@@ -41,7 +44,8 @@ def unregister_where(selected: Callable[[Guest], bool], directory: Path) -> list
 
 def check(guest: Guest, directory: Path) -> list[str]:
     """What is wrong with ``guest``'s registration: not recorded, recorded
-    differently, or drifted in the live ruleset. Empty when all is well."""
+    differently, or drifted in the live ruleset (its own objects, or the
+    shared ones every guest relies on). Empty when all is well."""
     registry = read_registry(directory)
     member = registry.find(guest.name)
     if member is None:
@@ -49,4 +53,5 @@ def check(guest: Guest, directory: Path) -> list[str]:
     if member.guest != guest:
         return [f"guest {guest.name} is registered with different settings"]
     status = read_status(directory)
-    return [f"guest {guest.name}: {line}" for s in status.guests if s.name == guest.name for line in s.drift]
+    own = [f"guest {guest.name}: {line}" for s in status.guests if s.name == guest.name for line in s.drift]
+    return own + list(status.drift)

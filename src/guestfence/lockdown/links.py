@@ -6,6 +6,10 @@ Everything here reads; nothing changes the system. The watcher subscribes
 to RTNLGRP_LINK *before* the caller lists the existing links, so a link
 created in between is reported rather than missed (at worst twice, which
 read-compare-write makes harmless).
+
+pyroute2 is imported inside each function: importing it takes ~80 ms, and
+commands that only load this module (``guest add``, via the lockdown
+feature) never call them.
 """
 
 from __future__ import annotations
@@ -14,10 +18,6 @@ import errno
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from guestfence.errors import HostError
 from guestfence.lockdown.plan import Link
@@ -34,6 +34,9 @@ _KERNEL_ROUTE_PROTOCOLS = (2, 9)
 
 
 def collect_links() -> tuple[Link, ...]:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with IPRoute() as ipr:
             config = _ipv6_config(ipr)
@@ -85,6 +88,9 @@ def _ipv6_config(ipr: IPRoute) -> dict[int, tuple[str, ...]]:
 def collect_protected() -> dict[str, str]:
     """Interfaces lockdown must not take without --force: loopback and every
     interface a default route of the main table leaves through."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     protected = {"lo": "loopback"}
     try:
         with IPRoute() as ipr:
@@ -111,6 +117,10 @@ def link_events() -> Iterator[Callable[[LinkEvent], None]]:
     """Subscribe to link notifications now; the yielded function runs the
     loop, calling ``on_event("new" | "del", link)`` for each until interrupted.
     When the kernel drops notifications (ENOBUFS), every link is reported again."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl import RTMGRP_LINK
+
     try:
         ipr = IPRoute()
         ipr.bind(groups=RTMGRP_LINK)

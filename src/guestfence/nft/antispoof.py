@@ -10,8 +10,10 @@ What a guest may claim:
 - source MAC: the guest's ``mac``, when one is given (bridged guests must);
 - IPv4 source: its own IPv4 addresses; no IPv4 at all when it has none;
 - IPv6 source: its own IPv6 addresses, any link-local (fe80::/64, which we
-  cannot know in advance), and ``::`` only for duplicate address detection
-  and multicast listener reports (``UNSPECIFIED_SOURCE_ICMPV6``);
+  cannot know in advance and neighbour discovery needs; a link-local source
+  reaches nothing beyond the link), and ``::`` only in ICMPv6 duplicate
+  address detection and multicast listener reports
+  (``UNSPECIFIED_SOURCE_ICMPV6``): never in UDP, TCP or other ICMPv6;
 - neighbour advertisements: only for its own or link-local targets;
 - never router advertisements or redirects;
 - ARP (bridge and arp tables): sender MAC and IPv4 its own (0.0.0.0 for
@@ -62,6 +64,9 @@ def antispoof_rules(guest: Guest, family: str) -> list[list[Expr]]:
         rules.append([match(meta("protocol"), "ip"), drop])
     allowed6 = [str(a) for a in own6] + [net_value(LINK_LOCAL), "::"]
     rules.append([*_none_of(payload("ip6", "saddr"), allowed6), drop])
+    # Source ``::`` only for DAD and MLD: two rules, because a match on the
+    # ICMPv6 type implies "is ICMPv6" and so can never drop a UDP or TCP packet.
+    rules.append([match(payload("ip6", "saddr"), "::"), match(meta("l4proto"), "ipv6-icmp", "!="), drop])
     rules.append(
         [
             match(payload("ip6", "saddr"), "::"),

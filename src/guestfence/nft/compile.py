@@ -7,11 +7,14 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
           iifname vmap @guests                    -> goto guest.NAME
           iifname . ether saddr vmap @bridged     -> goto guest.NAME   (bridge ports)
           iifname "vmtap*" goto unregistered
-      guest.NAME        anti-spoofing; ct invalid drop; ct established,related accept;
-                        fib daddr type {local,broadcast,multicast,anycast} goto guest.NAME.host;
-                        goto guest.NAME.out
-      guest.NAME.host   what the link needs (ND, MLD, ICMP errors); deny rules; echo-request;
-                        allow rules; default
+      input, forward  hook input / forward, priority filter (0), policy accept
+          ct status dnat ct state new, then the same two dispatches: a connection
+          the host translated is decided again for where it is delivered
+      guest.NAME        anti-spoofing; martian destinations drop; ct invalid drop;
+                        ct established,related accept;
+                        fib daddr type @to_host (local,broadcast,multicast,anycast)
+                        goto guest.NAME.host; goto guest.NAME.out
+      guest.NAME.host   what the link needs (ND, MLD); deny rules; allow rules; default
       guest.NAME.out    deny rules; allow rules naming addresses; other guests' addresses drop;
                         allow rules for *; default
       guest.NAME.drop   rate-limited log prefixed with the guest's name; count; drop
@@ -22,19 +25,28 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
 
 Rules of the compiler:
 
-1. Decisions are made in prerouting, after conntrack (-200) and before
-   destination NAT (-100): the destination seen is the one the guest aimed
-   at, so a host port forwarded elsewhere is judged as the host port it is.
+1. The first decision is made in prerouting, after conntrack (-200) and
+   before destination NAT (-100): the destination seen is the one the guest
+   aimed at, so a host port forwarded elsewhere is judged as the host port
+   it is. A new connection the host translated (``ct status dnat``) is
+   decided a second time in input or forward, after every prerouting
+   chain, for the destination it is delivered to: it passes only if the
+   policy allows both (``policy.decide.decide_translated``).
 2. Per packet the cost is one map lookup whatever the number of guests; a
    guest's own chains hold only its rules.
 3. A rule becomes one nft rule per address family it can match; a DNS name
    becomes the addresses it resolved to (``names``); one that did not
    resolve makes an allow match nothing and a deny match every destination.
-4. Deny before allow, allow before the default, exactly as ``decide``; the
-   fixed accepts (ND, ICMP errors) come before the policy, echo-request
-   after the denies, so a deny rule can silence ping.
+   ``@host`` is ``fib daddr type @to_host``: every address the host
+   receives for itself (local, broadcast, multicast, anycast), read live.
+4. Deny before allow, allow before the default, exactly as ``decide``. The
+   only fixed accepts are what a link needs: ``ct established,related``
+   (which holds the ICMP errors and packet-too-big of the guest's own
+   connections), and neighbour discovery and MLD reports to the host
+   (``LINK_ICMPV6``). ICMP echo is the policy's, like every flow.
 5. Guest-to-guest: another guest's address is reached only through a rule
-   that names an address (a CIDR or a DNS name); ``*`` does not cover it.
+   that names an address (a CIDR or a DNS name); ``*`` and the default do
+   not cover it, as ``decide`` says with ``Context.guests``.
 6. ``compile_add``/``compile_remove`` touch only one guest's chains,
    counters and elements, plus re-creating the constant base rules, so a
    change costs the same with 1 guest or 10,000. Removal is idempotent
@@ -43,6 +55,7 @@ Rules of the compiler:
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import final
@@ -73,6 +86,7 @@ from guestfence.nft.names import (
     log_prefix,
 )
 from guestfence.policy.model import (
+    HOST_RECEIVED,
     Action,
     Address,
     AnyHost,
@@ -84,18 +98,27 @@ from guestfence.policy.model import (
     SymbolHost,
 )
 
+MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "::/128", "::1/128", "::ffff:0:0/96"))
+"""Destinations no packet arriving on a link may have: unspecified, loopback
+(the kernel drops them as martians unless route_localnet is set; we drop
+them whatever the sysctls say) and IPv4-mapped (on the wire no IPv4
+address: the host never delivers it as one, so no rule may read it as one).
+``nft.explain`` names the same list."""
 PRIO_INET_PREROUTING = -110
 """After conntrack (-200), before destination NAT (-100)."""
 PRIO_SRCNAT = 100
+PRIO_FILTER = 0
+"""input and forward: after every prerouting chain, destination NAT included."""
 PRIO_BRIDGE_FILTER = -200
 PRIO_ARP_FILTER = 0
 LOG_RATE = (5, "second", 10)
 """Rate, unit and burst of the drop log: enough to diagnose, never a flood."""
+HOST_TYPES = tuple(sorted(t.value for t in HOST_RECEIVED))
+"""``fib daddr type`` values of ``@host``: local, broadcast, multicast, anycast
+(AddressType names are the kernel's route type names)."""
 CONSTANT_SETS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
-    (INET, n.TO_HOST_TYPES): ("fib_addrtype", ("local", "broadcast", "multicast", "anycast")),
+    (INET, n.TO_HOST_TYPES): ("fib_addrtype", HOST_TYPES),
     (INET, n.LINK_ICMPV6): ("icmpv6_type", ("nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report")),
-    (INET, n.ERRORS_ICMP): ("icmp_type", ("destination-unreachable", "time-exceeded")),
-    (INET, n.ERRORS_ICMPV6): ("icmpv6_type", ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem")),
     (INET, n.ICMP_PROTOS): ("inet_proto", ("icmp", "ipv6-icmp")),
     **{
         (family, n.UNSPECIFIED_SOURCE_ICMPV6): ("icmpv6_type", ("nd-neighbor-solicit", "mld-listener-report", "mld2-listener-report"))
@@ -105,7 +128,6 @@ CONSTANT_SETS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     (BRIDGE, n.ETHERTYPES): ("ether_type", ("ip", "ip6", "arp")),
 }
 """(family, set name) -> (element type, elements): what the link needs, what a guest may never send."""
-ICMP_ERRORS = {"icmp": n.ERRORS_ICMP, "icmpv6": n.ERRORS_ICMPV6}
 _DADDR = {4: "ip", 6: "ip6"}
 _ICMP_L4 = {4: "icmp", 6: "ipv6-icmp"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
@@ -222,6 +244,8 @@ def _skeleton(settings: Settings) -> list[Command]:
     ]
     base = [
         (INET, PREROUTING, "prerouting", PRIO_INET_PREROUTING, "filter"),
+        (INET, INPUT, "input", PRIO_FILTER, "filter"),
+        (INET, FORWARD, "forward", PRIO_FILTER, "filter"),
         (INET, POSTROUTING, "postrouting", PRIO_SRCNAT, "nat"),
         (ARP, INPUT, "input", PRIO_ARP_FILTER, "filter"),
         (BRIDGE, PREROUTING, "prerouting", PRIO_BRIDGE_FILTER, "filter"),
@@ -247,10 +271,16 @@ def _skeleton(settings: Settings) -> list[Command]:
         (BRIDGE, PREROUTING): [[{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}]],
         (BRIDGE, FORWARD): [[{"vmap": {"key": iifname, "data": f"@{PORTS_MAP}"}}]],
     }
+    # The second decision, after destination NAT: a new connection the host
+    # translated runs through the guest's chains again with the destination
+    # it is delivered to.
+    translated = [b.match(b.ct("status"), "dnat", "in"), b.match(b.ct("state"), "new", "in")]
+    for chain in (INPUT, FORWARD):
+        dispatch[(INET, chain)] = [[*translated, *exprs] for exprs in dispatch[(INET, PREROUTING)]]
     for (family, chain), rules in dispatch.items():
         for exprs in rules:
             commands.append(b.add_rule(family, chain, exprs))
-        if settings.pattern and chain != FORWARD:
+        if settings.pattern and (chain == PREROUTING or (family, chain) == (ARP, INPUT)):
             commands.append(b.add_rule(family, chain, [b.match(iifname, settings.pattern), b.goto(UNREGISTERED)]))
     for v in (4, 6):
         source = b.payload(_DADDR[v], "saddr")
@@ -352,7 +382,9 @@ def _accept(guest: Guest) -> list[Expr]:
 
 def _entry_rules(guest: Guest) -> list[list[Expr]]:
     drop = b.goto(guest_chain(guest.name, "drop"))
+    martians = [[b.match(b.payload(_DADDR[net.version], "daddr"), b.net_value(net)), drop] for net in MARTIAN_DESTINATIONS]
     return [
+        *martians,
         [b.match(b.ct("state"), "invalid"), drop],
         [b.match(b.ct("state"), ["established", "related"], "in"), *_accept(guest)],
         [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}"), b.goto(guest_chain(guest.name, "host"))],
@@ -361,12 +393,12 @@ def _entry_rules(guest: Guest) -> list[list[Expr]]:
 
 
 def _host_rules(guest: Guest, names: Names) -> list[list[Expr]]:
-    """Packets for the host itself (local, broadcast, multicast destinations)."""
+    """Packets for the host itself (local, broadcast, multicast, anycast
+    destinations): what the link needs, then the policy; ICMP echo is the
+    policy's like any other flow."""
     accept = _accept(guest)
     rules = [[b.match(b.payload("icmpv6", "type"), f"@{n.LINK_ICMPV6}"), *accept]]
-    rules += [[b.match(b.payload(proto, "type"), f"@{errors}"), *accept] for proto, errors in ICMP_ERRORS.items()]
     rules += _policy_rules(guest, names, guest.policy.deny, deny=True)
-    rules += [[b.match(b.payload(proto, "type"), "echo-request"), *accept] for proto in ICMP_ERRORS]
     rules += _policy_rules(guest, names, guest.policy.allow, deny=False)
     rules.append(_default(guest))
     return rules
@@ -433,7 +465,7 @@ def _host_alternatives(rule: Rule, gateways: Iterable[Address], names: Names, *,
         version = host.network.version
         return [(version, [b.match(b.payload(_DADDR[version], "daddr"), b.net_value(host.network))])]
     if isinstance(host, SymbolHost) and host.symbol is Symbol.HOST:
-        return [(None, [b.match(b.fib_daddr_type(), "local")])]
+        return [(None, [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}")])]
     if isinstance(host, SymbolHost):
         return _address_sets(gateways)
     assert isinstance(host, NameHost)

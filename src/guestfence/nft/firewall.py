@@ -180,6 +180,29 @@ def _unreadable(record: Any, problem: str) -> Unreadable:
     )
 
 
+def check_gateways_owned(guest: Guest) -> str | None:
+    """Refuse a gateway the host does not hold on the guest's link (the link
+    is the bridge for a bridged guest): the guest could never reach it, and
+    ``@gateway`` would name an address of someone else. Raises PolicyError.
+    A link that does not exist yet (a TAP QEMU creates at start) cannot be
+    checked: the gateways are accepted and the returned warning says so."""
+    if not guest.gateways:
+        return None
+    from guestfence.netinfo import interface_addresses  # pyroute2: only `guest add` needs it
+
+    link = guest.bridge or guest.iface
+    held = interface_addresses(link)
+    if held is None:
+        return f"link {link} does not exist yet, so gateway(s) {', '.join(map(str, guest.gateways))} are not checked"
+    missing = [g for g in guest.gateways if g not in held]
+    if missing:
+        shown = ", ".join(map(str, held)) or "none"
+        raise PolicyError(
+            f"guest {guest.name}: gateway {', '.join(map(str, missing))} is not an address of {link} "
+            f"(its addresses: {shown}); give the host-side address of the guest's link")
+    return None
+
+
 def resolve_guest(guest: Guest, resolver: Resolver = socket.getaddrinfo) -> Registered:
     """Resolve the DNS names of the guest's rules, now (the one lookup; plans are pure)."""
     resolution = resolve_names(guest.policy.names(), resolver)

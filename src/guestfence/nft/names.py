@@ -47,8 +47,6 @@ GENERATION = "generation"
 # adding a guest slower with every guest already there.
 TO_HOST_TYPES = "to_host"
 LINK_ICMPV6 = "link_icmpv6"
-ERRORS_ICMP = "errors_icmp"
-ERRORS_ICMPV6 = "errors_icmpv6"
 ICMP_PROTOS = "icmp_protos"
 UNSPECIFIED_SOURCE_ICMPV6 = "unspecified_source_icmpv6"
 SPOOF_ICMPV6 = "spoof_icmpv6"

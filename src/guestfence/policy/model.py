@@ -6,21 +6,19 @@ checks invariants only. Turning text into values is grammar.py's job, and
 ``parse_rule(str(rule)) == rule`` holds for every rule.
 
 IPv4-mapped IPv6 addresses never appear inside these values: the grammar
-turns ``[::ffff:a.b.c.d]`` into the IPv4 address and ``Flow`` does the same
-for destinations (see ``unmap``), so no rule can be bypassed, or mis-applied,
-through the mapped form.
+turns ``[::ffff:a.b.c.d]`` into the IPv4 address, and ``decide`` decides a
+destination as the kernel delivers it (``as_delivered``: the mapped form as
+IPv4, the unspecified address as loopback), so no rule can be bypassed, or
+mis-applied, through a form the kernel reinterprets.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union, final
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from typing import Union, final
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -33,6 +31,29 @@ def unmap(address: Address) -> Address:
     if address.version == 6 and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+LOOPBACK = {4: ipaddress.IPv4Address("127.0.0.1"), 6: ipaddress.IPv6Address("::1")}
+LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def as_delivered(address: Address) -> Address:
+    """The address the kernel delivers a connect or send aimed at ``address``
+    to: an IPv4-mapped address is its IPv4 address, and the unspecified
+    address (``0.0.0.0``, ``::``, ``::ffff:0.0.0.0``) is loopback, where
+    Linux sends it (``ip_route_output`` / ``udpv6_sendmsg``; a socket bound
+    to another local address gets that address, which is the host's too)."""
+    address = unmap(address)
+    if address.is_unspecified:
+        return LOOPBACK[address.version]
+    return address
+
+
+def received_by_form(address: Address) -> bool:
+    """Whether the form of ``address`` alone makes it one the host receives:
+    loopback (all of 127.0.0.0/8, ::1), multicast (224.0.0.0/4, ff00::/8),
+    the limited broadcast 255.255.255.255. Expects ``as_delivered`` output."""
+    return address.is_loopback or address.is_multicast or address == LIMITED_BROADCAST
 
 
 def unmap_network(network: Network) -> Network:
@@ -59,9 +80,36 @@ class Action(enum.Enum):
     DENY = "deny"
 
 
+class AddressType(enum.Enum):
+    """How the host's kernel classifies a destination at this moment: the
+    route type of ``ip route get`` and of nftables' ``fib daddr type``."""
+
+    LOCAL = "local"
+    BROADCAST = "broadcast"
+    MULTICAST = "multicast"
+    ANYCAST = "anycast"
+    UNICAST = "unicast"
+    """Routed elsewhere."""
+    UNROUTABLE = "unroutable"
+    """No route, or a blackhole, prohibit or unreachable route."""
+
+
+HOST_RECEIVED = frozenset({AddressType.LOCAL, AddressType.BROADCAST, AddressType.MULTICAST, AddressType.ANYCAST})
+"""The types the host receives for itself: what ``@host`` stands for."""
+
+
+def local_types(local: Collection[Address]) -> Callable[[Address], AddressType]:
+    """An ``address_type`` for a host known by its addresses (audits, the
+    demo, tests): those in ``local`` (read at each call) are LOCAL, the rest UNICAST."""
+    return lambda address: AddressType.LOCAL if address in local else AddressType.UNICAST
+
+
 class Symbol(enum.Enum):
     HOST = "host"
-    """Every address local to the host at the moment of the decision."""
+    """Every address the host itself receives on at the moment of the
+    decision: its unicast addresses on any interface, all of loopback, the
+    unspecified addresses as destinations (delivered to loopback), and the
+    broadcast, multicast and anycast addresses of its links."""
     GATEWAY = "gateway"
     """The host-side address(es) of a VM guest's link."""
 
@@ -257,27 +305,36 @@ class Context:
     """What a decision needs to know about the world, supplied by the caller.
 
     - ``gateways``: the addresses ``@gateway`` stands for.
-    - ``is_local``: answers "is this address the host's, right now?" for
-      ``@host``; the backend passes a route lookup, tests a set's membership.
+    - ``address_type``: how the host classifies an address right now, for
+      ``@host``; the backends pass a route lookup, tests ``local_types``.
+      Forms the host always receives (loopback, multicast, the limited
+      broadcast, see ``received_by_form``) need no answer from it.
     - ``names``: the addresses each DNS name resolved to.
+    - ``guests``: the addresses of registered VM guests (a VM guest's
+      context): ``*`` and the default never reach them, only a rule naming
+      an address does, as the guests' firewall makes it.
 
     A symbol or name the context cannot answer is decided closed: an allow
     rule about it does not match, a deny rule about it does.
     """
 
     gateways: frozenset[Address] = frozenset()
-    is_local: Callable[[Address], bool] | None = field(default=None, compare=False)
+    address_type: Callable[[Address], AddressType] | None = field(default=None, compare=False)
     names: Mapping[str, frozenset[Address]] = field(default_factory=dict, compare=False, hash=False)
+    guests: frozenset[Address] = frozenset()
 
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
-    """The verdict on a flow and what made it: ``rule`` None means the default."""
+    """The verdict on a flow and what made it: a ``rule``, or, with ``rule``
+    None, a fixed part of the meaning named by ``basis`` (e.g. "link
+    essential", "another guest"), or else the default."""
 
     action: Action
     rule: Rule | None
     reason: str
+    basis: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -285,6 +342,8 @@ class Decision:
 
     @property
     def decided_by(self) -> str:
-        if self.rule is None:
-            return f"default {self.action.value}"
-        return f"{self.action.value} {self.rule}"
+        if self.rule is not None:
+            return f"{self.action.value} {self.rule}"
+        if self.basis:
+            return f"{self.action.value} ({self.basis})"
+        return f"default {self.action.value}"

@@ -2,9 +2,12 @@
 
 The stack runs as a dedicated user; every packet its sockets send leaves
 through the output hook, where this table sends the user's packets to a
-chain holding the policy. ``@host`` is ``fib daddr type local``: the kernel
-reads its live routing table for each new connection, so no address list is
-copied and an address added a moment ago is local from its first packet.
+chain holding the policy. ``@host`` is ``fib daddr type @to_host`` (local,
+broadcast, multicast, anycast): the kernel reads its live routing table for
+each new connection, so no address list is copied and an address added a
+moment ago is the host's from its first packet. The output hook sees the
+destination the kernel chose: ``0.0.0.0`` and ``::`` are already loopback
+there, and an IPv4-mapped destination is already IPv4.
 Nothing runs in the data path but the kernel.
 
     inet guestfence_rootless
@@ -31,11 +34,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guestfence.errors import PlanError
 from guestfence.nft.build import ACCEPT, Command, Expr, ct, match, meta
 from guestfence.nft.compile import rule_matches
-from guestfence.nft.names import ICMP_PROTOS
-from guestfence.policy.model import Action, Address, Policy, Proto, Rule, Symbol, SymbolHost
+from guestfence.nft.names import ICMP_PROTOS, TO_HOST_TYPES
+from guestfence.nft.compile import HOST_TYPES
+from guestfence.policy.decide import require_gateway
+from guestfence.policy.model import Action, Address, Policy, Proto, Rule
 
 FAMILY = "inet"
 TABLE = "guestfence_rootless"
@@ -53,8 +57,7 @@ def owner_chain(uid: int) -> str:
 def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Address]]) -> list[Command]:
     """One transaction: the table and base chain (idempotent), the owner's
     chain replaced whole, and its entry in the dispatch map."""
-    if any(r.host == SymbolHost(Symbol.GATEWAY) for r in policy.rules):
-        raise PlanError("@gateway means a VM guest's gateway; a rootless stack has none (use @host or addresses)")
+    require_gateway(policy, frozenset(), hint="a rootless stack has no gateway of its own: use @host or addresses")
     chain = owner_chain(uid)
     rules = [[match(ct("state"), ["established", "related"]), ACCEPT]]
     rules += _policy_rules(policy.deny, names, deny=True)
@@ -68,6 +71,7 @@ def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Addres
         {"add": {"chain": _obj(name=OUTPUT, type="filter", hook="output", prio=PRIO_FILTER, policy="accept")}},
         {"add": {"map": _obj(name=OWNERS, type="uid", map="verdict")}},
         {"add": {"set": _obj(name=ICMP_PROTOS, type="inet_proto", elem=["icmp", "ipv6-icmp"])}},
+        {"add": {"set": _obj(name=TO_HOST_TYPES, type="fib_addrtype", elem=sorted(HOST_TYPES))}},
         {"add": {"chain": _obj(name=chain)}},
         {"flush": {"chain": _obj(name=chain)}},
         {"flush": {"chain": _obj(name=OUTPUT)}},

@@ -1,4 +1,8 @@
-"""plan_filter() -> FilterPlan (pure), and build_filter(plan) -> libseccomp filter.
+"""plan_filter() -> FilterPlan (pure), build_filter(plan) -> libseccomp filter, bpf_program(plan) -> its BPF.
+
+The supervisor compiles the filter (bpf_program) and the launcher
+(launcher.c) loads those bytes: no libseccomp, no interpreter runs in the
+child before the filter.
 
 The filter every sandboxed process carries (threads and children inherit
 it, and filters a guest adds can only narrow it). Its BPF layout, as
@@ -16,6 +20,10 @@ libseccomp compiles it for the native architecture only:
     io_uring_setup/enter/register                        ERRNO(EPERM)
     seccomp  SET_MODE_FILTER with NEW_LISTENER           ERRNO(EBUSY)
     setsockopt IP_OPTIONS, IPV6_RTHDR, IPV6_2292RTHDR    ERRNO(EPERM)
+    setsockopt IPV6_ADDRFORM, SO_ZEROCOPY                ERRNO(ENOPROTOOPT)
+    clone    CLONE_THREAD without CLONE_FILES            ERRNO(EPERM)
+    unshare  with CLONE_FILES                            ERRNO(EPERM)
+    clone3   (its flags are in memory BPF cannot read)   ERRNO(ENOSYS)
     everything else                                      ALLOW
 
 Why each refusal: raw and packet sockets write whole packets to any
@@ -25,16 +33,26 @@ setsockopt(SCTP_SOCKOPT_CONNECTX), MPTCP programs fall back to TCP;
 io_uring performs connect and send without these syscalls; a second
 listener would receive our notifications once ours is gone (the kernel
 refuses it with EBUSY only while ours is alive); source routing options
-send a datagram to an address other than the one decided. Integer
-arguments are compared on their low 32 bits, as the kernel reads them.
+send a datagram to an address other than the one decided.
+IPV6_ADDRFORM turns an INET6 socket into an INET one, so bytes decided as
+"the connected peer" (AF_UNSPEC on INET6) would be read as an IPv4
+address; SO_ZEROCOPY would let a send made on the guest's behalf go out by
+reference to the supervisor's memory. Both get ENOPROTOOPT, what a kernel
+without the option answers, so programs take their "not supported" path
+(EPERM would read as a missing privilege). The clone/unshare rules keep
+every thread of a process on one fd table, so the thread-group leader's fd
+N is the calling thread's fd N (what the supervisor relies on where
+pidfd_open lacks PIDFD_THREAD, Linux < 6.9); glibc and others fall back
+from clone3 to clone on ENOSYS. Integer arguments are compared on their
+low 32 bits, as the kernel reads them.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
-import json
 import socket
+import tempfile
 from dataclasses import dataclass
 from typing import final
 
@@ -45,6 +63,10 @@ SOCK_PACKET = 10
 IPPROTO_MPTCP = 262
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+IPV6_ADDRFORM = 1
+SO_ZEROCOPY = 60
+CLONE_FILES = 0x400
+CLONE_THREAD = 0x10000
 INT_MASK = 0xFFFFFFFF
 TRAPPED = ("connect", "sendto", "sendmsg", "sendmmsg")
 
@@ -79,20 +101,6 @@ class FilterRule:
 class FilterPlan:
     rules: tuple[FilterRule, ...]
 
-    def to_json(self) -> str:
-        return json.dumps([
-            [r.syscall, r.errno, [[c.arg, c.op.value, c.value, c.mask] for c in r.conds]] for r in self.rules
-        ])
-
-    @classmethod
-    def from_json(cls, text: str) -> FilterPlan:
-        return cls(rules=tuple(
-            FilterRule(syscall=name, errno=err, conds=tuple(
-                Cond(arg=arg, op=Op(op), value=value, mask=mask) for arg, op, value, mask in conds
-            ))
-            for name, err, conds in json.loads(text)
-        ))
-
 
 def _eq(arg: int, value: int, mask: int = INT_MASK) -> Cond:
     return Cond(arg=arg, op=Op.MASKED_EQ, value=value, mask=mask)
@@ -121,11 +129,17 @@ def plan_filter() -> FilterPlan:
         _eq(0, SECCOMP_SET_MODE_FILTER), _eq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER))))
     for level, option in ((socket.IPPROTO_IP, socket.IP_OPTIONS), (socket.IPPROTO_IPV6, 57), (socket.IPPROTO_IPV6, 5)):
         rules.append(FilterRule(syscall="setsockopt", errno=errno.EPERM, conds=(_eq(1, level), _eq(2, option))))
+    for level, option in ((socket.IPPROTO_IPV6, IPV6_ADDRFORM), (socket.SOL_SOCKET, SO_ZEROCOPY)):
+        rules.append(FilterRule(syscall="setsockopt", errno=errno.ENOPROTOOPT, conds=(_eq(1, level), _eq(2, option))))
+    rules.append(FilterRule(syscall="clone", errno=errno.EPERM,
+                            conds=(_eq(0, CLONE_THREAD, CLONE_THREAD | CLONE_FILES),)))
+    rules.append(FilterRule(syscall="unshare", errno=errno.EPERM, conds=(_eq(0, CLONE_FILES, CLONE_FILES),)))
+    rules.append(FilterRule(syscall="clone3", errno=errno.ENOSYS))
     return FilterPlan(rules=tuple(rules))
 
 
 def build_filter(plan: FilterPlan):  # -> seccomp.SyscallFilter
-    """The libseccomp filter for ``plan``, native architecture only. Call in the child."""
+    """The libseccomp filter for ``plan``, native architecture only."""
     import seccomp
 
     flt = seccomp.SyscallFilter(seccomp.ALLOW)
@@ -140,3 +154,13 @@ def build_filter(plan: FilterPlan):  # -> seccomp.SyscallFilter
         ]
         flt.add_rule(action, rule.syscall, *args)
     return flt
+
+
+def bpf_program(plan: FilterPlan) -> bytes:
+    """``plan`` compiled by libseccomp to the BPF program the launcher loads
+    (struct sock_filter[], 8 bytes an instruction), exactly what libseccomp's
+    own load() would hand the kernel."""
+    with tempfile.TemporaryFile() as exported:
+        build_filter(plan).export_bpf(exported)
+        exported.seek(0)
+        return exported.read()

@@ -2,7 +2,7 @@
 
 python3-seccomp 2.5.4 builds and loads filters, but its ``receive_notify``
 holds the GIL while it blocks and it has no ``NOTIF_ID_VALID``; the stdlib
-has no ``pidfd_getfd``, ``process_vm_readv`` or ``capset``. This module is
+has no ``pidfd_getfd``, ``process_vm_readv``, ``capset`` or ``tgkill``. This module is
 the only user of ctypes and of the raw ioctl numbers. Every function raises
 ``OSError`` with the kernel's errno; callers decide what an errno means.
 """
@@ -134,14 +134,45 @@ def set_sync_wakeup(notify_fd: int) -> bool:
     return True
 
 
-def pidfd_open(pid: int) -> int:
-    """A pidfd for thread ``pid`` (any thread on Linux >= 6.9, the leader before)."""
+def has_thread_pidfds() -> bool:
+    """Whether pidfd_open takes PIDFD_THREAD (Linux 6.9), so a pidfd can
+    name any thread rather than a thread-group leader only."""
     try:
-        return os.pidfd_open(pid, PIDFD_THREAD)
-    except OSError as exc:
-        if exc.errno != errno_mod.EINVAL:
-            raise
-    return os.pidfd_open(pid)
+        os.close(os.pidfd_open(os.getpid(), PIDFD_THREAD))
+    except OSError:
+        return False
+    return True
+
+
+def pidfd_open_thread(tid: int) -> int:
+    """A pidfd for thread ``tid`` itself (needs ``has_thread_pidfds()``)."""
+    return os.pidfd_open(tid, PIDFD_THREAD)
+
+
+def pidfd_open_process(tgid: int) -> int:
+    """A pidfd for the thread group ``tgid`` (its leader), on any kernel."""
+    return os.pidfd_open(tgid)
+
+
+def thread_group_of(tid: int) -> int:
+    """The thread-group id (process id) of thread ``tid``, from /proc/TID/status."""
+    with open(f"/proc/{tid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise OSError(errno_mod.ESRCH, os.strerror(errno_mod.ESRCH))
+
+
+_tgkill = _libc.tgkill
+_tgkill.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+
+
+def tgkill(tgid: int, tid: int, signum: int) -> None:
+    """Send ``signum`` to thread ``tid`` of process ``tgid`` (a thread-directed
+    signal, as the kernel's own SIGPIPE on a send is)."""
+    if _tgkill(tgid, tid, signum) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
@@ -219,10 +250,11 @@ def _read_chunk(pid: int, pieces: Sequence[tuple[int, int]]) -> list[bytes]:
     return out
 
 
-def write_memory(pid: int, pieces: list[tuple[int, bytes]]) -> None:
-    """Write each ``(address, data)`` into the guest, in one call."""
+def write_memory(pid: int, pieces: list[tuple[int, bytes]]) -> int:
+    """Write each ``(address, data)`` into the guest, in one call, in order;
+    the count of bytes written (it stops at the first unwritable piece)."""
     if not pieces:
-        return
+        return 0
     buffers = [ctypes.create_string_buffer(data, len(data)) for _, data in pieces]
     local = (_IoVec * len(pieces))(*(_IoVec(ctypes.addressof(b), len(d)) for b, (_, d) in zip(buffers, pieces)))
     remote = (_IoVec * len(pieces))(*(_IoVec(addr, len(d)) for addr, d in pieces))
@@ -232,7 +264,10 @@ def write_memory(pid: int, pieces: list[tuple[int, bytes]]) -> None:
     )
     if got < 0:
         err = ctypes.get_errno()
+        if err == errno_mod.EFAULT:
+            return 0
         raise OSError(err, os.strerror(err))
+    return got
 
 
 _PR_SET_DUMPABLE = 4
@@ -254,21 +289,21 @@ class _CapData(ctypes.Structure):
 
 
 _CAPABILITY_VERSION_3 = 0x20080522
+CAP_KILL = 5
 CAP_SYS_PTRACE = 19
 
 
-def keep_only_effective(capability: int) -> None:
-    """Drop every effective capability of the calling thread except ``capability``
+def keep_only_effective(*capabilities: int) -> None:
+    """Drop every effective capability of the calling thread except ``capabilities``
     (if permitted). Per thread: other threads keep theirs."""
     header = _CapHeader(_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     if _syscall(_NR["capget"], ctypes.byref(header), ctypes.byref(data)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    index, bit = divmod(capability, 32)
+    keep = sum(1 << capability for capability in set(capabilities))
     for i in range(2):
-        keep = (1 << bit) if i == index else 0
-        data[i].effective &= keep & data[i].permitted
+        data[i].effective &= (keep >> (32 * i)) & data[i].permitted
     if _syscall(_NR["capset"], ctypes.byref(header), ctypes.byref(data)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -276,8 +311,6 @@ def keep_only_effective(capability: int) -> None:
 
 _getsockopt = _libc.getsockopt
 _getsockopt.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-_getpeername = _libc.getpeername
-_getpeername.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 _SOL_SOCKET, _SO_TYPE, _SO_PROTOCOL, _SO_DOMAIN = 1, 3, 38, 39
 
 
@@ -293,10 +326,3 @@ def socket_kind(fd: int) -> tuple[int, int, int]:
             raise OSError(err, os.strerror(err))
         found.append(scratch.value.value)
     return found[0], found[1], found[2]
-
-
-def is_connected(fd: int) -> bool:
-    """Whether the socket has a peer (getpeername succeeds)."""
-    storage = ctypes.create_string_buffer(128)
-    size = ctypes.c_uint32(128)
-    return _getpeername(fd, storage, ctypes.byref(size)) == 0

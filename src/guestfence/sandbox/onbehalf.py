@@ -8,13 +8,24 @@ the kernel's result as an ``Outcome``, errno included, so the guest gets
 exactly what the same call would have given it bare (EINPROGRESS for a
 non-blocking connect, EAGAIN, EMSGSIZE, a partial sendmmsg count...).
 
+The name passed is exactly the one decided, or NULL when the decision was
+"the connected peer" (or a TCP send, which takes no name without
+MSG_FASTOPEN): nothing the guest does to the socket meanwhile
+(connect(AF_UNSPEC), a fast-open flag) can make the kernel read a
+destination from bytes that were not decided as one.
+
+Flags: MSG_ZEROCOPY is stripped (the kernel would send our buffer by
+reference after we have freed and reused it: other calls' data, our heap),
+and MSG_NOSIGNAL is always added, so an EPIPE never kills the supervisor's
+process; the guest's own SIGPIPE is raised by ``supervisor``.
+
 Why acting for the guest gains it nothing: the calls take no path (only
 INET sockets come here; AF_UNIX, whose connect resolves paths and whose
 messages carry the sender's credentials, is never sent on its behalf),
 ephemeral ports are picked without a privilege check, netfilter's owner
 match and cgroup hooks look at the socket (created by the guest), not at
 us, and the supervisor's handler threads keep no effective capability but
-CAP_SYS_PTRACE (see ``supervisor``), so control messages that need
+CAP_SYS_PTRACE and CAP_KILL (see ``supervisor``), so control messages that need
 CAP_NET_ADMIN/CAP_NET_RAW (SO_MARK, SO_PRIORITY > 6, IPv6 hop-by-hop
 options) fail as they would for an unprivileged guest.
 """
@@ -59,6 +70,14 @@ class _MMsgHdr(ctypes.Structure):
 
 _sendmsg.argtypes = (ctypes.c_int, ctypes.POINTER(_MsgHdr), ctypes.c_int)
 
+MSG_NOSIGNAL = 0x4000
+MSG_ZEROCOPY = 0x4000000
+
+
+def _own_flags(flags: int) -> int:
+    """The guest's send flags, minus what would lend it our memory or our signal disposition."""
+    return (flags & ~MSG_ZEROCOPY) | MSG_NOSIGNAL
+
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,7 +97,7 @@ def connect(fd: int, raw: bytes) -> Outcome:
 
 
 def sendto(fd: int, payload: bytes, flags: int, raw: bytes | None) -> Outcome:
-    sent = _sendto(fd, payload, len(payload), flags, raw, 0 if raw is None else len(raw))
+    sent = _sendto(fd, payload, len(payload), _own_flags(flags), raw, 0 if raw is None else len(raw))
     if sent < 0:
         return Outcome(error=ctypes.get_errno())
     return Outcome(value=sent)
@@ -86,7 +105,7 @@ def sendto(fd: int, payload: bytes, flags: int, raw: bytes | None) -> Outcome:
 
 def sendmsg(fd: int, message: Message, flags: int) -> Outcome:
     keep: list[object] = []
-    sent = _sendmsg(fd, ctypes.byref(_fill(_MsgHdr(), message, keep)), flags)
+    sent = _sendmsg(fd, ctypes.byref(_fill(_MsgHdr(), message, keep)), _own_flags(flags))
     if sent < 0:
         return Outcome(error=ctypes.get_errno())
     return Outcome(value=sent)
@@ -97,7 +116,7 @@ def sendmmsg(fd: int, messages: Sequence[Message], flags: int) -> Outcome:
     keep: list[object] = []
     for entry, message in zip(vector, messages):
         _fill(entry.hdr, message, keep)
-    count = _sendmmsg(fd, vector, len(messages), flags)
+    count = _sendmmsg(fd, vector, len(messages), _own_flags(flags))
     if count < 0:
         return Outcome(error=ctypes.get_errno())
     return Outcome(value=count, lengths=tuple(vector[i].len for i in range(count)))

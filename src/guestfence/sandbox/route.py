@@ -1,10 +1,17 @@
 """``@host`` at decision time: one RTM_GETROUTE on a raw netlink socket.
 
-``ip route get ADDR`` says ``local`` exactly when the kernel would deliver
-to this host, on any interface, loopback included, right now: an address
-added a moment ago is local from its first decision, and no list is kept.
+``ip route get ADDR`` gives the route type the kernel would use right now:
+``local`` for the host's unicast addresses on any interface (loopback
+included), ``broadcast`` for the broadcast addresses of its links (the
+subnet broadcast, 127.255.255.255, directed broadcasts of any host link),
+``anycast`` for the IPv6 subnet-router anycast of its links, ``multicast``.
+An address added a moment ago is the host's from its first decision, and
+no list is kept. ``address_type`` maps the type to ``AddressType``; the
+forms the kernel answers with "unreachable" although the host receives
+them (IPv4 multicast without a route, 255.255.255.255) are the policy
+core's to know (``received_by_form``), as is the unspecified address.
 
-Why not ``guestfence.netinfo.lookup_is_local`` (pyroute2): it opens a
+Why not pyroute2: it opens a
 socket, builds a message object tree and parses every attribute of the
 answer, about 400 us per question. The supervisor asks on every decision
 that meets an ``@host`` rule, inside the guest's connect, so this module
@@ -23,14 +30,21 @@ import socket
 import struct
 import threading
 
-from guestfence.policy.model import Address
+from guestfence.policy.model import Address, AddressType
 
 RTM_NEWROUTE = 24
 RTM_GETROUTE = 26
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 1
 RTA_DST = 1
-RTN_LOCAL = 2
+ROUTE_TYPES = {
+    1: AddressType.UNICAST,
+    2: AddressType.LOCAL,
+    3: AddressType.BROADCAST,
+    4: AddressType.ANYCAST,
+    5: AddressType.MULTICAST,
+}
+"""rtm_type (RTN_*) -> AddressType; every other type (blackhole, unreachable, ...) is UNROUTABLE."""
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _RTATTR = struct.Struct("=HH")
@@ -45,8 +59,8 @@ _local = _Local()
 _seq = itertools.count(1)
 
 
-def is_local(address: Address) -> bool:
-    """Whether the kernel routes ``address`` to this host. Unroutable is not local."""
+def address_type(address: Address) -> AddressType:
+    """How the kernel routes ``address`` now. Unroutable is nothing of the host's."""
     sock = _local.sock
     if sock is None:
         sock = _local.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
@@ -63,5 +77,5 @@ def is_local(address: Address) -> bool:
         if reply_seq != seq:
             continue  # a late answer to a question a previous, interrupted call asked
         if kind == RTM_NEWROUTE:
-            return reply[_RTM_TYPE_OFFSET] == RTN_LOCAL
-        return False  # NLMSG_ERROR: no route, so nothing here
+            return ROUTE_TYPES.get(reply[_RTM_TYPE_OFFSET], AddressType.UNROUTABLE)
+        return AddressType.UNROUTABLE  # NLMSG_ERROR: no route, so nothing here

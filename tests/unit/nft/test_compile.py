@@ -1,5 +1,5 @@
 """compile.py: policy + guests -> libnftables JSON. Golden files hold whole
-batches (regenerate with GUESTFENCE_REGEN_GOLDEN=1 and review the diff);
+batches, one command per line (regenerate with GUESTFENCE_REGEN_GOLDEN=1 and review the diff);
 the other tests pin one behaviour each."""
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def guest(name: str = "vm1", index: int = 1, *, allow: tuple[str, ...] = ("tcp:/
 
 def check_golden(case: str, commands: object) -> None:
     path = GOLDEN / f"{case}.json"
-    text = json.dumps(commands, indent=1, sort_keys=True) + "\n"
+    # One command per line: a change of the ruleset shows as the lines it changes.
+    assert isinstance(commands, list)
+    text = "[\n" + ",\n".join(json.dumps(c, sort_keys=True) for c in commands) + "\n]\n"
     if os.environ.get("GUESTFENCE_REGEN_GOLDEN") == "1":
         path.write_text(text)
     assert text == path.read_text(), f"{case}: compiled JSON differs from {path} (GUESTFENCE_REGEN_GOLDEN=1 to regenerate)"
@@ -91,14 +93,29 @@ def test_adding_a_guest_touches_only_its_own_objects_whatever_the_number_of_gues
     assert owners <= {None, "vm1"}
 
 
-def test_deny_rules_come_before_echo_and_allows_and_the_default_drops() -> None:
+def test_echo_is_the_policys_and_only_what_the_link_needs_is_accepted_before_it() -> None:
     commands = compile_ruleset([guest(allow=("tcp://@gateway:8080",), deny=("icmp://@host",))], Settings(), {}).commands
     host = _rules(commands, "guest.vm1.host")
     verdicts = _verdicts(host)
     assert verdicts[-1] == "goto:guest.vm1.drop"
-    deny_index = next(i for i, r in enumerate(host) if {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}}, "right": "local"}} in r)
-    echo_index = next(i for i, r in enumerate(host) if any(e.get("match", {}).get("right") == "echo-request" for e in r))
-    assert deny_index < echo_index and verdicts[deny_index] == "goto:guest.vm1.drop"
+    assert not any("echo-request" in json.dumps(r) for r in host), "no fixed accept of ping"
+    assert json.dumps(host[0]).count("@link_icmpv6") == 1 and verdicts[0] == "accept"
+    to_host = {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}}, "right": "@to_host"}}
+    assert to_host in host[1] and verdicts[1] == "goto:guest.vm1.drop"
+
+
+def test_host_means_every_type_the_host_receives() -> None:
+    commands = compile_ruleset([guest()], Settings(), {}).commands
+    sets = {c["add"]["set"]["name"]: c["add"]["set"].get("elem") for c in commands if "set" in c.get("add", {})}
+    assert sorted(sets["to_host"]) == ["anycast", "broadcast", "local", "multicast"]
+
+
+def test_translated_connections_are_dispatched_again_after_nat() -> None:
+    commands = compile_ruleset([guest()], Settings(), {}).commands
+    for chain in ("input", "forward"):
+        rules = [json.dumps(c["add"]["rule"]["expr"]) for c in commands
+                 if c.get("add", {}).get("rule", {}).get("chain") == chain and c["add"]["rule"]["family"] == "inet"]
+        assert len(rules) == 2 and all('"dnat"' in r and '"new"' in r and '"vmap"' in r for r in rules), chain
 
 
 def test_default_allow_accepts_at_the_end_but_other_guests_stay_out_of_reach() -> None:
@@ -160,3 +177,20 @@ def test_guests_may_not_share_interfaces_or_addresses(second: dict, message: str
 def test_pattern_can_be_turned_off() -> None:
     commands = compile_ruleset([], Settings(pattern=""), {}).commands
     assert "vmtap" not in json.dumps(commands)
+
+
+def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
+    from guestfence.nft.antispoof import antispoof_rules
+
+    rules = [json.dumps(r) for r in antispoof_rules(guest(), "inet")]
+    unspecified = [r for r in rules if '"right": "::"' in r]
+    assert any('"l4proto"' in r and '"op": "!="' in r and "ipv6-icmp" in r for r in unspecified), "UDP/TCP from :: drop"
+    assert any("@unspecified_source_icmpv6" in r for r in unspecified), "ICMPv6 from :: only for DAD and MLD"
+
+
+def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
+    entry = [json.dumps(r) for r in _rules(compile_ruleset([guest()], Settings(), {}).commands, "guest.vm1")]
+    state = next(i for i, r in enumerate(entry) if '"invalid"' in r)
+    martians = [i for i, r in enumerate(entry) if '"daddr"' in r and "guest.vm1.drop" in r]
+    assert len(martians) == 5 and max(martians) < state
+    assert all(any(net in entry[i] for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"')) for i in martians)

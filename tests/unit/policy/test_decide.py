@@ -8,13 +8,13 @@ import pytest
 
 from guestfence.policy.decide import decide
 from guestfence.policy.grammar import parse_destination, parse_policy
-from guestfence.policy.model import Action, Context
+from guestfence.policy.model import Action, AddressType, Context, local_types
 
 GATEWAY = ipaddress.ip_address("192.0.2.1")
 HOST_ADDRESSES = {ipaddress.ip_address(a) for a in ("192.0.2.1", "198.51.100.7", "127.0.0.1", "::1")}
 CONTEXT = Context(
     gateways=frozenset({GATEWAY}),
-    is_local=HOST_ADDRESSES.__contains__,
+    address_type=local_types(HOST_ADDRESSES),
     names={"api.example.com": frozenset({ipaddress.ip_address("203.0.113.80")})},
 )
 
@@ -93,7 +93,7 @@ def test_unknown_symbols_and_names_are_decided_closed() -> None:
 
 def test_host_is_decided_when_asked_so_new_addresses_count() -> None:
     local = set()
-    context = Context(is_local=local.__contains__)
+    context = Context(address_type=local_types(local))
     policy = parse_policy(default="allow", deny=["tcp://@host:*"])
     flow = parse_destination("tcp://203.0.113.50:22")
     assert decide(policy, flow, context).action is Action.ALLOW
@@ -113,3 +113,51 @@ def test_deny_bare_host_covers_every_protocol() -> None:
     for dest in ("tcp://198.51.100.7:22", "udp://198.51.100.7:53", "icmp://198.51.100.7"):
         assert decide(policy, parse_destination(dest), CONTEXT).action is Action.DENY
     assert decide(policy, parse_destination("udp://203.0.113.1:53"), CONTEXT).action is Action.ALLOW
+
+
+KERNEL_TYPES = {
+    "192.0.2.1": AddressType.LOCAL,
+    "192.0.2.255": AddressType.BROADCAST,
+    "2001:db8:1::": AddressType.ANYCAST,
+    "ff02::fb": AddressType.MULTICAST,
+}
+KERNEL = Context(address_type=lambda a: KERNEL_TYPES.get(str(a), AddressType.UNICAST))
+
+
+@pytest.mark.parametrize("dest", [
+    "udp://192.0.2.1:53", "udp://192.0.2.255:53", "udp://255.255.255.255:67", "udp://224.0.0.251:5353",
+    "udp://239.255.255.250:1900", "udp://[ff02::fb]:5353", "udp://[ff02::c]:1900", "icmp://[ff02::1]",
+    "tcp://[2001:db8:1::]:22", "tcp://127.0.0.1:22", "tcp://127.9.9.9:22", "udp://127.255.255.255:53",
+    "tcp://[::1]:22", "tcp://0.0.0.0:22", "tcp://[::]:22", "tcp://[::ffff:0.0.0.0]:22",
+    "tcp://[::ffff:127.0.0.1]:22", "udp://[::ffff:255.255.255.255]:67", "udp://[::ffff:224.0.0.251]:5353",
+])  # fmt: skip
+def test_host_is_every_address_the_host_receives_on(dest: str) -> None:
+    policy = parse_policy(default="allow", deny=["@host"])
+    assert decide(policy, parse_destination(dest), KERNEL).action is Action.DENY
+    assert decide(policy, parse_destination(dest), Context()).action is Action.DENY  # closed when unknown
+
+
+@pytest.mark.parametrize("dest", ["tcp://198.51.100.1:22", "udp://[2001:db8:2::5]:53", "tcp://192.0.2.0:22"])
+def test_host_leaves_out_what_the_host_routes_elsewhere(dest: str) -> None:
+    policy = parse_policy(default="allow", deny=["@host"])
+    assert decide(policy, parse_destination(dest), KERNEL).action is Action.ALLOW
+
+
+@pytest.mark.parametrize(("dest", "rule"), [
+    ("tcp://0.0.0.0:22", "tcp://127.0.0.0/8:*"), ("tcp://[::ffff:0.0.0.0]:22", "tcp://127.0.0.0/8:*"),
+    ("tcp://[::]:22", "tcp://[::1]:*"), ("udp://[::ffff:127.0.0.53]:53", "udp://127.0.0.0/8:*"),
+])  # fmt: skip
+def test_loopback_rules_catch_what_the_kernel_delivers_to_loopback(dest: str, rule: str) -> None:
+    policy = parse_policy(default="allow", deny=[rule])
+    decision = decide(policy, parse_destination(dest), Context())
+    assert decision.action is Action.DENY and str(decision.rule) == rule
+
+
+def test_another_guest_is_reached_only_through_a_rule_naming_its_address() -> None:
+    other = Context(guests=frozenset({ipaddress.ip_address("192.0.2.10")}))
+    flow = parse_destination("tcp://192.0.2.10:22")
+    decision = decide(parse_policy(default="allow"), flow, other)
+    assert decision.action is Action.DENY and decision.decided_by == "deny (another guest)"
+    assert decide(parse_policy(allow=["tcp://*:*"]), flow, other).action is Action.DENY
+    assert decide(parse_policy(allow=["tcp://192.0.2.8/30:22"]), flow, other).action is Action.ALLOW
+    assert decide(parse_policy(default="allow"), parse_destination("tcp://192.0.2.14:22"), other).action is Action.ALLOW

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import errno
+import struct
 
-from guestfence.sandbox.filter import TRAPPED, FilterPlan, Op, build_filter, plan_filter
+from guestfence.sandbox.filter import TRAPPED, Op, bpf_program, plan_filter
 
 
 def test_plan_traps_exactly_the_destination_calls() -> None:
@@ -20,11 +21,12 @@ def test_sendto_without_destination_needs_no_round_trip() -> None:
 def test_refusals() -> None:
     refused = {(r.syscall, r.errno) for r in plan_filter().rules if r.errno is not None}
     assert {("io_uring_setup", errno.EPERM), ("socket", errno.EAFNOSUPPORT), ("socket", errno.EPERM),
-            ("seccomp", errno.EBUSY), ("setsockopt", errno.EPERM)} <= refused
+            ("seccomp", errno.EBUSY), ("setsockopt", errno.EPERM), ("setsockopt", errno.ENOPROTOOPT),
+            ("clone", errno.EPERM), ("unshare", errno.EPERM), ("clone3", errno.ENOSYS)} <= refused
 
 
-def test_plan_round_trips_through_json_and_compiles() -> None:
-    plan = plan_filter()
-    assert FilterPlan.from_json(plan.to_json()) == plan
-    pfc = build_filter(plan)
-    assert pfc is not None
+def test_plan_compiles_to_a_bpf_program_that_checks_the_architecture_first() -> None:
+    program = bpf_program(plan_filter())
+    assert len(program) % 8 == 0 and 0 < len(program) // 8 <= 4096
+    code, _jt, _jf, k = struct.unpack_from("=HBBI", program, 0)
+    assert (code, k) == (0x20, 4)  # BPF_LD|BPF_W|BPF_ABS of seccomp_data.arch

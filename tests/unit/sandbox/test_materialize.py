@@ -10,10 +10,14 @@ import struct
 import pytest
 
 from guestfence.sandbox.materialize import (
-    MAX_PAYLOAD,
+    BATCH_BYTES,
+    MAX_CONTROL,
+    MAX_DATAGRAM,
+    MAX_STREAM_SEND,
     MSGHDR,
     Destination,
     GuestFault,
+    NoDestination,
     check_control,
     parse_sockaddr,
     read_message,
@@ -30,26 +34,29 @@ UNSPEC = struct.pack("=H", socket.AF_UNSPEC) + V4[2:]
 DEST_V4 = Destination(address=ipaddress.IPv4Address("192.0.2.1"), port=53)
 DEST_V6 = Destination(address=ipaddress.IPv6Address("2001:db8::1"), port=443)
 
+PEER, REFUSED = NoDestination.PEER, NoDestination.REFUSED
 CASES = [
-    # (raw, socket domain, is_connect, destination the kernel uses)
-    (V4, socket.AF_INET, True, DEST_V4),
-    (V4, socket.AF_INET6, False, DEST_V4),  # dual-stack: IPv4 sockaddr on an IPv6 socket
-    (V6, socket.AF_INET6, True, DEST_V6),
-    (V6, socket.AF_INET, True, None),  # the kernel refuses it (EAFNOSUPPORT)
-    (UNSPEC, socket.AF_INET, False, DEST_V4),  # udp_sendmsg reads AF_UNSPEC as AF_INET
-    (UNSPEC, socket.AF_INET, True, None),  # connect(AF_UNSPEC) disconnects
-    (UNSPEC, socket.AF_INET6, False, None),  # udpv6 drops the name
-    (V4[:15], socket.AF_INET, True, None),  # short: the kernel says EINVAL
-    (V6[:23], socket.AF_INET6, True, None),
-    (V6[:24], socket.AF_INET6, True, DEST_V6),  # RFC 2133 length, no scope id
-    (b"\x01", socket.AF_INET, True, None),
-    (struct.pack("=H", socket.AF_UNIX) + b"/tmp/x\0", socket.AF_INET, True, None),
+    # (raw, socket domain, is_connect, stream, destination the kernel uses)
+    (V4, socket.AF_INET, True, True, DEST_V4),
+    (V4, socket.AF_INET6, False, False, DEST_V4),  # dual-stack: IPv4 sockaddr on an IPv6 socket
+    (V6, socket.AF_INET6, True, False, DEST_V6),
+    (V6, socket.AF_INET, True, False, REFUSED),  # EAFNOSUPPORT
+    (UNSPEC, socket.AF_INET, False, False, DEST_V4),  # udp_sendmsg reads AF_UNSPEC as AF_INET
+    (UNSPEC, socket.AF_INET, True, False, REFUSED),  # connect(AF_UNSPEC) disconnects
+    (UNSPEC, socket.AF_INET6, False, False, PEER),  # udpv6 drops the name
+    (UNSPEC, socket.AF_INET6, False, True, REFUSED),  # TCP fast open: EOPNOTSUPP
+    (UNSPEC, socket.AF_INET, False, True, REFUSED),
+    (V4[:15], socket.AF_INET, True, True, REFUSED),  # short: the kernel says EINVAL
+    (V6[:23], socket.AF_INET6, True, True, REFUSED),
+    (V6[:24], socket.AF_INET6, True, True, DEST_V6),  # RFC 2133 length, no scope id
+    (b"\x01", socket.AF_INET, True, False, REFUSED),
+    (struct.pack("=H", socket.AF_UNIX) + b"/tmp/x\0", socket.AF_INET, True, False, REFUSED),
 ]
 
 
-@pytest.mark.parametrize(("raw", "domain", "is_connect", "expected"), CASES)
-def test_parse_sockaddr_reads_the_destination_the_kernel_uses(raw, domain, is_connect, expected) -> None:
-    assert parse_sockaddr(raw, domain=domain, is_connect=is_connect) == expected
+@pytest.mark.parametrize(("raw", "domain", "is_connect", "stream", "expected"), CASES)
+def test_parse_sockaddr_reads_the_destination_the_kernel_uses(raw, domain, is_connect, stream, expected) -> None:
+    assert parse_sockaddr(raw, domain=domain, is_connect=is_connect, stream=stream) == expected
 
 
 @pytest.mark.parametrize("value", [-1, 129, 0xFFFFFFFF, 1 << 31])
@@ -88,14 +95,19 @@ def test_unmapped_address_is_efault() -> None:
 
 def test_oversized_datagram_is_emsgsize_and_stream_send_is_short() -> None:
     with pytest.raises(GuestFault) as info:
-        payload_length(MAX_PAYLOAD + 1, stream=False)
+        payload_length(MAX_DATAGRAM + 1, stream=False)
     assert info.value.errno == errno.EMSGSIZE
-    assert payload_length(MAX_PAYLOAD + 5, stream=True) == MAX_PAYLOAD
+    assert payload_length(MAX_STREAM_SEND + 5, stream=True) == MAX_STREAM_SEND
     assert payload_length(100, stream=False) == 100
 
 
 def _msghdr(name: int, namelen: int, iov: int, iovlen: int, control: int = 0, controllen: int = 0) -> bytes:
     return MSGHDR.pack(name, namelen, iov, iovlen, control, controllen, 0)
+
+
+def test_read_message_clamps_an_overlong_name_as_the_kernel_does() -> None:
+    memory = Memory(V4 + bytes(200))
+    assert read_message(memory, _msghdr(0x1000, 200, 0x1000, 0), stream=False).name == (V4 + bytes(200))[:128]
 
 
 def test_read_message_copies_name_iovecs_and_control_once() -> None:
@@ -109,8 +121,8 @@ def test_read_message_copies_name_iovecs_and_control_once() -> None:
 
 @pytest.mark.parametrize(("header", "err"), [
     (_msghdr(0, 0, 0x1000, 1025), errno.EMSGSIZE),
-    (_msghdr(0, 0, 0x1000, 0, 0x1000, 64 * 1024 + 1), errno.ENOBUFS),
-    (_msghdr(0x1000, 200, 0x1000, 0), errno.EINVAL),
+    (_msghdr(0, 0, 0x1000, 0, 0x1000, MAX_CONTROL + 1), errno.ENOBUFS),
+    (_msghdr(0x1000, 0xFFFFFFFF, 0x1000, 0), errno.EINVAL),  # msg_namelen is an int: -1
     (_msghdr(0, 0, 0x9999, 1), errno.EFAULT),
 ])
 def test_read_message_caps_and_faults(header: bytes, err: int) -> None:
@@ -150,3 +162,13 @@ def test_read_messages_batches_and_stops_at_the_first_faulting_entry() -> None:
     bad = _msghdr(0x1000, 16, 0x9000, 1)
     messages, fault = read_messages(memory, read_many, [good, bad, good], stream=False)
     assert len(messages) == 1 and fault is not None and fault.errno == errno.EFAULT
+
+
+def test_read_messages_stops_a_batch_at_its_byte_budget() -> None:
+    """1,024 entries naming one big buffer cost one batch of BATCH_BYTES at a time."""
+    size = 60000
+    memory = Memory(V4 + struct.pack("=QQ", 0x1020, size) + bytes(size))
+    header = _msghdr(0x1000, 16, 0x1010, 1)
+    messages, fault = read_messages(memory, lambda pieces: [memory(a, n) for a, n in pieces], [header] * 1024,
+                                    stream=False)
+    assert fault is None and 1 <= len(messages) <= BATCH_BYTES // size + 1

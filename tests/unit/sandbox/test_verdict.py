@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from guestfence import Policy
-from guestfence.policy.model import Context, Proto
+from guestfence.policy.model import AddressType, Context, Proto
 from guestfence.sandbox.materialize import Destination
 from guestfence.sandbox.verdict import SocketKind, verdict
 
@@ -53,7 +53,7 @@ def test_ping_flow_has_no_port() -> None:
 
 def test_host_symbol_asks_the_context_at_each_decision() -> None:
     local: set[str] = set()
-    context = Context(is_local=lambda a: str(a) in local)
+    context = Context(address_type=lambda a: AddressType.LOCAL if str(a) in local else AddressType.UNICAST)
     policy = Policy.parse(default="allow", deny=["udp://@host:*"])
     assert verdict(policy, context, UDP4, dest("192.0.2.7", 9)).allowed
     local.add("192.0.2.7")
