@@ -29,7 +29,9 @@ def unique(prefix: str) -> str:
 
 
 def sh(*argv: str, netns: str | None = None, check: bool = True, input: str | None = None,
-       timeout: float = 30) -> subprocess.CompletedProcess[str]:
+       timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    # The timeout bounds a hang; it is no expectation of speed: in the 6.1
+    # pass (TCG on a loaded machine) one CLI run can take over 30 s.
     cmd: list[str] = list(argv)
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]

@@ -33,6 +33,9 @@ from pathlib import Path
 
 from tests.lab.netlab import GUESTFENCE, Lab, sh
 
+# How long a helper process may take to say "ready": a bound on a hang, not
+# an expectation (Python starts in tens of seconds in the 6.1 VM under load).
+STARTUP_BOUND = 120
 SERVICE_TCP = (22, 5432, 8080)
 SERVICE_UDP = (53, 8080)
 
@@ -68,7 +71,7 @@ class Scene:
         ports = [",".join(map(str, tcp)), ",".join(map(str, udp))]
         proc = self.lab.spawn([sys.executable, "-m", "guestfence.demolab", "serve", *ports], netns=netns)
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        ready, _, _ = select.select([proc.stdout], [], [], STARTUP_BOUND)
         assert ready and proc.stdout.readline().strip() == b"ready", "listener did not start"
 
     def add_guest(self, name: str, index: int, *, kind: str = "veth") -> GuestLink:
@@ -93,7 +96,7 @@ class Scene:
             sh("ethtool", "-K", "eth0", "tx", "off", "sg", "off", "tso", "off", "gso", "off", netns=netns)
             relay = self.lab.spawn([sys.executable, "-m", "tests.lab.nft_lab", "relay", iface, netns, "wire0"], netns=self.host)
             assert relay.stdout is not None
-            ready, _, _ = select.select([relay.stdout], [], [], 10)
+            ready, _, _ = select.select([relay.stdout], [], [], STARTUP_BOUND)
             assert ready and relay.stdout.readline().strip() == b"ready", "relay did not start"
         self.lab.addr(self.host, iface, f"{link.gateway4}/30")
         self.lab.addr(self.host, iface, f"{link.gateway6}/64")
