@@ -3,6 +3,7 @@
 Run manually, as root (it builds two network namespaces and removes them):
 
     .venv/bin/python bench/bench_nft.py [--seconds 2] [--guests 1,100,1000] [--plot docs/bench_nft.png]
+    .venv/bin/python bench/bench_nft.py --scale 5000 [--rounds 3] [--timeout 900]
 
 A "host" namespace and a "guest" namespace joined by veth (vmtap-g0). For
 1, 100 and 1,000 registered guests (one real, the others registered on
@@ -21,7 +22,18 @@ loopback; (b) with 1,000 guests, the time to add and to remove one guest
 (each one libnftables transaction). It prints rates and ratios to the
 baseline, writes bench/results/nft.json, and plots the UDP packet rate
 against the number of guests. Each figure is the median of ``--rounds``
-runs in which the designs take turns.
+runs in which the designs take turns. The goal of issue 14 is guestfence
+with 1,000 guests at >= 0.95 of ``minimal`` (UDP packet rate).
+
+``--scale N`` measures the command line instead, in a throwaway network
+namespace with a temporary ``--state-dir``: ``guestfence apply FILE`` of N
+generated ``[[guest]]`` tables (interfaces that do not exist), ``guestfence
+status``, and ``guestfence guest add`` of one more; for each, wall-clock,
+CPU (user+sys of the process) and peak RSS, the median of ``--rounds``,
+against the goals (apply <= 3 s, 300 MB; status <= 2 s). On a loaded
+machine CPU time is the figure to read: wall-clock includes waiting for
+a core. Every command is bounded by ``--timeout``; one that runs out is
+killed and reported as such.
 
 The senders are Python, so absolute rates are Python's; the ratios between
 designs are what this measures.
@@ -45,7 +57,9 @@ HOST, GUEST = f"gfbench-host-{os.getpid()}", f"gfbench-vm-{os.getpid()}"
 IFACE = "vmtap-g0"
 HOST_ADDR, GUEST_ADDR = "192.0.2.1", "192.0.2.2"
 TCP_PORT, UDP_PORT = 8080, 9000
-DESIGNS = ("none", "guestfence", "seed")
+DESIGNS = ("none", "minimal", "guestfence", "seed")
+SCALE_GOALS = {"apply": (3.0, 300), "status": (2.0, None), "add": (None, None)}
+"""Seconds and MB per command at 5,000 guests (issue 14 part 3); None: no goal."""
 
 
 # Rulesets (run inside the host namespace: `bench_nft.py ruleset DESIGN N`).
@@ -96,6 +110,24 @@ def seed_commands(count: int) -> list[dict[str, Any]]:
     return commands
 
 
+def minimal_commands() -> list[dict[str, Any]]:
+    """The hand-written ruleset for one guest: one input chain, policy drop,
+    established/related accepted, the allowed ports accepted."""
+    table = {"family": "inet", "table": "minimal"}
+    port = lambda proto, number: {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": number}}  # noqa: E731
+    ct = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}
+    return [
+        {"add": {"table": {"family": "inet", "name": "minimal"}}},
+        {"add": {"chain": {**table, "name": "input", "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}},
+        {"add": {"rule": {**table, "chain": "input", "expr": [ct, {"accept": None}]}}},
+        {"add": {"rule": {**table, "chain": "input", "expr": [port("tcp", TCP_PORT), {"accept": None}]}}},
+        {"add": {"rule": {**table, "chain": "input", "expr": [port("udp", UDP_PORT), {"accept": None}]}}},
+        # The host's own loopback traffic (the loopback TCP figure), as any host ruleset has it.
+        {"add": {"rule": {**table, "chain": "input", "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, {"accept": None}]}}},
+    ]  # fmt: skip
+
+
 def apply_ruleset(design: str, count: int) -> None:
     from guestfence.nft.apply import apply_nft, open_nft
     from guestfence.nft.compile import Settings, compile_ruleset
@@ -106,6 +138,8 @@ def apply_ruleset(design: str, count: int) -> None:
         apply_nft(nft, list(compile_ruleset(guests(count), Settings(), {}).commands), step="bench ruleset")
     elif design == "seed":
         apply_nft(nft, seed_commands(count), step="bench ruleset")
+    elif design == "minimal":
+        apply_nft(nft, minimal_commands(), step="bench ruleset")
 
 
 def churn(count: int, rounds: int) -> dict[str, float]:
@@ -254,6 +288,9 @@ def report(results: dict[str, Any], counts: list[int]) -> None:
             cells = [f"{rates[f'{design}/{n}'][metric] / rates[f'none/{n}'][metric]:.2f}" for n in counts]
             print(f"  {metric:13} {design:10} " + "  ".join(f"{n} guests: {c}" for n, c in zip(counts, cells)))
     biggest = max(counts)
+    for n in counts:
+        ratio = rates[f"guestfence/{n}"]["udp_pps"] / rates[f"minimal/{n}"]["udp_pps"]
+        print(f"  guestfence / minimal at {n} guests, udp_pps: {ratio:.2f} (goal at 1000 guests: >= 0.95)")
     for metric in ("udp_pps", "tcp_rps", "loopback_rps"):
         ratio = rates[f"guestfence/{biggest}"][metric] / rates[f"seed/{biggest}"][metric]
         print(f"  guestfence / seed at {biggest} guests, {metric}: {ratio:.1f}x")
@@ -268,7 +305,7 @@ def draw(results: dict[str, Any], counts: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for design, style in zip(DESIGNS, ("-o", "-s", "-^")):
+    for design, style in zip(DESIGNS, ("-o", "-x", "-s", "-^")):
         ax.plot(counts, [results["rates"][f"{design}/{n}"]["udp_pps"] / 1000 for n in counts], style, label=design)
     ax.set_xscale("log")
     ax.set_xticks(counts, [str(n) for n in counts])
@@ -281,6 +318,91 @@ def draw(results: dict[str, Any], counts: list[int], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")
+
+
+# --scale: the command line with N guests.
+
+
+def scale_file(count: int) -> str:
+    """``count`` [[guest]] tables, each a /32 of its own behind one gateway."""
+    tables = []
+    for i in range(count):
+        a = i + 2
+        tables.append(f'[[guest]]\nname = "g{i}"\niface = "vmtap-g{i}"\naddress = "10.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/32"\n'
+                      f'gateway = "10.255.255.254"\nnet_allow = ["tcp://@gateway:{TCP_PORT}", "udp://@gateway:{UDP_PORT}"]\n')  # fmt: skip
+    return "\n".join(tables)
+
+
+def timed(argv: list[str], timeout: float) -> dict[str, float | int | None]:
+    """Wall-clock, CPU (user+sys) and peak RSS of one process; ``wait4`` reads
+    the process's own usage (``ip netns exec`` execs, it does not fork)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = start + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            process.kill()
+            pid, status, usage = os.wait4(process.pid, 0)
+            return {"wall_s": None, "cpu_s": None, "rss_mb": None, "rc": None}
+        time.sleep(0.05)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.stderr is not None
+    error = process.stderr.read().decode(errors="replace").strip()
+    if process.returncode not in (0, 1):
+        print(f"  {' '.join(argv[4:6])}: exit {process.returncode}: {error[-300:]}", flush=True)
+    return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "rss_mb": usage.ru_maxrss / 1024, "rc": process.returncode}  # fmt: skip
+
+
+def scale(count: int, rounds: int, timeout: float) -> dict[str, Any]:
+    """apply, status and guest add with ``count`` guests, each round in a fresh namespace and state directory."""
+    import tempfile
+
+    guestfence = str(Path(sys.executable).parent / "guestfence")
+    samples: dict[str, list[dict[str, Any]]] = {"apply": [], "status": [], "add": []}
+    with tempfile.TemporaryDirectory(prefix="gfbench-scale-") as scratch:
+        config = Path(scratch) / "guests.toml"
+        config.write_text(scale_file(count))
+        for round_ in range(rounds):
+            netns, state = f"gfbench-scale-{os.getpid()}-{round_}", Path(scratch) / f"state{round_}"
+            sh("ip", "netns", "add", netns)
+            try:
+                run_in = ["ip", "netns", "exec", netns, guestfence]
+                samples["apply"].append(timed([*run_in, "apply", "--state-dir", str(state), str(config)], timeout))
+                samples["status"].append(timed([*run_in, "status", "--state-dir", str(state)], timeout))
+                samples["add"].append(timed([*run_in, "guest", "add", "extra", "--state-dir", str(state),
+                                             "--iface", "vmtap-extra", "--address", "10.254.0.2/32", "--gateway", "10.255.255.254",
+                                             "--net-allow", f"tcp://@gateway:{TCP_PORT}", "--force"], timeout))  # fmt: skip
+            finally:
+                subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+            print(f"round {round_ + 1}: " + "  ".join(f"{k} {_cell(v[-1])}" for k, v in samples.items()), flush=True)
+    results: dict[str, Any] = {"guests": count, "rounds": rounds, "load": os.getloadavg(), "commands": {}}
+    for command, runs in samples.items():
+        results["commands"][command] = {metric: _median([r[metric] for r in runs]) for metric in ("wall_s", "cpu_s", "rss_mb")}
+    print(f"\n{count} guests, median of {rounds} (load average {results['load'][0]:.0f}):")
+    for command, figures in results["commands"].items():
+        seconds, megabytes = SCALE_GOALS[command]
+        goal = "  goal: " + ", ".join(g for g in (f"<= {seconds} s" if seconds else "", f"<= {megabytes} MB" if megabytes else "") if g)
+        print(f"  {command:7} {_cell(figures)}" + (goal if seconds or megabytes else ""))
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "nft_scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _median(values: list[Any]) -> float | None:
+    """The median; a run that timed out counts as slower than any other."""
+    ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
+    return ordered[len(ordered) // 2]
+
+
+def _cell(figures: dict[str, Any]) -> str:
+    if figures["cpu_s"] is None:
+        return "timed out"
+    return f"{figures['wall_s']:7.1f} s wall {figures['cpu_s']:6.1f} s CPU {figures['rss_mb']:6.0f} MB"
 
 
 def main() -> int:
@@ -301,11 +423,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each measurement (default 2)")
     parser.add_argument("--guests", default="1,100,1000", help="numbers of registered guests (default 1,100,1000)")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions; the median is kept (default 3)")
+    parser.add_argument("--scale", type=int, metavar="N", help="measure apply, status and guest add with N guests instead")
+    parser.add_argument("--timeout", type=float, default=900, help="--scale: seconds each command may take (default 900)")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench_nft.png", help="where to draw the PNG")
     options = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_nft.py needs root (network namespaces, nftables)", file=sys.stderr)
         return 3
+    if options.scale:
+        scale(options.scale, options.rounds, options.timeout)
+        return 0
     run(options.seconds, [int(n) for n in options.guests.split(",")], options.rounds, options.plot)
     return 0
 
