@@ -33,17 +33,9 @@ import struct
 import sys
 from typing import Any
 
+from tests.lab.lockdown_lab import internet_checksum
+
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
 
 def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
@@ -57,7 +49,7 @@ def frame(probe: dict[str, Any]) -> bytes:
         proto, body = 17, struct.pack("!HHHH", 40000, probe["port"], 8 + 4, 0) + b"gfdp"
     if src.version == 4:
         header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0x4000, 64, proto, 0, src.packed, dst.packed)
-        header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+        header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
         pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, proto, len(body))
         ethertype = ETH_P_IP
     else:
@@ -66,7 +58,7 @@ def frame(probe: dict[str, Any]) -> bytes:
         pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(body), proto)
         ethertype = ETH_P_IPV6
     at = 6 if proto == 17 else 2
-    body = body[:at] + struct.pack("!H", _checksum(pseudo + body) or 0xFFFF) + body[at + 2:]
+    body = body[:at] + struct.pack("!H", internet_checksum(pseudo + body) or 0xFFFF) + body[at + 2:]
     return _mac(probe["dst_mac"]) + _mac(probe["src_mac"]) + struct.pack("!H", ethertype) + header + body
 
 

@@ -89,7 +89,8 @@ def link_mac(netns: str, dev: str) -> str:
     return str(json.loads(shown.stdout)[0]["address"])
 
 
-def _checksum(data: bytes) -> int:
+def internetinternet_checksum(data: bytes) -> int:
+    """RFC 1071's checksum, for the headers of hand-made frames."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -109,14 +110,14 @@ def ipv4_udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> byte
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
     )  # fmt: skip
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return header + udp
 
 
 def ipv6_icmp(src: str, dst: str, icmp: bytes) -> bytes:
     s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
     pseudo = s + d + struct.pack("!I3xB", len(icmp), socket.IPPROTO_ICMPV6)
-    icmp = icmp[:2] + struct.pack("!H", _checksum(pseudo + icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", internet_checksum(pseudo + icmp)) + icmp[4:]
     return struct.pack("!IHBB", 0x60000000, len(icmp), socket.IPPROTO_ICMPV6, 255) + s + d + icmp
 
 

@@ -7,8 +7,9 @@ runs ``script`` (busybox sh, or the host's /bin/sh when ``host_root``) and
 powers off; the script's exit status comes back in ``VmRun.status``, and
 ``None`` there means the VM never got to write it (crash, panic, timeout).
 With ``host_root`` the guest's / is the host's (read-only, under a tmpfs
-overlay, so the project's venv runs unchanged) with /proc, /sys, /dev, /run
-and /tmp of its own, lo up, /dev/net/tun and the kernel's modules
+overlay, so the project's venv runs unchanged, wherever the checkout is:
+/tmp included, so /tmp is the overlay's too) with /proc, /sys, /dev and /run
+of its own, lo up, /dev/net/tun and the kernel's modules
 autoloading. ``run_in_vm`` is the common case: one command, host root.
 
 Leaving the ``with`` block (or ``close()``) kills QEMU and removes the
@@ -44,7 +45,6 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # opens /dev/net/tun's module on first open of the node, which Debian
 # creates at boot from modules.devname (kmod static-nodes); made here.
 HOST_ROOT_SETUP = """\
-mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /dev/pts /dev/shm /dev/net
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
