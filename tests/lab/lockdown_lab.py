@@ -89,7 +89,7 @@ def link_mac(netns: str, dev: str) -> str:
     return str(json.loads(shown.stdout)[0]["address"])
 
 
-def internetinternet_checksum(data: bytes) -> int:
+def internet_checksum(data: bytes) -> int:
     """RFC 1071's checksum, for the headers of hand-made frames."""
     if len(data) % 2:
         data += b"\0"
