@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from guestfence.cli import HelpFormatter
 from guestfence.config import load_policy
 from guestfence.errors import PolicyError
 from guestfence.policy.grammar import parse_policy
@@ -15,10 +15,6 @@ from guestfence.policy.model import Address, Policy, Symbol, SymbolHost, unmap
 
 if TYPE_CHECKING:  # only the commands that start a process need subprocess (cli/__init__: start-up)
     import subprocess
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the hand-written layout of descriptions and examples."""
 
 
 def add_policy_options(parser: argparse.ArgumentParser, *, default: str = "deny") -> None:
@@ -59,6 +55,8 @@ def warn_gateway_undefined(policy: Policy, where: str) -> None:
 
 
 def print_json(value: Any) -> None:
+    import json
+
     json.dump(value, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
 

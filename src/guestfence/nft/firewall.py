@@ -29,7 +29,6 @@ and drops the bad member's interface like an unregistered one.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, final
@@ -203,7 +202,7 @@ def check_gateways_owned(guest: Guest) -> str | None:
     return None
 
 
-def resolve_guest(guest: Guest, resolver: Resolver = socket.getaddrinfo) -> Registered:
+def resolve_guest(guest: Guest, resolver: Resolver | None = None) -> Registered:
     """Resolve the DNS names of the guest's rules, now (the one lookup; plans are pure)."""
     resolution = resolve_names(guest.policy.names(), resolver)
     return Registered(guest=guest, names=dict(resolution.addresses), unresolved=dict(resolution.failures))

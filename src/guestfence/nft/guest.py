@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union, final
 
 from guestfence.errors import PolicyError
-from guestfence.nft.names import GUEST_NAME
+from guestfence.nft.names import DEFAULT_PATTERN, GUEST_NAME
 from guestfence.policy.grammar import parse_policy
 from guestfence.policy.model import Address, Policy
 
@@ -29,7 +29,6 @@ Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
 IFACE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
 GUEST_PATTERN = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\*?)?\Z")
-DEFAULT_PATTERN = "vmtap*"
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 COMMENT_MAX_BYTES = 80
 """nft keeps at most 128 bytes of a rule comment, and ours is "guest NAME: COMMENT"
