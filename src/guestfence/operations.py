@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
-from guestfence.lockdown.feature import LOCKDOWN
 from guestfence.nft.firewall import (
     GUESTS,
     check_gateways_owned,
@@ -44,12 +43,16 @@ from guestfence.nft.firewall import (
     salvage_registry,
 )
 from guestfence.nft.guest import Guest
-from guestfence.rootless.feature import ROOTLESS
 from guestfence.state import Feature, FeaturePlan, StateStore
 
-FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN, ROOTLESS)
-"""What ``apply FILE``, ``restore`` and ``flush`` take care of, in this order.
-Each owns one key of the state file; a new feature is added here only."""
+def features() -> tuple[Feature, ...]:
+    """What ``apply FILE``, ``restore`` and ``flush`` take care of, in this order.
+    Each owns one key of the state file; a new feature is added here only.
+    (Imported when asked: ``guest add`` needs none but the guests'.)"""
+    from guestfence.lockdown.feature import LOCKDOWN
+    from guestfence.rootless.feature import ROOTLESS
+
+    return (GUESTS, LOCKDOWN, ROOTLESS)
 
 _LINK_LOCAL = (ipaddress.ip_network("fe80::/10"),)
 
@@ -89,7 +92,7 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
     problems: list[str] = []
     with StateStore(directory, read_only=dry_run) as store:
         planned: list[tuple[Feature, FeaturePlan, Any]] = []
-        for feature in FEATURES:
+        for feature in features():
             recorded = store.section(feature.key)
             try:
                 planned.append((feature, make_plan(feature, recorded), recorded))

@@ -91,6 +91,7 @@ class StateStore:
         self.path = directory / STATE_FILE
         self.read_only = read_only
         self._lock: int | None = None
+        self._document: dict[str, Any] | None = None  # as last read or written, while locked
 
     def __enter__(self) -> StateStore:
         try:
@@ -113,12 +114,19 @@ class StateStore:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self._document = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
 
     def read(self) -> dict[str, Any]:
-        """The whole document; ``{}`` when nothing was recorded yet."""
+        """The whole document; ``{}`` when nothing was recorded yet. Read from
+        the file once per ``with``: under the lock only this store changes it."""
+        if self._document is None or self._lock is None:
+            self._document = self._read_file()
+        return self._document
+
+    def _read_file(self) -> dict[str, Any]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -140,7 +148,7 @@ class StateStore:
         """Record ``value`` under ``key`` (None: remove the key), leaving the other features' keys as they are."""
         if self.read_only:
             raise HostError(f"{self.path}: opened read-only")
-        data = self.read()
+        data = dict(self.read())
         data["version"] = VERSION
         if value is None:
             data.pop(key, None)  # nothing recorded, as before the feature's first change
@@ -156,7 +164,9 @@ class StateStore:
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)
         except OSError as exc:
+            self._document = None  # what the file holds now is read again
             raise HostError(f"cannot record the state in {self.path}: {exc.strerror or exc}") from exc
+        self._document = data
 
 
 @final
@@ -185,7 +195,7 @@ class Feature(Protocol):
 
     The guest firewall is one (guestfence.nft.firewall.GUESTS); interface
     lockdown plugs in the same way: implement these four and add the object
-    to ``FEATURES`` in guestfence.operations. ``plan_*`` may read the system
+    to ``features()`` in guestfence.operations. ``plan_*`` may read the system
     (DNS, the kernel) but change nothing; ``apply`` changes it. ``prune``:
     whether ``apply FILE`` removes what the file does not name.
     """

@@ -8,7 +8,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from guestfence.cli import HelpFormatter
-from guestfence.config import load_policy
 from guestfence.errors import PolicyError
 from guestfence.policy.grammar import parse_policy
 from guestfence.policy.model import Address, Policy, Symbol, SymbolHost, unmap
@@ -28,7 +27,11 @@ def add_policy_options(parser: argparse.ArgumentParser, *, default: str = "deny"
 
 def policy_from_args(args: argparse.Namespace) -> Policy:
     """The policy the options describe. Raises PolicyError."""
-    base = load_policy(args.policy) if args.policy else Policy()
+    base = Policy()
+    if args.policy:
+        from guestfence.config import load_policy  # TOML: only for --policy (start-up of guest add)
+
+        base = load_policy(args.policy)
     extra = parse_policy(allow=args.net_allow, deny=args.net_deny, default=args.default or base.default.value)
     return Policy.of(
         default=extra.default,

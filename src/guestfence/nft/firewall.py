@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import ApplyError, HostError, PolicyError
 from guestfence.nft import names as n
@@ -44,7 +44,6 @@ from guestfence.nft.compile import (
     compile_remove,
     compile_ruleset,
 )
-from guestfence.nft.drift import Item, compare_listings, expected_listing, live_listing
 from guestfence.nft.guest import (
     DEFAULT_PATTERN,
     IFACE_NAME,
@@ -57,17 +56,23 @@ from guestfence.policy.model import Address
 from guestfence.resolve import Resolver, resolve_names
 from guestfence.state import FeaturePlan
 
+if TYPE_CHECKING:  # drift (difflib, threading, ctypes) is imported by status and restore only: start-up of guest add
+    from guestfence.nft.drift import Item
+
 GUESTS_KEY = "guests"
 
 
 @final
 @dataclass(frozen=True, kw_only=True)
 class Registered:
-    """A guest with the addresses its rules' DNS names resolved to when applied."""
+    """A guest with the addresses its rules' DNS names resolved to when applied.
+    ``record``: the recorded form it was read from (written back as it is, so
+    a change of one guest does not serialise every other), None for a new one."""
 
     guest: Guest
     names: Mapping[str, frozenset[Address]] = field(default_factory=dict, hash=False)
     unresolved: Mapping[str, str] = field(default_factory=dict, hash=False)
+    record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
 
 
 @final
@@ -109,7 +114,9 @@ class Registry:
                 for u in self.unreadable]  # fmt: skip
 
 
-def member_to_json(member: Registered) -> dict[str, Any]:
+def member_to_json(member: Registered) -> Mapping[str, Any]:
+    if member.record is not None:
+        return member.record
     record = guest_to_json(member.guest)
     record["resolved"] = {name: sorted(str(a) for a in found) for name, found in sorted(member.names.items())}
     record["unresolved"] = dict(sorted(member.unresolved.items()))
@@ -165,7 +172,7 @@ def _member_from_json(record: Any, *, where: str) -> Registered:
         unresolved = {str(k): str(v) for k, v in record["unresolved"].items()}
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise PolicyError(f"{where}: malformed guest record ({exc!r})") from None
-    return Registered(guest=guest, names=found, unresolved=unresolved)
+    return Registered(guest=guest, names=found, unresolved=unresolved, record=record)
 
 
 def _unreadable(record: Any, problem: str) -> Unreadable:
@@ -353,6 +360,8 @@ def _settle_pending(registry: Registry) -> tuple[Registry, list[str]]:
         pending = salvage_registry(registry.pending, where=f"{RECORD} (pending)")
     except PolicyError:
         return replace(registry, pending=None), ["dropped an unreadable pending change"]
+    from guestfence.nft.drift import live_listing
+
     live = generation_of(live_listing())
     if live == pending.settings.generation:
         return replace(pending, pending=None), [f"kept the interrupted change (generation {live}), which the tables hold"]
@@ -413,6 +422,8 @@ class StatusReport:
 
 def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHandle | None = None) -> StatusReport:
     """Read the live tables and compare them with the recorded ``section``."""
+    from guestfence.nft.drift import expected_listing, live_listing
+
     live = live_listing(nft)
     try:
         registry = salvage_registry(section, where=where)
@@ -424,6 +435,8 @@ def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHan
 
 def status_from_listings(registry: Registry, expected: Sequence[Item], live: Sequence[Item]) -> StatusReport:
     """The status of ``registry`` given what it compiles to and what is live. Pure."""
+    from guestfence.nft.drift import compare_listings
+
     drifts = [d for d in compare_listings(expected, live) if not d.text.startswith(f"set {n.INET} {n.GENERATION}:")]
     registered = {m.guest.name for m in registry.members}
     general = [d.text for d in drifts if d.guest not in registered]
