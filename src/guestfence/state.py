@@ -15,8 +15,9 @@ are per namespace, so their records must be too). The directory is locked
 (``flock``) while a command reads, changes and records, so two commands
 run at once cannot lose each other's change; writes are atomic (a
 temporary file renamed over the old one). A file that cannot be read as a
-state document is never written over: every write reads it first and
-stops with a HostError. Read-only commands open the store with
+state document is never written over: it is read (once while the lock is
+held: only the holder changes it) before any write, which stops with a
+HostError. Read-only commands open the store with
 ``read_only=True``: they create neither the directory nor the lock file.
 
 A change is recorded twice: its ``FeaturePlan.intent`` (the old section

@@ -104,6 +104,20 @@ def test_every_change_bumps_the_generation() -> None:
     assert three.to_json()["generation"] == 3
 
 
+def test_a_change_writes_the_other_members_back_as_recorded() -> None:
+    # `guest add` at 1000 guests serialised every member again; only the changed one is new.
+    _, two = plan_add(Registry(), resolve_guest(vm(), resolver))
+    _, two = plan_add(two, resolve_guest(_second(), resolver))
+    recorded = json.loads(json.dumps(two.to_json()))
+    recorded["members"][0]["comment"] = ""  # (as written by hand: still a valid record)
+    read = salvage_registry(recorded, where="state")
+    _, changed = plan_add(read, resolve_guest(parse_guest(name="vm2", iface="vmtap-vm2", addresses=["192.0.2.10/30"]), resolver))
+    members = changed.to_json()["members"]
+    assert members[0] is recorded["members"][0]
+    assert members[1]["address"] == ["192.0.2.10/30"] and members[1] is not recorded["members"][1]
+    assert registry_from_json(json.loads(json.dumps(changed.to_json())), where="state").guests() == changed.guests()
+
+
 def _rule(chain: str, *exprs: Any) -> dict[str, Any]:
     return {"rule": {"family": "inet", "table": "guestfence", "chain": chain, "handle": 9, "expr": list(exprs)}}
 
@@ -219,6 +233,18 @@ def test_state_sections_of_other_features_are_left_alone(tmp_path: Path) -> None
         store.write_section("lockdown", {"kept": True})
         store.write_section("guests", {"pattern": "vmtap*", "members": []})
         assert store.read() == {"version": 1, "lockdown": {"kept": True}, "guests": {"pattern": "vmtap*", "members": []}}
+
+
+def test_the_store_reads_the_file_once_per_lock_and_again_after(tmp_path: Path) -> None:
+    with StateStore(tmp_path) as store:
+        store.write_section("guests", {"members": []})
+        (tmp_path / "state.json").write_text("{")  # no guestfence command writes without the lock
+        store.write_section("lockdown", {"kept": True})
+        assert store.read() == {"version": 1, "guests": {"members": []}, "lockdown": {"kept": True}}
+    (tmp_path / "state.json").write_text("{")
+    with StateStore(tmp_path) as store, pytest.raises(HostError, match="not valid JSON"):
+        store.write_section("lockdown", {})
+    assert (tmp_path / "state.json").read_text() == "{"
 
 
 def test_corrupt_state_file_is_a_host_error_naming_the_file(tmp_path: Path) -> None:
