@@ -36,6 +36,7 @@ from guestfence.nft.firewall import (
     StatusReport,
     collect_status,
     describe_changes,
+    pending_change,
     plan_add,
     plan_json,
     plan_remove,
@@ -165,8 +166,11 @@ def read_status(directory: Path) -> StatusReport:
 
 
 def _guests_plan(nft_plan: Any, old: Registry, new: Registry, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    """The intent records only the change (guestfence.nft.firewall: pending), not every guest again."""
     record = new.to_json()
-    return FeaturePlan(key=GUESTS_KEY, shown=plan_json(nft_plan), record=record, intent={**(recorded or {}), "pending": record},
+    committed = recorded if recorded is not None else old.to_json()  # (the first guest: an empty section, readable)
+    intent = {**committed, "pending": pending_change(old, new)}
+    return FeaturePlan(key=GUESTS_KEY, shown=plan_json(nft_plan), record=record, intent=intent,
                        work=nft_plan, summary=f"{len(new.members)} guest(s)", changes=tuple(describe_changes(old, new)))  # fmt: skip
 
 

@@ -19,7 +19,13 @@ the tables (compile.Settings). A change is recorded as ``pending`` before
 its transaction and committed after it (guestfence.state.FeaturePlan), so a
 crash in between is seen: ``status`` reports the tables' generation against
 the record's, and ``restore`` keeps the pending change if the tables hold
-it, else drops it.
+it, else drops it. ``apply FILE`` and ``restore`` record the whole new
+section as pending; ``guest add|remove`` only what changes, applied to the
+committed section when it is read back (``pending_change``)::
+
+    "pending": {"generation": 8, "put": [{...member...}], "drop": ["vm3"], "drop_unreadable": []}
+
+so that adding one guest to 1000 does not write all of them twice more.
 
 A member that cannot be read back (a missing key, a bad rule) is kept in
 the record as it is and reported; ``restore`` installs every other guest
@@ -351,13 +357,48 @@ class GuestsFeature:
 GUESTS = GuestsFeature()
 
 
+def pending_change(old: Registry, new: Registry) -> dict[str, Any]:
+    """The pending record of a change from ``old`` to ``new`` that keeps the
+    pattern (guest add, remove): what ``apply_pending`` turns ``old`` into ``new`` with."""
+    kept = {id(m) for m in old.members}
+    put = [m for m in new.members if id(m) not in kept]
+    remaining = {m.guest.name for m in new.members}
+    return {
+        "generation": new.settings.generation,
+        "put": [member_to_json(m) for m in put],
+        "drop": [m.guest.name for m in old.members if m.guest.name not in remaining],
+        "drop_unreadable": [u.name for u in old.unreadable if u not in new.unreadable],
+    }
+
+
+def apply_pending(committed: Registry, pending: Mapping[str, Any], *, where: str) -> Registry:
+    """The registry a pending record describes: a whole section, or a change
+    (``pending_change``) to ``committed``. Raises PolicyError when it cannot be read."""
+    if "members" in pending:
+        return salvage_registry(pending, where=where)
+    try:
+        generation, put, drop, drop_bad = pending["generation"], pending["put"], pending["drop"], pending["drop_unreadable"]
+        if not isinstance(generation, int) or not all(isinstance(x, list) for x in (put, drop, drop_bad)):
+            raise TypeError("generation must be a number, put, drop and drop_unreadable lists")
+    except (KeyError, TypeError) as exc:
+        raise PolicyError(f"{where}: malformed pending change ({exc})") from None
+    added = [_member_from_json(record, where=f"{where}: put {i + 1}") for i, record in enumerate(put)]
+    gone = set(drop) | {m.guest.name for m in added}
+    members = (*(m for m in committed.members if m.guest.name not in gone), *added)
+    unreadable = tuple(u for u in committed.unreadable if u.name not in set(drop_bad))
+    good = {m.guest.iface for m in members} | {m.guest.bridge for m in members if m.guest.bridge}
+    closed = tuple(sorted({u.iface for u in unreadable if u.iface and u.iface not in good}))
+    settings = replace(committed.settings, generation=generation, closed=closed)
+    return Registry(settings=settings, members=members, unreadable=unreadable)
+
+
 def _settle_pending(registry: Registry) -> tuple[Registry, list[str]]:
     """The record to restore when a change was interrupted: the pending one
     if the tables hold its generation (it was applied), else the committed one."""
     if registry.pending is None:
         return registry, []
     try:
-        pending = salvage_registry(registry.pending, where=f"{RECORD} (pending)")
+        pending = apply_pending(registry, registry.pending, where=f"{RECORD} (pending)")
     except PolicyError:
         return replace(registry, pending=None), ["dropped an unreadable pending change"]
     from guestfence.nft.drift import live_listing

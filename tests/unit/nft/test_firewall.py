@@ -16,9 +16,11 @@ from guestfence.nft.drift import compare_listings
 from guestfence.nft.firewall import (
     GUESTS,
     Registry,
+    apply_pending,
     apply_plan,
     plan_add,
     plan_remove,
+    pending_change,
     registry_from_json,
     resolve_guest,
     salvage_registry,
@@ -116,6 +118,32 @@ def test_a_change_writes_the_other_members_back_as_recorded() -> None:
     assert members[0] is recorded["members"][0]
     assert members[1]["address"] == ["192.0.2.10/30"] and members[1] is not recorded["members"][1]
     assert registry_from_json(json.loads(json.dumps(changed.to_json())), where="state").guests() == changed.guests()
+
+
+def _read_back(registry: Registry) -> Registry:
+    return salvage_registry(json.loads(json.dumps(registry.to_json())), where="state")
+
+
+def test_the_pending_change_of_add_and_remove_reads_back_as_the_new_record() -> None:
+    # guest add|remove record only the change as pending; restore after a crash rebuilds the whole section from it.
+    _, one = plan_add(Registry(), resolve_guest(vm(), resolver))
+    with_bad = one.to_json()
+    with_bad["members"].append({"name": "vm3", "iface": "vmtap-vm3", "address": ["192.0.2.14/30"]})
+    old = salvage_registry(json.loads(json.dumps(with_bad)), where="state")
+    added = plan_add(old, resolve_guest(_second(), resolver))[1]
+    replaced = plan_add(added, resolve_guest(parse_guest(name="vm1", iface="vmtap-vm1", addresses=["192.0.2.18/30"]), resolver))[1]
+    for before, after in [(old, added), (added, replaced), (replaced, plan_remove(replaced, "vm1")[1]),
+                          (replaced, plan_remove(replaced, "vm3")[1])]:  # fmt: skip
+        change = json.loads(json.dumps(pending_change(before, after)))
+        assert "members" not in change and len(change["put"]) <= 1
+        rebuilt, expected = apply_pending(before, change, where="pending"), _read_back(after)
+        assert rebuilt.guests() == expected.guests() and rebuilt.settings == expected.settings
+        assert [u.raw for u in rebuilt.unreadable] == [u.raw for u in expected.unreadable]
+        assert rebuilt.all_names() == expected.all_names()
+    # A whole section (apply FILE, restore; and every pending of earlier versions) reads as before.
+    assert apply_pending(Registry(), json.loads(json.dumps(added.to_json())), where="pending").guests() == added.guests()
+    with pytest.raises(PolicyError, match="malformed pending change"):
+        apply_pending(old, {"generation": 3, "put": "vm9"}, where="pending")
 
 
 def _rule(chain: str, *exprs: Any) -> dict[str, Any]:
