@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
@@ -85,7 +84,7 @@ def commit(store: StateStore, feature: Feature, plan: FeaturePlan, recorded: Any
         store.write_section(plan.key, plan.record)
 
 
-def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePlan], *, dry_run: bool,
+def run_features(directory: str, make_plan: Callable[[Feature, Any], FeaturePlan], *, dry_run: bool,
                  salvage: bool = False) -> Outcome:  # fmt: skip
     """Plan every feature, then apply and record each. With ``salvage``
     (restore, flush), a feature that cannot be planned is reported and the others
@@ -113,7 +112,7 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
     return Outcome(plans=plans, problems=(*problems, *(p for plan in plans for p in plan.problems)))
 
 
-def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
+def add_guest(directory: str, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
     warnings = _checked_link(guest, force=force)
     with StateStore(directory, read_only=dry_run) as store:
@@ -143,7 +142,7 @@ def _checked_link(guest: Guest, *, force: bool) -> list[str]:
     return warnings
 
 
-def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
+def remove_guest(directory: str, name: str, *, dry_run: bool) -> Outcome:
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))
@@ -154,13 +153,13 @@ def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
     return Outcome(plans=(plan,), warnings=tuple(registry.problems()))
 
 
-def read_registry(directory: Path) -> Registry:
+def read_registry(directory: str) -> Registry:
     """The record as far as it can be read (``Registry.problems`` says what cannot)."""
     with StateStore(directory, read_only=True) as store:
         return salvage_registry(store.section(GUESTS_KEY), where=str(store.path))
 
 
-def read_status(directory: Path) -> StatusReport:
+def read_status(directory: str) -> StatusReport:
     with StateStore(directory, read_only=True) as store:
         return collect_status(store.section(GUESTS_KEY), where=str(store.path))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from guestfence.cli.common import (
     HelpFormatter,
@@ -186,6 +185,8 @@ def run_status(args: argparse.Namespace) -> int:
 
         metrics = collect_metrics(state_dir(args.state_dir))
         if args.prometheus_textfile:
+            from pathlib import Path
+
             write_textfile(render_prometheus(metrics), Path(args.prometheus_textfile))
         else:
             print(render_prometheus(metrics), end="")

@@ -283,8 +283,8 @@ def test_corrupt_state_file_is_a_host_error_naming_the_file(tmp_path: Path) -> N
 
 def test_state_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(ENV_STATE_DIR, str(tmp_path / "env"))
-    assert state_dir(str(tmp_path / "flag")) == tmp_path / "flag"
-    assert state_dir(None) == tmp_path / "env"
+    assert state_dir(str(tmp_path / "flag")) == str(tmp_path / "flag")
+    assert state_dir(None) == str(tmp_path / "env")
     monkeypatch.delenv(ENV_STATE_DIR)
     assert str(state_dir(None)).startswith("/var/lib/guestfence")
 
