@@ -23,11 +23,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
-from guestfence.lockdown.feature import LOCKDOWN
 from guestfence.nft.firewall import (
     GUESTS,
     check_gateways_owned,
@@ -37,6 +35,7 @@ from guestfence.nft.firewall import (
     StatusReport,
     collect_status,
     describe_changes,
+    pending_change,
     plan_add,
     plan_json,
     plan_remove,
@@ -44,12 +43,16 @@ from guestfence.nft.firewall import (
     salvage_registry,
 )
 from guestfence.nft.guest import Guest
-from guestfence.rootless.feature import ROOTLESS
 from guestfence.state import Feature, FeaturePlan, StateStore
 
-FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN, ROOTLESS)
-"""What ``apply FILE``, ``restore`` and ``flush`` take care of, in this order.
-Each owns one key of the state file; a new feature is added here only."""
+def features() -> tuple[Feature, ...]:
+    """What ``apply FILE``, ``restore`` and ``flush`` take care of, in this order.
+    Each owns one key of the state file; a new feature is added here only.
+    (Imported when asked: ``guest add`` needs none but the guests'.)"""
+    from guestfence.lockdown.feature import LOCKDOWN
+    from guestfence.rootless.feature import ROOTLESS
+
+    return (GUESTS, LOCKDOWN, ROOTLESS)
 
 _LINK_LOCAL = (ipaddress.ip_network("fe80::/10"),)
 
@@ -81,7 +84,7 @@ def commit(store: StateStore, feature: Feature, plan: FeaturePlan, recorded: Any
         store.write_section(plan.key, plan.record)
 
 
-def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePlan], *, dry_run: bool,
+def run_features(directory: str, make_plan: Callable[[Feature, Any], FeaturePlan], *, dry_run: bool,
                  salvage: bool = False) -> Outcome:  # fmt: skip
     """Plan every feature, then apply and record each. With ``salvage``
     (restore, flush), a feature that cannot be planned is reported and the others
@@ -89,7 +92,7 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
     problems: list[str] = []
     with StateStore(directory, read_only=dry_run) as store:
         planned: list[tuple[Feature, FeaturePlan, Any]] = []
-        for feature in FEATURES:
+        for feature in features():
             recorded = store.section(feature.key)
             try:
                 planned.append((feature, make_plan(feature, recorded), recorded))
@@ -109,7 +112,7 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
     return Outcome(plans=plans, problems=(*problems, *(p for plan in plans for p in plan.problems)))
 
 
-def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
+def add_guest(directory: str, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
     warnings = _checked_link(guest, force=force)
     with StateStore(directory, read_only=dry_run) as store:
@@ -139,7 +142,7 @@ def _checked_link(guest: Guest, *, force: bool) -> list[str]:
     return warnings
 
 
-def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
+def remove_guest(directory: str, name: str, *, dry_run: bool) -> Outcome:
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))
@@ -150,20 +153,23 @@ def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
     return Outcome(plans=(plan,), warnings=tuple(registry.problems()))
 
 
-def read_registry(directory: Path) -> Registry:
+def read_registry(directory: str) -> Registry:
     """The record as far as it can be read (``Registry.problems`` says what cannot)."""
     with StateStore(directory, read_only=True) as store:
         return salvage_registry(store.section(GUESTS_KEY), where=str(store.path))
 
 
-def read_status(directory: Path) -> StatusReport:
+def read_status(directory: str) -> StatusReport:
     with StateStore(directory, read_only=True) as store:
         return collect_status(store.section(GUESTS_KEY), where=str(store.path))
 
 
 def _guests_plan(nft_plan: Any, old: Registry, new: Registry, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    """The intent records only the change (guestfence.nft.firewall: pending), not every guest again."""
     record = new.to_json()
-    return FeaturePlan(key=GUESTS_KEY, shown=plan_json(nft_plan), record=record, intent={**(recorded or {}), "pending": record},
+    committed = recorded if recorded is not None else old.to_json()  # (the first guest: an empty section, readable)
+    intent = {**committed, "pending": pending_change(old, new)}
+    return FeaturePlan(key=GUESTS_KEY, shown=plan_json(nft_plan), record=record, intent=intent,
                        work=nft_plan, summary=f"{len(new.members)} guest(s)", changes=tuple(describe_changes(old, new)))  # fmt: skip
 
 

@@ -13,7 +13,6 @@ registered.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from guestfence.errors import PolicyError
 from guestfence.nft.firewall import Registered
@@ -21,7 +20,7 @@ from guestfence.nft.guest import Guest
 from guestfence.operations import add_guest, read_registry, read_status, remove_guest
 
 
-def register(guest: Guest, directory: Path) -> Registered:
+def register(guest: Guest, directory: str) -> Registered:
     """Add ``guest`` (or replace the one of that name it owns) in one transaction."""
     old = read_registry(directory).find(guest.name)
     if old is not None and old.guest.comment != guest.comment:
@@ -34,7 +33,7 @@ def register(guest: Guest, directory: Path) -> Registered:
     return outcome.member
 
 
-def unregister_where(selected: Callable[[Guest], bool], directory: Path) -> list[str]:
+def unregister_where(selected: Callable[[Guest], bool], directory: str) -> list[str]:
     """Remove every registered guest ``selected`` picks; their names (maybe none)."""
     gone = [m.guest.name for m in read_registry(directory).members if selected(m.guest)]
     for name in gone:
@@ -42,7 +41,7 @@ def unregister_where(selected: Callable[[Guest], bool], directory: Path) -> list
     return gone
 
 
-def check(guest: Guest, directory: Path) -> list[str]:
+def check(guest: Guest, directory: str) -> list[str]:
     """What is wrong with ``guest``'s registration: not recorded, recorded
     differently, or drifted in the live ruleset (its own objects, or the
     shared ones every guest relies on). Empty when all is well."""
