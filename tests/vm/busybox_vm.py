@@ -71,6 +71,13 @@ def probe_vm(script: str, *, qemu_args: Sequence[str] = (), **machine: object) -
                           qemu_args=[*probe_share(), *qemu_args], **machine)  # fmt: skip
 
 
+def probe_script(targets: Sequence[str], seconds: int, out: str) -> str:
+    """Shell lines trying every target at once (a refusal costs a timeout,
+    so in parallel), the results gathered in ``out``."""
+    lines = [f"/probe/probe {seconds} {target} >/tmp/probe.{n} &" for n, target in enumerate(targets)]
+    return "\n".join([*lines, "wait", f"cat /tmp/probe.* >{out}", "rm /tmp/probe.*", ""])
+
+
 def probe_results(text: str) -> dict[str, str]:
     """``probe``'s output as {target: result}."""
     return dict(line.split(" ", 1) for line in text.splitlines() if line.strip())
