@@ -147,12 +147,10 @@ def _serve(tcp: Sequence[int], udp: Sequence[int]) -> None:
                     conn.close()
                 elif proto == "udp":
                     _, ancillary, _, peer = sock.recvmsg(2048, 256)
-                    destination = "?"
-                    for level, kind, data in ancillary:
-                        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
-                            destination = socket.inet_ntop(socket.AF_INET6, data[:16])
-                    record(proto, peer[0], destination, port)
-                    sock.sendto(b"ok", peer)
+                    info = [data for level, kind, data in ancillary if (level, kind) == (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)]
+                    record(proto, peer[0], socket.inet_ntop(socket.AF_INET6, info[0][:16]), port)
+                    # from the address the datagram was sent to, as a connected UDP client expects
+                    sock.sendmsg([b"ok"], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info[0])], 0, peer)
                 else:
                     packet = sock.recv(65536)
                     header = (packet[0] & 0x0F) * 4
