@@ -71,10 +71,16 @@ def probe_vm(script: str, *, qemu_args: Sequence[str] = (), **machine: object) -
                           qemu_args=[*probe_share(), *qemu_args], **machine)  # fmt: skip
 
 
-def probe_script(targets: Sequence[str], seconds: int, out: str) -> str:
+# How long a flow that should pass may take (a bound: it ends when it
+# passes), and how long one that should not is given to show it does.
+PATIENCE, REFUSAL = 60, 3
+
+
+def probe_script(reached: Sequence[str], refused: Sequence[str], out: str) -> str:
     """Shell lines trying every target at once (a refusal costs a timeout,
     so in parallel), the results gathered in ``out``."""
-    lines = [f"/probe/probe {seconds} {target} >/tmp/probe.{n} &" for n, target in enumerate(targets)]
+    timed = [(PATIENCE, t) for t in reached] + [(REFUSAL, t) for t in refused]
+    lines = [f"/probe/probe {seconds} {target} >/tmp/probe.{n} &" for n, (seconds, target) in enumerate(timed)]
     return "\n".join([*lines, "wait", f"cat /tmp/probe.* >{out}", "rm /tmp/probe.*", ""])
 
 

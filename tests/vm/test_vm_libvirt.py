@@ -27,7 +27,7 @@ import pytest
 from tests.lab.libvirt_lab import Libvirtd
 from tests.lab.netlab import Lab, sh, unique
 from tests.lab.test_libvirt_daemon import libvirtd, registered  # noqa: F401 (fixture)
-from tests.vm.busybox_vm import MOUNT_PROBE, Arrival, Receiver, probe_binary, probe_results, probe_script
+from tests.vm.busybox_vm import MOUNT_PROBE, PATIENCE, REFUSAL, Arrival, Receiver, probe_binary, probe_results, probe_script
 from tests.vm.debian_kernel import Kernel
 from tests.vm.machine import POWER_OFF
 
@@ -45,9 +45,9 @@ SCRIPT = (
 ip addr add {GUEST}/30 dev eth0
 ip route add default via {GATEWAY}
 """
-    + "".join(f"(ping -c 1 -W 3 {a} >/dev/null && echo icmp://{a} reply || echo icmp://{a} silent) >/tmp/probe.icmp{n} &\n"
-              for n, a in enumerate(PINGED))
-    + probe_script(ALLOWED + DENIED, 3, "/run/vm/probe.txt")
+    + "".join(f"(ping -c 1 -W {PATIENCE if r == 'reply' else REFUSAL} {a} >/dev/null && echo icmp://{a} reply "
+              f"|| echo icmp://{a} silent) >/tmp/probe.icmp{n} &\n" for n, (a, r) in enumerate(PINGED.items()))
+    + probe_script(ALLOWED, DENIED, "/run/vm/probe.txt")
 )
 
 DOMAIN = """<domain type='qemu'>
