@@ -68,7 +68,9 @@ def test_a_vm_behind_passt_reaches_a_peer_and_none_of_the_hosts_addresses(lab: L
                            "--", "--socket", str(socket_path), "-a", GUEST, "-n", "24", "-g", MAPPED_GATEWAY], netns=host)  # fmt: skip
         deadline = time.monotonic() + 120
         while not socket_path.exists():
-            assert stack.poll() is None and time.monotonic() < deadline, stack.stderr.read().decode() if stack.stderr else ""
+            if stack.poll() is not None:
+                raise AssertionError(f"passt exited: {stack.stderr.read().decode() if stack.stderr else ''}")
+            assert time.monotonic() < deadline, f"passt made no {socket_path}"
             time.sleep(0.05)
         nic = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={socket_path}",
                "-device", "virtio-net-pci,netdev=n0"]  # fmt: skip
