@@ -115,6 +115,7 @@ def test_a_booted_libvirt_guest_reaches_only_what_its_policy_allows(
     assert at_host.arrivals() == {Arrival(proto="tcp", source=GUEST, destination=GATEWAY, port=8080),
                                   Arrival(proto="udp", source=GUEST, destination=GATEWAY, port=53),
                                   Arrival(proto="icmp", source=GUEST, destination=GATEWAY, port=0)}  # fmt: skip
+    deadline = time.monotonic() + BOUND
     while registered(tmp_path) != []:  # release end runs as libvirt tears the domain down
         assert time.monotonic() < deadline, f"{guest} is still registered after the domain stopped"
         time.sleep(0.1)

@@ -82,8 +82,9 @@ def test_a_vm_behind_passt_reaches_a_peer_and_none_of_the_hosts_addresses(lab: L
         shutil.rmtree(run_dir, ignore_errors=True)
 
     assert {t: seen[t] for t in REACHED} == {t: "reply" if t.startswith("udp") else "open" for t in REACHED}, seen
-    # passt leaves the SYN of a refused connect unanswered (as in the nft mode's lab test)
-    assert {t: seen[t] for t in REFUSED} == {t: "timeout" if t.startswith("tcp") else "silent" for t in REFUSED}, seen
+    # passt (2023-03) leaves the SYN of a refused connect unanswered, as in
+    # the nft mode's lab test; a reset or an ICMP error would do as well
+    assert all(seen[t] in ("timeout", "silent", "refused") for t in REFUSED), seen
     assert at_host.arrivals() == set(), "the host's own listeners heard from the VM"
     assert {(a.proto, a.destination, a.port) for a in at_peer.arrivals()} == {("tcp", PEER, PORT), ("udp", PEER, PORT)}
     refused = {json.loads(line)["destination"] for line in log.read_text().splitlines()}
