@@ -6,7 +6,9 @@ the network tests need only a shell, ``ip``, ``ping``, ``udhcpc`` and a way
 to try TCP and UDP: busybox (the initramfs's own) and ``probe.c``, compiled
 static once and cached under build/vm-probe/ by the hash of its source,
 then shared read-only into the VM over 9p (tag ``probe``, mounted at
-/probe by ``MOUNT_PROBE``). ``probe_vm`` is ``VirtualMachine`` made so.
+/probe by ``MOUNT_PROBE``). ``probe_vm`` is ``VirtualMachine`` made so;
+``probe_script`` the guest's lines trying a list of flows at once, and
+``probe_results`` reads what they found.
 
 ``Receiver`` is the other end, run in a namespace the test made: TCP and
 UDP listeners on every address (dual-stack ``::``) and a raw ICMP socket,
@@ -71,8 +73,9 @@ def probe_vm(script: str, *, qemu_args: Sequence[str] = (), **machine: object) -
                           qemu_args=[*probe_share(), *qemu_args], **machine)  # fmt: skip
 
 
-# How long a flow that should pass may take (a bound: it ends when it
-# passes), and how long one that should not is given to show it does.
+# How long a flow that should pass may take (a bound: it ends as soon as it
+# passes), and how long one that should not is watched before it counts as
+# refused: the VM's probes run in parallel, so a run costs REFUSAL once.
 PATIENCE, REFUSAL = 60, 3
 
 
