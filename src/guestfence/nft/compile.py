@@ -63,13 +63,16 @@ from typing import final
 from guestfence.errors import PlanError
 from guestfence.nft import build as b
 from guestfence.nft import names as n
-from guestfence.nft.antispoof import antispoof_rules
+from guestfence.nft.antispoof import antispoof_rules, guest_antispoof_rules, screen_drop, screen_rules, source_keys
 from guestfence.nft.build import ACCEPT, Command, Expr
 from guestfence.nft.guest import DEFAULT_PATTERN, Guest
 from guestfence.nft.names import (
     ARP,
     BRIDGE,
+    BRIDGED_DROPS_MAP,
     BRIDGED_MAP,
+    BRIDGED_SOURCES,
+    DROPS_MAP,
     FAMILIES,
     FORWARD,
     GUEST_ADDRS,
@@ -80,6 +83,9 @@ from guestfence.nft.names import (
     PORTS_MAP,
     POSTROUTING,
     PREROUTING,
+    SCREEN,
+    SCREEN_BRIDGED,
+    SOURCES,
     UNREGISTERED,
     guest_chain,
     guest_counter,
@@ -233,8 +239,12 @@ def _skeleton(settings: Settings) -> list[Command]:
     commands += [
         *(b.add_set(INET, GUEST_ADDRS[v], _ADDR_TYPE[v]) for v in (4, 6)),
         *(b.add_set(INET, MASQUERADE[v], _ADDR_TYPE[v]) for v in (4, 6)),
+        *(b.add_set(INET, SOURCES[v], ["ifname", _ADDR_TYPE[v]]) for v in (4, 6)),
+        *(b.add_set(INET, BRIDGED_SOURCES[v], ["ifname", "ether_addr", _ADDR_TYPE[v]]) for v in (4, 6)),
         b.add_verdict_map(INET, GUESTS_MAP, "ifname"),
         b.add_verdict_map(INET, BRIDGED_MAP, ["ifname", "ether_addr"]),
+        b.add_verdict_map(INET, DROPS_MAP, "ifname"),
+        b.add_verdict_map(INET, BRIDGED_DROPS_MAP, ["ifname", "ether_addr"]),
         b.add_verdict_map(ARP, GUESTS_MAP, "ifname"),
         b.add_verdict_map(BRIDGE, GUESTS_MAP, "ifname"),
         b.add_verdict_map(BRIDGE, PORTS_MAP, "ifname"),
@@ -253,6 +263,9 @@ def _skeleton(settings: Settings) -> list[Command]:
     ]
     for family, name, hook, prio, kind in base:
         commands += [b.add_base_chain(family, name, hook=hook, prio=prio, kind=kind), b.flush_chain(family, name)]
+    for chain, bridged in ((SCREEN, False), (SCREEN_BRIDGED, True)):
+        commands += [b.add_chain(INET, chain), b.flush_chain(INET, chain)]
+        commands += [b.add_rule(INET, chain, exprs) for exprs in _screen(bridged=bridged)]
     for family in FAMILIES:
         commands += [b.add_chain(family, UNREGISTERED), b.flush_chain(family, UNREGISTERED)]
         if settings.closed:
@@ -288,6 +301,17 @@ def _skeleton(settings: Settings) -> list[Command]:
     return commands
 
 
+def _screen(*, bridged: bool) -> list[list[Expr]]:
+    """The shared chain every guest's chain jumps to first: anti-spoofing
+    (antispoof.screen_rules), martian destinations, ``ct state invalid``.
+    What fails goes to the guest's own drop chain (``drops`` map); what
+    passes returns to the guest's chain."""
+    drop = screen_drop(bridged=bridged)
+    martians = [[b.match(b.payload(_DADDR[v], "daddr"), {"set": [b.net_value(net) for net in MARTIAN_DESTINATIONS if net.version == v]}), drop]
+                for v in (4, 6)]  # fmt: skip
+    return [*screen_rules(bridged=bridged), *martians, [b.match(b.ct("state"), "invalid"), drop]]
+
+
 # One guest's objects, and their removal.
 
 
@@ -309,18 +333,22 @@ def _counters_of(guest: Guest, family: str) -> tuple[str, ...]:
 
 def _elements_of(guest: Guest) -> list[tuple[str, str, list[object]]]:
     """(family, map or set, elements) the guest owns."""
-    entry = guest_chain(guest.name)
+    entry, drop = guest_chain(guest.name), guest_chain(guest.name, "drop")
     owned: list[tuple[str, str, list[object]]] = []
     if guest.bridge is None:
         owned.append((INET, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
+        owned.append((INET, DROPS_MAP, [b.map_entry(guest.iface, drop)]))
         owned.append((ARP, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
     else:
         owned.append((INET, BRIDGED_MAP, [b.map_entry(b.concat(guest.bridge, guest.mac), entry)]))
+        owned.append((INET, BRIDGED_DROPS_MAP, [b.map_entry(b.concat(guest.bridge, guest.mac), drop)]))
         owned.append((BRIDGE, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
-        owned.append((BRIDGE, PORTS_MAP, [b.map_entry(guest.iface, guest_chain(guest.name, "drop"))]))
+        owned.append((BRIDGE, PORTS_MAP, [b.map_entry(guest.iface, drop)]))
+    sources = SOURCES if guest.bridge is None else BRIDGED_SOURCES
     for v in (4, 6):
         own = [str(a) for a in guest.own(v)]
         if own:
+            owned.append((INET, sources[v], source_keys(guest, v)))
             owned.append((INET, GUEST_ADDRS[v], own))
             if guest.masquerade:
                 owned.append((INET, MASQUERADE[v], own))
@@ -353,15 +381,15 @@ def _guest_objects(guest: Guest, names: Names) -> list[Command]:
         commands += [b.add_chain(family, chain) for chain in _chains_of(guest, family)]
     entry = guest_chain(guest.name)
     label = f"guest {guest.name}" + (f": {guest.comment}" if guest.comment else "")
+    out = _out_rules(guest, names)
     for family in _tables_of(guest):
-        for index, exprs in enumerate(antispoof_rules(guest, family)):
+        rules = _entry_rules(guest, out) if family == INET else antispoof_rules(guest, family)
+        for index, exprs in enumerate(rules):
             commands.append(b.add_rule(family, entry, exprs, comment=label if index == 0 else None))
         commands += _drop_chain(guest, family)
-    for exprs in _entry_rules(guest):
-        commands.append(b.add_rule(INET, entry, exprs))
     for exprs in _host_rules(guest, names):
         commands.append(b.add_rule(INET, guest_chain(guest.name, "host"), exprs))
-    for exprs in _out_rules(guest, names):
+    for exprs in out if _accepts(out) else []:
         commands.append(b.add_rule(INET, guest_chain(guest.name, "out"), exprs))
     for family, name, elements in _elements_of(guest):
         commands.append(b.add_element(family, name, elements))
@@ -380,16 +408,22 @@ def _accept(guest: Guest) -> list[Expr]:
     return [b.counter_ref(guest_counter(guest.name, "accepted")), ACCEPT]
 
 
-def _entry_rules(guest: Guest) -> list[list[Expr]]:
-    drop = b.goto(guest_chain(guest.name, "drop"))
-    martians = [[b.match(b.payload(_DADDR[net.version], "daddr"), b.net_value(net)), drop] for net in MARTIAN_DESTINATIONS]
+def _entry_rules(guest: Guest, out: list[list[Expr]]) -> list[list[Expr]]:
+    """The guest's inet chain: the shared checks, its own anti-spoofing,
+    state, then host or elsewhere. When nothing elsewhere is accepted the
+    out chain stays empty and this chain goes straight to the drop chain."""
+    onwards = "out" if _accepts(out) else "drop"
     return [
-        *martians,
-        [b.match(b.ct("state"), "invalid"), drop],
+        [b.jump(SCREEN_BRIDGED if guest.bridge is not None else SCREEN)],
+        *guest_antispoof_rules(guest),
         [b.match(b.ct("state"), ["established", "related"], "in"), *_accept(guest)],
         [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}"), b.goto(guest_chain(guest.name, "host"))],
-        [b.goto(guest_chain(guest.name, "out"))],
+        [b.goto(guest_chain(guest.name, onwards))],
     ]
+
+
+def _accepts(rules: list[list[Expr]]) -> bool:
+    return any(ACCEPT in exprs for exprs in rules)
 
 
 def _host_rules(guest: Guest, names: Names) -> list[list[Expr]]:

@@ -180,17 +180,22 @@ def test_pattern_can_be_turned_off() -> None:
 
 
 def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
-    from guestfence.nft.antispoof import antispoof_rules
+    from guestfence.nft.antispoof import antispoof_rules, screen_rules
 
-    rules = [json.dumps(r) for r in antispoof_rules(guest(), "inet")]
-    unspecified = [r for r in rules if '"right": "::"' in r]
-    assert any('"l4proto"' in r and '"op": "!="' in r and "ipv6-icmp" in r for r in unspecified), "UDP/TCP from :: drop"
-    assert any("@unspecified_source_icmpv6" in r for r in unspecified), "ICMPv6 from :: only for DAD and MLD"
+    for rules in ([json.dumps(r) for r in screen_rules(bridged=False)], [json.dumps(r) for r in antispoof_rules(guest(), "bridge")]):
+        unspecified = [r for r in rules if '"right": "::"' in r]
+        assert any('"l4proto"' in r and '"op": "!="' in r and "ipv6-icmp" in r for r in unspecified), "UDP/TCP from :: drop"
+        assert any("@unspecified_source_icmpv6" in r for r in unspecified), "ICMPv6 from :: only for DAD and MLD"
 
 
 def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
-    entry = [json.dumps(r) for r in _rules(compile_ruleset([guest()], Settings(), {}).commands, "guest.vm1")]
-    state = next(i for i, r in enumerate(entry) if '"invalid"' in r)
-    martians = [i for i, r in enumerate(entry) if '"daddr"' in r and "guest.vm1.drop" in r]
-    assert len(martians) == 5 and max(martians) < state
-    assert all(any(net in entry[i] for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"')) for i in martians)
+    commands = compile_ruleset([guest()], Settings(), {}).commands
+    entry = [json.dumps(r) for r in _rules(commands, "guest.vm1")]
+    assert entry[0] == json.dumps([{"jump": {"target": "screen"}}]), "the shared checks come first"
+    assert not any('"established"' in r for r in entry[:1])
+    screen = [json.dumps(r) for r in _rules(commands, "screen")]
+    state = next(i for i, r in enumerate(screen) if '"invalid"' in r)
+    martians = [i for i, r in enumerate(screen) if '"daddr"' in r and '"@drops"' in r]
+    assert len(martians) == 2 and max(martians) < state
+    listed = " ".join(screen[i] for i in martians)
+    assert all(net in listed for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"'))
