@@ -414,12 +414,14 @@ class StatusReport:
 
 def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHandle | None = None) -> StatusReport:
     """Read the live tables and compare them with the recorded ``section``."""
-    live = live_listing(nft)
     try:
         registry = salvage_registry(section, where=where)
     except PolicyError as exc:
+        live_listing(nft)  # still refused without the privilege to read the tables
         return StatusReport(guests=(), drift=(f"{exc}; the tables cannot be checked against it",))
-    expected = expected_listing(plan_replace(registry).commands) if section is not None else []
+    if section is None:
+        return status_from_listings(registry, [], live_listing(nft))
+    expected, live = expected_listing(plan_replace(registry).commands, meanwhile=lambda: live_listing(nft))
     return status_from_listings(registry, expected, live)
 
 
