@@ -10,10 +10,16 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       input, forward  hook input / forward, priority filter (0), policy accept
           ct status dnat ct state new, then the same two dispatches: a connection
           the host translated is decided again for where it is delivered
-      guest.NAME        anti-spoofing; martian destinations drop; ct invalid drop;
+      guest.NAME        jump screen (screen_bridged for bridge ports);
+                        its MAC (routed guests given one), its ND advert targets;
                         ct established,related accept;
                         fib daddr type @to_host (local,broadcast,multicast,anycast)
-                        goto guest.NAME.host; goto guest.NAME.out
+                        goto guest.NAME.host; goto guest.NAME.out (or .drop when
+                        the out chain would accept nothing)
+      screen            shared by every guest: iifname . saddr not in @sources4/6
+                        (own addresses; fe80::/64 and :: for ICMPv6 DAD/MLD aside),
+                        RA, redirects, martian destinations, ct invalid: each
+                        ``iifname vmap @drops`` -> guest.NAME.drop; else return
       guest.NAME.host   what the link needs (ND, MLD); deny rules; allow rules; default
       guest.NAME.out    deny rules; allow rules naming addresses; other guests' addresses drop;
                         allow rules for *; default
@@ -33,7 +39,11 @@ Rules of the compiler:
    chain, for the destination it is delivered to: it passes only if the
    policy allows both (``policy.decide.decide_translated``).
 2. Per packet the cost is one map lookup whatever the number of guests; a
-   guest's own chains hold only its rules.
+   guest's own chains hold only what is its own (its policy, its MAC and
+   ND targets); every check that is the same for all guests is written
+   once, in ``screen``, with the guest's data as set and map elements
+   keyed by its interface (``bridge . MAC`` for bridge ports). A guest
+   costs about a dozen rules plus its policy, not ~40.
 3. A rule becomes one nft rule per address family it can match; a DNS name
    becomes the addresses it resolved to (``names``); one that did not
    resolve makes an allow match nothing and a deny match every destination.
