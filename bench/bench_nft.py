@@ -164,7 +164,7 @@ def churn(count: int, rounds: int) -> dict[str, float]:
         apply_nft(nft, list(compile_add(newcomer, Settings(), {}, others=existing, replaces=None).commands), step="add")
         added.append(time.perf_counter() - start)
         start = time.perf_counter()
-        apply_nft(nft, list(compile_remove(newcomer, Settings()).commands), step="remove")
+        apply_nft(nft, list(compile_remove(newcomer, Settings(), others=existing).commands), step="remove")
         removed.append(time.perf_counter() - start)
     return {"add_s": statistics.median(added), "remove_s": statistics.median(removed)}
 
@@ -225,11 +225,12 @@ def measure(seconds: float, udp_rate: Path) -> dict[str, float]:
     receiver = subprocess.Popen(["ip", "netns", "exec", HOST, "taskset", "-c", "1", str(udp_rate), "recv", str(UDP_PORT), str(seconds + 1)],
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
-    sent = int(sh("taskset", "-c", "0", str(udp_rate), "send", HOST_ADDR, str(UDP_PORT), str(seconds), netns=GUEST))
+    sent_text, cpu_text = sh("taskset", "-c", "0", str(udp_rate), "send", HOST_ADDR, str(UDP_PORT), str(seconds), netns=GUEST).split()
+    sent, sender_cpu = int(sent_text), float(cpu_text)
     received = int(receiver.communicate(timeout=seconds + 10)[0])
     tcp = int(me("tcp", HOST_ADDR, str(TCP_PORT), str(seconds), netns=GUEST))
     loopback = int(me("tcp", "127.0.0.1", str(TCP_PORT), str(seconds), netns=HOST))
-    return {"udp_pps": received / seconds, "udp_sent_pps": sent / seconds, "tcp_rps": tcp / seconds, "loopback_rps": loopback / seconds}
+    return {"udp_pps": received / seconds, "udp_pps_cpu": received / max(sender_cpu, 1e-3), "udp_sent_pps": sent / seconds, "tcp_rps": tcp / seconds, "loopback_rps": loopback / seconds}
 
 
 def run(seconds: float, counts: list[int], rounds: int, plot: Path | None) -> dict[str, Any]:

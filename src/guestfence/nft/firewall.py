@@ -239,7 +239,7 @@ def plan_remove(registry: Registry, name: str) -> tuple[NftPlan, Registry]:
         known = ", ".join(m.guest.name for m in registry.members) or "none"
         raise PolicyError(f"no guest named {name!r} is registered (registered: {known})")
     rest = tuple(m for m in registry.members if m.guest.name != name)
-    return compile_remove(old.guest, settings), replace(registry, settings=settings, members=rest)
+    return compile_remove(old.guest, settings, others=[m.guest for m in rest]), replace(registry, settings=settings, members=rest)
 
 
 def plan_replace(registry: Registry) -> NftPlan:

@@ -59,7 +59,7 @@ def test_golden_routed_guest_ruleset() -> None:
 def test_golden_bridged_guest_add_and_remove() -> None:
     vm = guest("br1", 2, mac="02:00:00:00:00:02", bridge="br0")
     check_golden("bridged_add", list(compile_add(vm, Settings(), {}, others=[], replaces=None).commands))
-    check_golden("bridged_remove", list(compile_remove(vm, Settings()).commands))
+    check_golden("bridged_remove", list(compile_remove(vm, Settings(), others=[]).commands))
 
 
 def test_golden_flush() -> None:
@@ -196,6 +196,20 @@ def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
     screen = [json.dumps(r) for r in _rules(commands, "screen")]
     state = next(i for i, r in enumerate(screen) if '"invalid"' in r)
     martians = [i for i, r in enumerate(screen) if '"daddr"' in r and '"@drops"' in r]
-    assert len(martians) == 2 and max(martians) < state
+    assert len(martians) == 5 and max(martians) < state
     listed = " ".join(screen[i] for i in martians)
     assert all(net in listed for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"'))
+
+
+def test_the_nat_chain_exists_only_while_a_guest_masquerades() -> None:
+    """A nat chain makes the kernel run NAT hooks for every packet on the host."""
+    def nat_rules(commands: tuple[dict, ...]) -> int:
+        return len(_rules(commands, "postrouting"))
+
+    plain, masked = guest(), guest("vm2", 2, masquerade=True)
+    assert nat_rules(compile_ruleset([plain], Settings(), {}).commands) == 0
+    assert {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in compile_ruleset([plain], Settings(), {}).commands
+    assert nat_rules(compile_ruleset([plain, masked], Settings(), {}).commands) == 2
+    assert nat_rules(compile_add(plain, Settings(), {}, others=[masked], replaces=None).commands) == 2
+    removal = compile_remove(masked, Settings(), others=[plain]).commands
+    assert nat_rules(removal) == 0 and {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in removal
