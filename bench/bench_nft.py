@@ -15,15 +15,19 @@ for three designs, all measured in the same run:
 - seed        one table per TAP device, each with input, forward and
               postrouting chains matching ``iifname`` (the design of the seed report).
 
-it measures, for a few seconds each: (a) UDP packets per second from the
-guest to an allowed host port, TCP requests per second (connect, read,
+it measures, for a few seconds each: (a) UDP packets from the guest to an
+allowed host port, per second (``udp_pps``) and per CPU-second of the
+sending core (``udp_pps_cpu``, see below), TCP requests per second (connect, read,
 close) to an allowed host port, and TCP requests per second over the host's
 loopback; (b) with 1,000 guests, the time to add and to remove one guest
 (each one libnftables transaction). It prints rates and ratios to the
-baseline, writes bench/results/nft.json, and plots the UDP packet rate
+baseline, writes bench/results/nft.json, and plots ``udp_pps_cpu``
 against the number of guests. Each figure is the median of ``--rounds``
 runs in which the designs take turns. The goal of issue 14 is guestfence
-with 1,000 guests at >= 0.95 of ``minimal`` (UDP packet rate).
+with 1,000 guests at >= 0.95 of ``minimal`` (UDP packet rate); on a shared
+machine read ``udp_pps_cpu``: other processes taking turns on the sender's
+core change packets per wall-clock second from one run to the next, not
+the CPU each packet costs.
 
 ``--scale N`` measures the command line instead, in a throwaway network
 namespace with a temporary ``--state-dir``: ``guestfence apply FILE`` of N
@@ -254,6 +258,7 @@ def run(seconds: float, counts: list[int], rounds: int, plot: Path | None) -> di
         for key, runs in samples.items():
             results["rates"][key] = {metric: statistics.median(r[metric] for r in runs) for metric in runs[0]}
         results["churn"] = json.loads(me("churn", str(max(counts)), "5", netns=HOST))
+        results["load"] = os.getloadavg()
     finally:
         for process in processes:
             process.kill()
@@ -272,16 +277,17 @@ def run(seconds: float, counts: list[int], rounds: int, plot: Path | None) -> di
 
 def report(results: dict[str, Any], counts: list[int]) -> None:
     rates = results["rates"]
-    print("\nratio to no ruleset (1.00 = no cost), same run:")
-    for metric in ("udp_pps", "tcp_rps", "loopback_rps"):
+    print(f"\nratio to no ruleset (1.00 = no cost), same run (load average {results['load'][0]:.1f} at the end):")
+    for metric in ("udp_pps_cpu", "udp_pps", "tcp_rps", "loopback_rps"):
         for design in DESIGNS[1:]:
             cells = [f"{rates[f'{design}/{n}'][metric] / rates[f'none/{n}'][metric]:.2f}" for n in counts]
             print(f"  {metric:13} {design:10} " + "  ".join(f"{n} guests: {c}" for n, c in zip(counts, cells)))
     biggest = max(counts)
-    for n in counts:
-        ratio = rates[f"guestfence/{n}"]["udp_pps"] / rates[f"minimal/{n}"]["udp_pps"]
-        print(f"  guestfence / minimal at {n} guests, udp_pps: {ratio:.2f} (goal at 1000 guests: >= 0.95)")
-    for metric in ("udp_pps", "tcp_rps", "loopback_rps"):
+    for metric in ("udp_pps_cpu", "udp_pps"):
+        for n in counts:
+            ratio = rates[f"guestfence/{n}"][metric] / rates[f"minimal/{n}"][metric]
+            print(f"  guestfence / minimal at {n} guests, {metric}: {ratio:.2f} (goal at 1000 guests: >= 0.95)")
+    for metric in ("udp_pps_cpu", "udp_pps", "tcp_rps", "loopback_rps"):
         ratio = rates[f"guestfence/{biggest}"][metric] / rates[f"seed/{biggest}"][metric]
         print(f"  guestfence / seed at {biggest} guests, {metric}: {ratio:.1f}x")
     churn = results["churn"]
@@ -296,12 +302,12 @@ def draw(results: dict[str, Any], counts: list[int], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for design, style in zip(DESIGNS, ("-o", "-x", "-s", "-^")):
-        ax.plot(counts, [results["rates"][f"{design}/{n}"]["udp_pps"] / 1000 for n in counts], style, label=design)
+        ax.plot(counts, [results["rates"][f"{design}/{n}"]["udp_pps_cpu"] / 1000 for n in counts], style, label=design)
     ax.set_xscale("log")
     ax.set_xticks(counts, [str(n) for n in counts])
     ax.set_ylim(bottom=0)
     ax.set_xlabel("registered guests")
-    ax.set_ylabel("guest -> host UDP, thousand packets/s")
+    ax.set_ylabel("guest -> host UDP, thousand packets\nper CPU-second of the sending core")
     ax.set_title("Packet rate vs number of guests (one verdict map vs one table per TAP)")
     ax.grid(True, alpha=0.3)
     ax.legend()
