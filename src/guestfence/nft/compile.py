@@ -59,8 +59,9 @@ Rules of the compiler:
    that names an address (a CIDR or a DNS name); ``*`` and the default do
    not cover it, as ``decide`` says with ``Context.guests``.
 6. ``compile_add``/``compile_remove`` touch only one guest's chains,
-   counters and elements, plus re-creating the constant base rules, so a
-   change costs the same with 1 guest or 10,000. Removal is idempotent
+   counters and elements, plus re-creating the constant base rules (the
+   nat chain among them while any guest masquerades, so they are told the
+   other guests), so a change costs the same with 1 guest or 10,000. Removal is idempotent
    (each object is added, then deleted, in the same transaction).
 """
 
