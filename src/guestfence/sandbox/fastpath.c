@@ -129,6 +129,7 @@ struct gf {
     pthread_mutex_t pool;
     pthread_cond_t turn;        /* followers wait here for the receiver's turn */
     int threads, followers, receiving, closing;
+    int returning;              /* threads done with a blocking call, about to answer it and wait */
     pthread_mutex_t table_lock;
     int entries;
     struct verdict table[TABLE_SLOTS];
@@ -327,6 +328,19 @@ static void respond(struct gf *gf, uint64_t id, long value, int error)
     ioctl(gf->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
+/* Answer, after a blocking call if ``returning``: counted first as coming back to the
+ * pool, so the receiver, answered guest threads calling again at once, hands its turn
+ * to this thread rather than having Python start one (which then soon exits). */
+static void answer(struct gf *gf, uint64_t id, long value, int error, int returning)
+{
+    if (returning) {
+        pthread_mutex_lock(&gf->pool);
+        gf->returning++;
+        pthread_mutex_unlock(&gf->pool);
+    }
+    respond(gf, id, value, error);
+}
+
 static int own_flags(int flags)
 {
     return (flags & ~MSG_ZEROCOPY) | MSG_NOSIGNAL;
@@ -395,7 +409,8 @@ static int hand_off(struct gf *gf, int may_spawn)
     gf->receiving = 0;
     if (gf->followers) {
         pthread_cond_signal(&gf->turn);
-    } else if (may_spawn && gf->threads < gf->max_threads) {
+    } else if (may_spawn && !gf->returning && gf->threads < gf->max_threads) {
+        /* (a returning thread takes the turn in a moment: no need to start one) */
         gf->threads++;
         spawn = 1;
     }
@@ -514,8 +529,8 @@ static int act(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n, int 
         result = sendmsg(sock, &m, own_flags(flags));
     }
     int error = result < 0 ? errno : 0;
-    respond(gf, n->id, result < 0 ? 0 : result, error);
     rc = error == EPIPE && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
+    answer(gf, n->id, result < 0 ? 0 : result, error, rc == GF_DONE && !*receiver);
 out:
     close(sock);
     return rc;
@@ -609,8 +624,8 @@ static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n,
         t->vector[i].len = t->sent[i].msg_len;
     if (sent > 0) /* the caller may be gone meanwhile: nobody reads the lengths then */
         process_vm_writev(n->pid, t->local, sent, t->remote, sent, 0);
-    respond(gf, n->id, sent < 0 ? 0 : sent, error);
     rc = error == EPIPE && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
+    answer(gf, n->id, sent < 0 ? 0 : sent, error, rc == GF_DONE && !*receiver);
 out:
     close(sock);
     return rc;
@@ -662,6 +677,8 @@ static int orphaned(struct gf *gf)
 /* This thread leaves the pool (pool lock held): GF_LAST if it was the last. */
 static int leave(struct gf *gf)
 {
+    if (!gf->receiving && gf->followers)
+        pthread_cond_signal(&gf->turn); /* the turn is free: not with this thread */
     int last = --gf->threads == 0;
     pthread_mutex_unlock(&gf->pool);
     return last ? GF_LAST : GF_EXIT;
@@ -683,8 +700,10 @@ void gf_unspawn(struct gf *gf)
  */
 int gf_serve(struct gf *gf, struct gf_thread *t, struct seccomp_notif *out, int back)
 {
+    int returning = 0;
     for (;;) {
         pthread_mutex_lock(&gf->pool);
+        gf->returning -= returning;
         if (back && gf->followers + gf->receiving >= MAX_IDLE)
             return leave(gf); /* finished a call while enough others are idle */
         back = 1;
@@ -709,8 +728,9 @@ int gf_serve(struct gf *gf, struct gf_thread *t, struct seccomp_notif *out, int 
                 return leave(gf);
             }
         }
-        if (rc == GF_DONE)
-            continue; /* a call that could block, done after a hand-off: back to the pool */
+        returning = rc == GF_DONE; /* a call that could block, done after a hand-off (see answer) */
+        if (returning)
+            continue;
         if (!receiver)
             return rc; /* GF_SPAWN, or GF_SIGPIPE after a hand-off */
         /* GF_PYTHON or GF_SIGPIPE while holding the turn: Python's part may block */
