@@ -8,9 +8,10 @@
  * a notification and, for the common case only, answers it without
  * returning to Python:
  *
- *     connect, sendto, sendmsg on an INET/INET6 socket whose destination
- *     Python has already decided as allowed (the verdict table below), or
- *     a TCP send without MSG_FASTOPEN (no destination to decide).
+ *     connect, sendto, sendmsg, and sendmmsg of up to MAX_MMSG entries, on
+ *     an INET/INET6 socket whose destinations Python has already decided
+ *     as allowed (the verdict table below), or a TCP send without
+ *     MSG_FASTOPEN (no destination to decide).
  *
  * Anything else -- a destination not in the table (first use, denials,
  * which are logged by Python), unix/netlink/other sockets, a policy naming
@@ -43,7 +44,8 @@
  * so a live caller with that number is that process's leader. And the
  * caller is alive from NOTIF_RECV until NOTIF_ID_VALID passes, which comes
  * after pidfd_getfd, so the task the pidfd named at pidfd_getfd is the
- * caller. tests/sandbox/test_sandbox_fastpath.py recycles tids to show it.
+ * caller. tests/sandbox/test_sandbox_fastpath.py shows it with a recycled
+ * pid and with two live processes sharing a slot.
  *
  * The pool of handler threads lives here, under one mutex. Exactly one
  * thread at a time waits in NOTIF_RECV (the receiver); the other idle ones
@@ -55,7 +57,7 @@
  * a datagram send to an allowed destination costs no other thread
  * anything. Before anything that may block -- a connect, a stream send, a
  * datagram send on a socket without room (poll says so), and whatever
- * Python handles -- it hands the turn to a follower, or has Python start a
+ * sendmmsg, and whatever Python handles -- it hands the turn to a follower, or has Python start a
  * thread (GF_SPAWN) when none is idle (up to max_threads; when none can be
  * started, it handles its call anyway and receives again afterwards). So
  * a connect blocked for minutes never delays another thread's call. A

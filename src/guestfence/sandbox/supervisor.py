@@ -31,24 +31,26 @@ keeps a few (fastpath.c says why a kept one cannot name another task). Settings
 ``thread_pidfds`` (or ``GUESTFENCE_SANDBOX_LEADER_PIDFDS=1``, for tests)
 forces the leader path on a kernel that has both.
 
-The pool (counted in C, since threads move between idle and busy there):
-each thread is idle (blocked in NOTIF_RECV without the GIL) or busy
-(handling the call it received, on itself). A thread that takes a
-call and leaves no idle thread behind starts one first, so a connect
-blocked for minutes on a slow peer never delays another thread's send (up
-to ``max_threads`` threads); if the thread cannot be started, it handles
-its call anyway (nothing is lost; calls are then served by the threads
-there are). A thread that finishes a call while ``MAX_IDLE`` others are
-idle exits. Each thread drops every effective capability but
-CAP_SYS_PTRACE (pidfd_getfd and process_vm_readv on a guest of another
-uid need it) and CAP_KILL (the guest's SIGPIPE), so a root supervisor
+The pool lives in C (fastpath.c says how and why): one thread at a time
+waits in NOTIF_RECV, the other idle ones wait for its turn; before
+anything that may block -- a blocking call, or handing a call to Python --
+the receiving thread passes the turn on, or returns ``SPAWN`` for
+``_serve`` to start a thread first (up to ``max_threads``), so a connect
+blocked for minutes on a slow peer never delays another thread's send; if
+the thread cannot be started, it handles its call anyway (nothing is
+lost). A thread that finishes a call while four others are idle exits.
+
+Each thread drops every effective capability but CAP_SYS_PTRACE
+(pidfd_getfd and process_vm_readv on a guest of another uid need it) and
+CAP_KILL (the guest's SIGPIPE), so a root supervisor
 lends the guest nothing in the calls it makes for it (``identity`` raises
 CAP_SETUID/CAP_SETGID only for the moment it takes on or gives back a
 guest's ids, and makes unix and netlink calls with none).
 
 Memory: one call holds at most one batch of copied arguments (see
-``materialize``), so the supervisor needs a small constant per call in
-flight, at most ``max_threads`` of them.
+``materialize``), and each thread has C's buffers (about 600 KiB and
+optmem_max), so the supervisor needs a small constant per thread, at most
+``max_threads`` of them.
 
 The loop ends when the kernel reports the listener orphaned (no process
 uses the filter any more) or the listener is closed.
