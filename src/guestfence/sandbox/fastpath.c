@@ -56,10 +56,10 @@
  * 16 here. The receiver answers what cannot block and receives again, so
  * a datagram send to an allowed destination costs no other thread
  * anything. Before anything that may block -- a connect, a stream send, a
- * datagram send on a socket without room (poll says so), and whatever
- * sendmmsg, and whatever Python handles -- it hands the turn to a follower, or has Python start a
- * thread (GF_SPAWN) when none is idle (up to max_threads; when none can be
- * started, it handles its call anyway and receives again afterwards). So
+ * datagram send on a socket without room (poll says so), a sendmmsg, and
+ * whatever Python handles -- it hands the turn to a follower, or has Python
+ * start a thread (GF_SPAWN) when none is idle (up to max_threads; when none
+ * can be started, it handles its call anyway and receives again). So
  * a connect blocked for minutes never delays another thread's call. A
  * thread that finishes a call while MAX_IDLE others are idle exits.
  */
