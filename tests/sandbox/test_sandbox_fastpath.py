@@ -12,12 +12,16 @@ the deny errno EACCES so that an allowed connect to a closed port
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
 import os
 import random
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -26,7 +30,8 @@ from guestfence.policy.decide import decide
 from guestfence.policy.model import Flow, Proto
 from guestfence.sandbox import kernel
 from guestfence.sandbox.supervisor import Denial
-from tests.sandbox.guest import guest_argv
+from tests.sandbox.conftest import Listener
+from tests.sandbox.guest import guest_argv, run_sandboxed
 
 PORTS = range(61000, 61004)
 
@@ -226,3 +231,66 @@ def test_processes_sharing_a_pidfd_slot_are_served_with_their_own_sockets(pidfds
         guest_argv(SHARED_SLOT), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"own sockets": [True] * 12}
+
+
+def test_slow_connects_after_the_pool_grew_do_not_stall_other_threads(tcp_server: Listener,
+                                                                      udp_server: Listener) -> None:
+    """First 8 threads connect at once, again and again: more blocking calls
+    than idle threads, so the pool starts threads and some calls are handled
+    by them (gf_handle). Then 6 threads block in connects to a full accept
+    queue, more than the threads left idle: the pool must start threads
+    again, so 200 sends of another thread arrive before the connects end
+    (the queue is drained once they have, or after 60 s). A pool that
+    miscounted the first phase's threads as about to come back started none."""
+    slow = socket.socket()
+    slow.bind(("127.0.0.1", 0))
+    slow.listen(0)
+    fillers = []
+    for _ in range(2):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(slow.getsockname())
+        fillers.append(filler)
+    time.sleep(0.2)
+
+    def drain_when_sent() -> None:
+        deadline = time.monotonic() + 60
+        while len(udp_server.received) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        slow.settimeout(30)  # the guest's connects may never come (the test then fails on its result)
+        with contextlib.suppress(TimeoutError):
+            for _ in range(8):
+                slow.accept()[0].close()
+
+    drain = threading.Thread(target=drain_when_sent)
+    drain.start()
+    code = f'''
+def burst():
+    for _ in range(20):
+        assert connect("127.0.0.1", {tcp_server.port}) == 0
+threads = [threading.Thread(target=burst) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+done = {{}}
+def slow():
+    s = socket.socket()
+    s.connect_ex(("127.0.0.1", {slow.getsockname()[1]}))
+    done.setdefault("connect", time.monotonic())
+threads = [threading.Thread(target=slow) for _ in range(6)]
+for t in threads: t.start()
+time.sleep(0.5)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(200):
+    sendto("127.0.0.1", {udp_server.port}, sock=u)
+done["sends"] = time.monotonic()
+for t in threads: t.join()
+out["sends_first"] = done["sends"] < done["connect"]
+'''
+    try:
+        got = run_sandboxed(code, allow=[f"tcp://127.0.0.1:{tcp_server.port}", f"tcp://127.0.0.1:{slow.getsockname()[1]}",
+                                         f"udp://127.0.0.1:{udp_server.port}"], timeout=150)
+    finally:
+        drain.join()
+        for sock in (slow, *fillers):
+            sock.close()
+    assert got == {"sends_first": True}

@@ -450,6 +450,7 @@ static int act(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n, int 
                int *receiver)
 {
     const __u64 *a = n->data.args;
+    const int held = *receiver; /* held the turn: if it is 0 now, it was handed off before blocking */
     unsigned char exec[MAX_SOCKADDR];
     const unsigned char *name;
     int name_len, flags = 0, rc = GF_PYTHON;
@@ -532,7 +533,7 @@ static int act(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n, int 
     }
     int error = result < 0 ? errno : 0;
     rc = error == EPIPE && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
-    answer(gf, n->id, result < 0 ? 0 : result, error, rc == GF_DONE && !*receiver);
+    answer(gf, n->id, result < 0 ? 0 : result, error, rc == GF_DONE && held && !*receiver);
 out:
     close(sock);
     return rc;
@@ -551,6 +552,7 @@ static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n,
                     int *receiver)
 {
     const __u64 *a = n->data.args;
+    const int held = *receiver; /* held the turn: if it is 0 now, it was handed off before blocking */
     uint32_t count = (uint32_t)a[2];
     int flags = (int)a[3], rc = GF_PYTHON, pieces = 0;
     size_t fixed = 0, total = 0;
@@ -627,7 +629,7 @@ static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n,
     if (sent > 0) /* the caller may be gone meanwhile: nobody reads the lengths then */
         process_vm_writev(n->pid, t->local, sent, t->remote, sent, 0);
     rc = error == EPIPE && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
-    answer(gf, n->id, sent < 0 ? 0 : sent, error, rc == GF_DONE && !*receiver);
+    answer(gf, n->id, sent < 0 ? 0 : sent, error, rc == GF_DONE && held && !*receiver);
 out:
     close(sock);
     return rc;
