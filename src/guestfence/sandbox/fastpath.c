@@ -330,9 +330,11 @@ static void respond(struct gf *gf, uint64_t id, long value, int error)
     ioctl(gf->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
-/* Answer, after a blocking call if ``returning``: counted first as coming back to the
- * pool, so the receiver, answered guest threads calling again at once, hands its turn
- * to this thread rather than having Python start one (which then soon exits). */
+/* Answer. ``returning``: this thread handed its turn off before a blocking call
+ * and now comes back to the pool; counted so before the guest thread is woken,
+ * since its next call may reach the receiver at once, and a receiver that must
+ * hand its turn off then passes it to this thread instead of having Python
+ * start one (which would soon exit again). */
 static void answer(struct gf *gf, uint64_t id, long value, int error, int returning)
 {
     if (returning) {
