@@ -24,6 +24,7 @@ PYTHON  := /usr/bin/python3
 VENV    := .venv
 STAMP   := $(VENV)/.installed
 LAUNCHER := src/guestfence/sandbox/guestfence-launch
+FASTPATH := src/guestfence/sandbox/guestfence-fastpath.so
 
 RUNTIME_APT := python3 python3-venv python3-nftables python3-seccomp nftables iproute2 procps
 # The sandbox launcher is C, compiled here (static, so libc6-dev for libc.a).
@@ -66,7 +67,7 @@ endef
 
 .PHONY: install install-system uninstall venv test-deps bench-deps demo test test-host test-6.1 unit lab bench clean
 
-install: venv $(LAUNCHER) install-system
+install: venv $(LAUNCHER) $(FASTPATH) install-system
 
 venv: $(STAMP)
 
@@ -87,8 +88,8 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]'
 	touch $@
 
-test-deps: $(VENV)/.test-installed $(LAUNCHER)
-bench-deps: $(VENV)/.bench-installed $(LAUNCHER)
+test-deps: $(VENV)/.test-installed $(LAUNCHER) $(FASTPATH)
+bench-deps: $(VENV)/.bench-installed $(LAUNCHER) $(FASTPATH)
 
 # guestfence on PATH, units generated for this checkout's venv, and each
 # integration where its host looks for it. Links, not copies: a `git pull`
@@ -123,6 +124,12 @@ $(LAUNCHER): src/guestfence/sandbox/launcher.c | $(STAMP)
 	$(call apt_install,$(BUILD_APT))
 	gcc -std=gnu11 -O2 -Wall -Wextra -static -o $@ $<
 
+# The supervisor's hot path (src/guestfence/sandbox/fastpath.c says why C),
+# loaded by sandbox/fastpath.py from next to itself.
+$(FASTPATH): src/guestfence/sandbox/fastpath.c | $(STAMP)
+	$(call apt_install,$(BUILD_APT))
+	gcc -std=gnu11 -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -lpthread
+
 demo: install
 	$(call apt_install,$(DEMO_APT))
 	$(VENV)/bin/guestfence demo
@@ -148,4 +155,4 @@ bench: bench-deps
 	@echo "benchmarks: $(VENV)/bin/python bench/bench_nft.py (see bench/)"
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info $(LAUNCHER)
+	rm -rf $(VENV) build src/*.egg-info $(LAUNCHER) $(FASTPATH)

@@ -1,7 +1,7 @@
 """Cost per trapped call: bare, under guestfence, under sandlock 0.9.0, in one run.
 
     make bench-deps                           # the venv with sandlock 0.9.0
-    .venv/bin/python bench/bench_sandbox.py [--rounds 5] [--profile]
+    .venv/bin/python bench/bench_sandbox.py [--rounds 5]
 
 The guest (bench/sandbox_guest.c, built here with gcc) times a tight loop
 of one call: a TCP connect to a loopback listener (accepted and closed by a
@@ -34,18 +34,16 @@ the spread (min-max) and the ratio guestfence/sandlock of the medians.
 The machine's load average is printed at the start and the end: on a
 loaded machine the wall-clock figures move a lot more than the CPU ones.
 
-``--profile`` runs the guestfence supervisor in this process under
-cProfile for the sendto loop and prints where the handler's time goes.
+Where the supervisor's time goes: the calls are answered in C
+(sandbox/fastpath.c), so profile with ``perf record -g`` around a run,
+not cProfile.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
 import os
-import pstats
 import resource
 import shutil
 import socket
@@ -66,7 +64,7 @@ print(s.getsockname()[1], flush=True)
 while True:
     s.accept()[0].close()
 """
-Sample = dict[str, float]  # supervisor_cpu_ns, guest_cpu_ns, wall_ns: per call
+Sample = dict[str, float]  # supervisor_cpu_ns (its user_ns + sys_ns), guest_cpu_ns, wall_ns: per call
 
 
 def build_guest(workdir: Path) -> Path:
@@ -121,28 +119,33 @@ RUNNERS = {
 }
 
 
-def cpu_ns(who: int) -> int:
+def cpu_ns(who: int) -> tuple[int, int]:
+    """(user, sys) CPU of ``who``, in ns."""
     usage = resource.getrusage(who)
-    return int((usage.ru_utime + usage.ru_stime) * 1e9)
+    return int(usage.ru_utime * 1e9), int(usage.ru_stime * 1e9)
 
 
-def measure(tool: str, argv: list[str], tcp_port: int, udp_port: int) -> tuple[float, float, float]:
-    """(supervisor CPU ns, guest CPU ns, guest's ns per call) of one run, totals."""
+def measure(tool: str, argv: list[str], tcp_port: int, udp_port: int) -> tuple[float, float, float, float]:
+    """(supervisor user ns, supervisor sys ns, guest CPU ns, guest's ns per call) of one run, totals."""
     self_before, children_before = cpu_ns(resource.RUSAGE_SELF), cpu_ns(resource.RUSAGE_CHILDREN)
     wall = RUNNERS[tool](argv, tcp_port, udp_port)
-    return (cpu_ns(resource.RUSAGE_SELF) - self_before, cpu_ns(resource.RUSAGE_CHILDREN) - children_before, wall)
+    (user, sys_), children = cpu_ns(resource.RUSAGE_SELF), cpu_ns(resource.RUSAGE_CHILDREN)
+    return (user - self_before[0], sys_ - self_before[1], sum(children) - sum(children_before), wall)
 
 
 def worker(binary: Path, tcp_port: int, udp_port: int) -> None:
     """One round, all calls and tools interleaved: JSON {op: {tool: Sample}} on stdout."""
     results: dict[str, dict[str, Sample]] = {op: {} for op in ITERATIONS}
     for tool in TOOLS[1:]:  # the fixed cost of a run: sendto with 0 calls
-        sup, _, _ = measure(tool, guest_args(binary, "sendto", tcp_port, udp_port, 0), tcp_port, udp_port)
-        results.setdefault("fixed", {})[tool] = {"supervisor_cpu_ns": sup, "guest_cpu_ns": 0.0, "wall_ns": 0.0}
+        user, sys_, _, _ = measure(tool, guest_args(binary, "sendto", tcp_port, udp_port, 0), tcp_port, udp_port)
+        results.setdefault("fixed", {})[tool] = {"supervisor_cpu_ns": user + sys_, "guest_cpu_ns": 0.0,
+                                                 "wall_ns": 0.0}
     for op, n in ITERATIONS.items():
         for tool in TOOLS:
-            sup, guest, wall = measure(tool, guest_args(binary, op, tcp_port, udp_port, n), tcp_port, udp_port)
-            results[op][tool] = {"supervisor_cpu_ns": sup / n, "guest_cpu_ns": guest / n, "wall_ns": wall}
+            user, sys_, guest, wall = measure(tool, guest_args(binary, op, tcp_port, udp_port, n), tcp_port,
+                                              udp_port)
+            results[op][tool] = {"supervisor_cpu_ns": (user + sys_) / n, "supervisor_user_ns": user / n,
+                                 "supervisor_sys_ns": sys_ / n, "guest_cpu_ns": guest / n, "wall_ns": wall}
     print(json.dumps(results))
 
 
@@ -156,36 +159,9 @@ def run_worker(binary: Path, tcp_port: int, udp_port: int, *, pinned: bool) -> d
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def profile_sendto(binary: Path, tcp_port: int, udp_port: int) -> str:
-    from guestfence import Policy, Sandbox
-    from guestfence.sandbox import supervisor
-
-    profiler = cProfile.Profile()
-    original = supervisor.Supervisor._answer
-
-    def profiled(self, *args):  # type: ignore[no-untyped-def]
-        profiler.enable()
-        try:
-            return original(self, *args)
-        finally:
-            profiler.disable()
-
-    supervisor.Supervisor._answer = profiled  # type: ignore[method-assign]
-    try:
-        box = Sandbox(Policy.parse(allow=[f"udp://127.0.0.1:{udp_port}"]))
-        box.run(guest_args(binary, "sendto", tcp_port, udp_port, ITERATIONS["sendto"]), capture_output=True,
-                check=True)
-    finally:
-        supervisor.Supervisor._answer = original  # type: ignore[method-assign]
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
-    return text.getvalue()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--profile", action="store_true", help="profile the supervisor's sendto path")
     parser.add_argument("--worker", nargs=3, metavar=("GUEST", "TCP_PORT", "UDP_PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -208,9 +184,6 @@ def main() -> None:
                 unpinned.append(run_worker(binary, tcp_port, udp_port, pinned=False))
                 pinned.append(run_worker(binary, tcp_port, udp_port, pinned=True))
             report(unpinned, pinned)
-            if args.profile:
-                print("\nguestfence supervisor, sendto loop (cProfile, handler threads only):")
-                print(profile_sendto(binary, tcp_port, udp_port))
     finally:
         acceptor.kill()
         acceptor.wait()
@@ -245,6 +218,17 @@ def report(unpinned: list[dict[str, dict[str, Sample]]], pinned: list[dict[str, 
         print(f"{op:9} {_cell(_stat(unpinned, op, 'bare', 'guest_cpu_ns')):>20} {_cell(gf):>20}"
               f" {_cell(_stat(unpinned, op, 'guestfence', 'guest_cpu_ns')):>17} {_cell(sl):>20}"
               f" {_cell(_stat(unpinned, op, 'sandlock', 'guest_cpu_ns')):>17} {gf[0] / sl[0]:9.2f}")
+    print("\nsupervisor CPU per call split, user / sys (medians); total CPU (supervisor + guest): the"
+          " call's own kernel work is the supervisor's when it makes the call, the guest's when the kernel does")
+    print(f"{'call':9} {'guestfence user/sys':>20} {'sandlock user/sys':>20} {'gf total':>9} {'sl total':>9}"
+          f" {'gf/sl total':>11}")
+    for op in ITERATIONS:
+        split = {tool: tuple(_stat(unpinned, op, tool, f"supervisor_{part}_ns")[0] for part in ("user", "sys"))
+                 for tool in TOOLS[1:]}
+        total = {tool: _stat(unpinned, op, tool, "supervisor_cpu_ns")[0] + _stat(unpinned, op, tool, "guest_cpu_ns")[0]
+                 for tool in TOOLS[1:]}
+        print(f"{op:9} {'%.1f / %.1f' % split['guestfence']:>20} {'%.1f / %.1f' % split['sandlock']:>20}"
+              f" {total['guestfence']:9.1f} {total['sandlock']:9.1f} {total['guestfence'] / total['sandlock']:11.2f}")
     print("\nwall-clock per call, pinned (taskset -c 0), the guest's own clock")
     print(f"{'call':9} {'bare':>20} {'guestfence':>20} {'sandlock':>20} {'gf over':>8} {'sl over':>8}"
           f" {'gf/sl over':>10}")

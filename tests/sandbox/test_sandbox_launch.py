@@ -258,3 +258,16 @@ def test_a_missing_launcher_is_a_host_error_not_a_fallback(monkeypatch: pytest.M
         Sandbox(Policy.parse(default="deny")).run(["true"])
     assert main(["run", "--", "true"]) == 3
     assert "launcher" in capsys.readouterr().err
+
+
+def test_a_missing_compiled_supervisor_is_a_host_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from guestfence.cli import main
+    from guestfence.errors import HostError
+    from guestfence.sandbox import fastpath
+
+    monkeypatch.setattr(fastpath, "LIBRARY", tmp_path / "guestfence-fastpath.so")
+    with pytest.raises(HostError, match="make install"):
+        Sandbox(Policy.parse(default="deny")).run(["true"])
+    assert main(["run", "--", "true"]) == 3
+    assert "guestfence-fastpath.so" in capsys.readouterr().err

@@ -2,8 +2,9 @@
 
 python3-seccomp 2.5.4 builds and loads filters, but its ``receive_notify``
 holds the GIL while it blocks and it has no ``NOTIF_ID_VALID``; the stdlib
-has no ``pidfd_getfd``, ``process_vm_readv``, ``capset`` or ``tgkill``. This module is
-the only user of ctypes and of the raw ioctl numbers. Every function raises
+has no ``pidfd_getfd``, ``process_vm_readv``, ``capset`` or ``tgkill``. Notifications
+are received by fastpath.c; this module parses them and makes the calls
+Python's handlers need. Every function raises
 ``OSError`` with the kernel's errno; callers decide what an errno means.
 """
 
@@ -44,7 +45,6 @@ def _ioc(direction: int, number: int, size: int) -> int:
     return (direction << 30) | (size << 16) | (ord("!") << 8) | number
 
 
-IOCTL_NOTIF_RECV = _ioc(_IOC_READ | _IOC_WRITE, 0, NOTIF.size)
 IOCTL_NOTIF_SEND = _ioc(_IOC_READ | _IOC_WRITE, 1, NOTIF_RESP.size)
 IOCTL_NOTIF_ID_VALID = _ioc(_IOC_WRITE, 2, 8)
 IOCTL_NOTIF_SET_FLAGS = _ioc(_IOC_WRITE, 4, 8)
@@ -65,10 +65,6 @@ class Notification:
     args: tuple[int, int, int, int, int, int]
 
 
-_ioctl = _libc.ioctl
-_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
-
-
 SMALL_READ = 4096
 """Reads up to this size land in a per-thread buffer (4 KiB per handler
 thread) rather than a fresh one: a sockaddr and a typical datagram."""
@@ -79,7 +75,6 @@ class _Scratch(threading.local):
     more than the system calls they serve)."""
 
     def __init__(self) -> None:
-        self.notif = ctypes.create_string_buffer(NOTIF.size)
         self.value = ctypes.c_int()
         self.size = ctypes.c_uint32()
         self.value_ref = ctypes.byref(self.value)
@@ -94,13 +89,8 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-def receive(notify_fd: int) -> Notification:
-    """Block (without the GIL) until the next trapped call arrives."""
-    buf = _scratch.notif
-    ctypes.memset(buf, 0, NOTIF.size)  # the kernel insists on a zeroed struct
-    if _ioctl(notify_fd, IOCTL_NOTIF_RECV, buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+def parse_notification(buf: ctypes.Array[ctypes.c_char]) -> Notification:
+    """The struct seccomp_notif NOTIF_RECV filled in (fastpath's loop receives them)."""
     nid, pid, _flags, nr, arch, _ip, *args = NOTIF.unpack_from(buf)
     return Notification(id=nid, pid=pid, nr=nr, arch=arch, args=tuple(args))
 

@@ -37,7 +37,7 @@ from guestfence.errors import HostError, PolicyError
 from guestfence.policy.decide import require_gateway
 from guestfence.policy.model import Address, Context, Policy
 from guestfence.resolve import Resolution, resolve_names
-from guestfence.sandbox import kernel, route
+from guestfence.sandbox import fastpath, kernel, route
 from guestfence.sandbox.filter import bpf_program, plan_filter
 from guestfence.sandbox.supervisor import Denial, Settings, Supervisor
 from guestfence.sandbox.verdict import DENY_ERRNOS
@@ -93,6 +93,8 @@ class Sandbox:
             raise PolicyError("no command to run")
         if not os.access(LAUNCHER, os.X_OK):
             raise HostError(f"the sandbox launcher {LAUNCHER} is missing: build it with 'make install'")
+        if not fastpath.LIBRARY.exists():
+            raise HostError(f"the sandbox supervisor's {fastpath.LIBRARY} is missing: build it with 'make install'")
         request = _launch_request(popen_args.pop("env", None), keep_caps=self.keep_caps)
         settings = Settings(
             policy=self.policy,

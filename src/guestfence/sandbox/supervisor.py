@@ -1,5 +1,12 @@
 """The notification loop: HANDLERS = {syscall number: handler}, a pool of handler threads.
 
+The common case never reaches Python: handler threads loop in C
+(``fastpath``: fastpath.c), which answers connect, sendto and sendmsg on
+INET sockets to destinations this module has already decided as allowed
+(``name_to_use`` hands each allowed verdict to C), and hands every other
+notification here, before anything is executed. What follows is this
+module's own handling, which is what C reproduces for those calls.
+
 Every trapped call is answered exactly once: with the result of the call
 made on the guest's behalf or with an errno, never by letting the kernel
 run it (which would look the fd and the address up again, after the
@@ -19,28 +26,31 @@ Which fd table: with PIDFD_THREAD (Linux 6.9) the pidfd names the calling
 thread; without it (Debian 12's 6.1), the pidfd names its thread-group
 leader (the caller itself, or the tgid in /proc/TID/status), whose fd N is the caller's fd N
 because the filter refuses everything that gives a thread an fd table of
-its own (``filter``). Either way the pidfd is opened and closed per call:
-no cache to grow, nothing kept for a thread that is gone. Settings
+its own (``filter``). Here the pidfd is opened and closed per call; C
+keeps a few (fastpath.c says why a kept one cannot name another task). Settings
 ``thread_pidfds`` (or ``GUESTFENCE_SANDBOX_LEADER_PIDFDS=1``, for tests)
 forces the leader path on a kernel that has both.
 
-The pool: each thread is idle (blocked in NOTIF_RECV without the GIL) or
-busy (handling the call it received, on itself). A thread that takes a
-call and leaves no idle thread behind starts one first, so a connect
-blocked for minutes on a slow peer never delays another thread's send (up
-to ``max_threads`` threads); if the thread cannot be started, it handles
-its call anyway (nothing is lost; calls are then served by the threads
-there are). A thread that finishes a call while ``MAX_IDLE`` others are
-idle exits. Each thread drops every effective capability but
-CAP_SYS_PTRACE (pidfd_getfd and process_vm_readv on a guest of another
-uid need it) and CAP_KILL (the guest's SIGPIPE), so a root supervisor
+The pool lives in C (fastpath.c says how and why): one thread at a time
+waits in NOTIF_RECV, the other idle ones wait for its turn; before
+anything that may block -- a blocking call, or handing a call to Python --
+the receiving thread passes the turn on, or returns ``SPAWN`` for
+``_serve`` to start a thread first (up to ``max_threads``), so a connect
+blocked for minutes on a slow peer never delays another thread's send; if
+the thread cannot be started, it handles its call anyway (nothing is
+lost). A thread that finishes a call while four others are idle exits.
+
+Each thread drops every effective capability but CAP_SYS_PTRACE
+(pidfd_getfd and process_vm_readv on a guest of another uid need it) and
+CAP_KILL (the guest's SIGPIPE), so a root supervisor
 lends the guest nothing in the calls it makes for it (``identity`` raises
 CAP_SETUID/CAP_SETGID only for the moment it takes on or gives back a
 guest's ids, and makes unix and netlink calls with none).
 
 Memory: one call holds at most one batch of copied arguments (see
-``materialize``), so the supervisor needs a small constant per call in
-flight, at most ``max_threads`` of them.
+``materialize``), and each thread has C's buffers (about 600 KiB and
+optmem_max), so the supervisor needs a small constant per thread, at most
+``max_threads`` of them.
 
 The loop ends when the kernel reports the listener orphaned (no process
 uses the filter any more) or the listener is closed.
@@ -48,9 +58,9 @@ uses the filter any more) or the listener is closed.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
-import select
 import signal
 import sys
 import threading
@@ -61,8 +71,9 @@ from typing import final
 import seccomp
 
 from guestfence.policy.model import Context, Policy, Symbol
-from guestfence.sandbox import kernel, local, onbehalf
+from guestfence.sandbox import fastpath, kernel, local, onbehalf
 from guestfence.sandbox.materialize import (
+    MAX_CONTROL,
     MAX_MMSG,
     MMSGHDR_SIZE,
     MSGHDR,
@@ -82,7 +93,6 @@ from guestfence.sandbox.materialize import (
 from guestfence.sandbox.onbehalf import Outcome
 from guestfence.sandbox.verdict import SocketKind, Verdict, executed_name, socket_kind, verdict
 
-MAX_IDLE = 4
 MAX_CACHED_VERDICTS = 4096
 INITIAL_THREADS = 2
 MSG_FASTOPEN = 0x20000000
@@ -206,9 +216,6 @@ class Supervisor:
     def __init__(self, listener: int, settings: Settings) -> None:
         self.listener = listener
         self.settings = settings
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._threads = 0
         self._privileged = os.geteuid() == 0
         self._verdicts: dict[tuple[int, int, int, bytes, bool], Verdict] = {}
         self._cacheable = Symbol.HOST not in settings.policy.symbols()
@@ -217,19 +224,12 @@ class Supervisor:
             self.thread_pidfds = kernel.has_thread_pidfds() and os.environ.get(FORCE_LEADER_PIDFDS) != "1"
         else:
             self.thread_pidfds = settings.thread_pidfds
-
-    @property
-    def threads(self) -> tuple[int, int]:
-        """(handler threads, idle ones)."""
-        with self._lock:
-            return self._threads, self._idle
+        self.fast = fastpath.FastPath(listener, thread_pidfds=self.thread_pidfds, max_control=MAX_CONTROL,
+                                      max_threads=settings.max_threads, threads=INITIAL_THREADS)
 
     def start(self) -> None:
         kernel.set_sync_wakeup(self.listener)
         for _ in range(INITIAL_THREADS):
-            with self._lock:
-                self._threads += 1
-                self._idle += 1
             if not self._start_thread():
                 raise OSError(errno.EAGAIN, "cannot start a sandbox supervisor thread")
 
@@ -238,65 +238,49 @@ class Supervisor:
         try:
             threading.Thread(target=self._serve, name="guestfence-supervisor", daemon=True).start()
         except RuntimeError:
-            with self._lock:
-                self._threads -= 1
-                self._idle -= 1
+            self.fast.unspawn()
             return False
         return True
 
     def _serve(self) -> None:
+        """One handler thread: C's loop, and what C hands back (fastpath's return values)."""
         if self._privileged:
             kernel.keep_only_effective(kernel.CAP_SYS_PTRACE, kernel.CAP_KILL)
-        idle = True
+        fast = self.fast
+        scratch = fast.thread_scratch()
+        buffer = ctypes.create_string_buffer(kernel.NOTIF.size)
+        back = False
         try:
             while True:
-                try:
-                    notif = kernel.receive(self.listener)
-                except OSError as exc:
-                    if exc.errno in (errno.EINTR, errno.ENOENT) and not self._orphaned():
-                        continue
-                    return
-                with self._lock:
-                    self._idle -= 1
-                    idle = False
-                    spare = self._idle == 0 and self._threads < self.settings.max_threads
-                    if spare:
-                        self._threads += 1
-                        self._idle += 1
-                if spare:
+                step = fast.serve(scratch, buffer, back)
+                back = True
+                if step == fastpath.SPAWN:
                     self._start_thread()  # if it cannot start, this thread still handles its call
-                if not self._answer(notif):
+                    step = fast.handle(scratch, buffer)
+                if step == fastpath.PYTHON:
+                    self._answer(kernel.parse_notification(buffer))
+                elif step == fastpath.SIGPIPE:
+                    _Call(kernel.parse_notification(buffer), thread_pidfds=self.thread_pidfds).raise_sigpipe()
+                elif step in (fastpath.EXIT, fastpath.LAST):
+                    if step == fastpath.LAST:
+                        os.close(self.listener)
+                        fast.free_scratch(scratch)
+                        scratch = None
+                        fast.free()
                     return
-                with self._lock:
-                    if self._idle >= MAX_IDLE:
-                        return
-                    self._idle += 1
-                    idle = True
         finally:
-            with self._lock:
-                self._threads -= 1
-                if idle:
-                    self._idle -= 1
-                last = self._threads == 0
-            if last:
-                os.close(self.listener)
+            fast.free_scratch(scratch)
 
-    def _answer(self, notif: kernel.Notification) -> bool:
-        """Handle and answer one call; False when the listener is gone."""
+    def _answer(self, notif: kernel.Notification) -> None:
+        """Handle and answer one call (if the listener is gone, the next NOTIF_RECV ends the thread)."""
         call = _Call(notif, thread_pidfds=self.thread_pidfds)
         outcome = self._handle(call)
         try:
             kernel.respond(self.listener, notif.id, value=outcome.value, error=outcome.error)
         except OSError:
-            return False
+            return
         if call.sigpipe:
             call.raise_sigpipe()
-        return True
-
-    def _orphaned(self) -> bool:
-        poller = select.poll()
-        poller.register(self.listener, select.POLLIN)
-        return any(ev & (select.POLLHUP | select.POLLNVAL | select.POLLERR) for _, ev in poller.poll(0))
 
     def _handle(self, call: _Call) -> Outcome:
         notif = call.notif
@@ -327,7 +311,7 @@ class Supervisor:
         """
         if name is None or (kind.is_stream and not is_connect and not flags & MSG_FASTOPEN):
             return None
-        name = executed_name(name)  # an unspecified destination goes to the loopback it is decided as
+        raw, name = name, executed_name(name)  # an unspecified destination goes to the loopback it is decided as
         key = (kind.domain, kind.type, kind.protocol, name, is_connect)  # hashed in C, unlike SocketKind
         result = self._verdicts.get(key)
         if result is None:
@@ -342,6 +326,8 @@ class Supervisor:
                     self._verdicts.clear()
                 self._verdicts[key] = result
         if result.allowed:
+            if self._cacheable:  # C answers the next call to it without Python
+                self.fast.allow(kind, connect=is_connect, raw=raw, executed=name)
             return name
         if self.settings.on_denied is not None:
             self.settings.on_denied(Denial(
