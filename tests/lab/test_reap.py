@@ -1,0 +1,122 @@
+"""A guest registered by an integration does not outlive its interface.
+
+The attack: QEMU starts with guestfence's ``script=``/``downscript=``, its
+TAP ``vmtap-q1`` is registered as guest q1, and QEMU is killed with SIGKILL,
+so no downscript runs and the TAP vanishes with QEMU. Anyone then creates a
+TAP of the same name (here a persistent one with a relay behind it, a full
+Linux stack as the "VM"). Before the fix it was dispatched to q1's chain and
+got q1's allowed port; now the watcher (``guestfence lockdown watch``) removes q1 when
+its TAP goes, or at its start when the TAP of that name is another one (a
+different ifindex), and the new TAP is dropped as an unregistered ``vmtap*``.
+Judged by the live map and by real packets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab.netlab import GUESTFENCE, Lab, sh
+from tests.lab.nft_lab import Scene
+from tests.lab.test_lockdown_watch import wait_for_line
+from tests.lab.test_qemu_scripts import IFDOWN, IFUP, guests_file
+
+pytestmark = pytest.mark.lab
+
+BOUND = 120.0
+"""How long QEMU, the scripts or the watcher may take on this loaded machine: a bound on a hang."""
+
+
+def wait_until(condition, what: str, seconds: float = BOUND) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds}s")
+        time.sleep(0.05)
+
+
+def link_exists(netns: str, name: str) -> bool:
+    return sh("ip", "link", "show", "dev", name, netns=netns, check=False).returncode == 0
+
+
+def map_keys(scene: Scene) -> set[str]:
+    """The interface names the live ``guests`` map dispatches (``iifname vmap @guests``)."""
+    done = sh("nft", "-j", "list", "map", "inet", "guestfence", "guests", netns=scene.host)
+    body = next(item["map"] for item in json.loads(done.stdout)["nftables"] if "map" in item)
+    return {str(entry[0]) for entry in body.get("elem", [])}
+
+
+def start_qemu(lab: Lab, scene: Scene, guests: Path, tap: str) -> subprocess.Popen[bytes]:
+    """QEMU, paused (-S), with the TAP and guestfence's scripts: as an operator runs it."""
+    env = {**os.environ, "GUESTFENCE_GUESTS": str(guests), "GUESTFENCE_STATE_DIR": str(scene.state_dir)}
+    argv = ["qemu-system-x86_64", "-S", "-machine", "none", "-nodefaults", "-display", "none",
+            "-netdev", f"tap,id=n0,ifname={tap},script={IFUP},downscript={IFDOWN}"]  # fmt: skip
+    proc = subprocess.Popen(["ip", "netns", "exec", scene.host, *argv], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    lab.processes.append(proc)
+    wait_until(lambda: tap in map_keys_or_none(scene) or proc.poll() is not None, "QEMU's ifup registers the TAP")
+    assert proc.poll() is None, f"QEMU exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+    return proc
+
+
+def map_keys_or_none(scene: Scene) -> set[str]:
+    done = sh("nft", "-j", "list", "map", "inet", "guestfence", "guests", netns=scene.host, check=False)
+    return map_keys(scene) if done.returncode == 0 else set()
+
+
+def kill_qemu(proc: subprocess.Popen[bytes], scene: Scene, tap: str) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: not link_exists(scene.host, tap), "the TAP goes with QEMU")
+
+
+def start_watcher(lab: Lab, scene: Scene) -> subprocess.Popen[bytes]:
+    watcher = lab.spawn([GUESTFENCE, "lockdown", "watch", "--state-dir", str(scene.state_dir)], netns=scene.host)
+    wait_for_line(watcher, b"watching")
+    return watcher
+
+
+@pytest.fixture
+def scene(lab: Lab, tmp_path: Path) -> Scene:
+    """name: scene; scope: function; depends on lab. A host namespace with listeners."""
+    return Scene(lab, tmp_path / "state")
+
+
+def recreate_and_probe(scene: Scene, tap: str) -> set[str]:
+    """The attacker's TAP of the same name, addressed as the guest's was; what it reaches."""
+    link = scene.add_guest("q1", 1, kind="tap")
+    assert link.iface == tap
+    return scene.reachable(link.netns, scene.host_targets(link))
+
+
+def test_a_tap_recreated_after_qemu_was_killed_does_not_inherit_its_guest(lab: Lab, scene: Scene, tmp_path: Path) -> None:
+    tap = "vmtap-q1"
+    guests = guests_file(tmp_path, "q1", tap, "192.0.2.6", "192.0.2.5")
+    watcher = start_watcher(lab, scene)
+    qemu = start_qemu(lab, scene, guests, tap)
+    kill_qemu(qemu, scene, tap)
+    wait_for_line(watcher, b"guest q1 removed")
+    assert tap not in map_keys(scene), "the map no longer dispatches the dead TAP's name"
+    assert recreate_and_probe(scene, tap) == set(), "the new TAP is an unregistered vmtap*: everything dropped"
+    assert json.loads(scene.gf("guest", "list", "--json").stdout)["guests"] == []
+
+
+def test_a_watcher_started_after_the_tap_was_recreated_removes_the_stale_guest(lab: Lab, scene: Scene, tmp_path: Path) -> None:
+    tap = "vmtap-q1"
+    guests = guests_file(tmp_path, "q1", tap, "192.0.2.6", "192.0.2.5")
+    qemu = start_qemu(lab, scene, guests, tap)
+    kill_qemu(qemu, scene, tap)
+    link = scene.add_guest("q1", 1, kind="tap")  # the attacker's TAP, while no watcher runs
+    status = scene.gf("status", check=False)
+    assert status.returncode == 1, status.stdout
+    assert "guest q1" in status.stdout and "ifindex" in status.stdout, "status names the stale registration"
+    start_watcher(lab, scene)  # reaps at its start, before it says it is watching
+    assert tap not in map_keys(scene), "the map no longer dispatches the re-created TAP to q1"
+    assert scene.reachable(link.netns, scene.host_targets(link)) == set(), "an unregistered vmtap*: everything dropped"
