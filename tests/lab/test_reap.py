@@ -53,7 +53,7 @@ def map_keys(scene: Scene) -> set[str]:
     return {str(entry[0]) for entry in body.get("elem", [])}
 
 
-def start_qemu(lab: Lab, scene: Scene, guests: Path, tap: str) -> subprocess.Popen[bytes]:
+def start_qemu(lab: Lab, scene: Scene, guests: Path, tap: str, name: str = "q1") -> subprocess.Popen[bytes]:
     """QEMU, paused (-S), with the TAP and guestfence's scripts: as an operator runs it."""
     env = {**os.environ, "GUESTFENCE_GUESTS": str(guests), "GUESTFENCE_STATE_DIR": str(scene.state_dir)}
     argv = ["qemu-system-x86_64", "-S", "-machine", "none", "-nodefaults", "-display", "none",
@@ -61,14 +61,13 @@ def start_qemu(lab: Lab, scene: Scene, guests: Path, tap: str) -> subprocess.Pop
     proc = subprocess.Popen(["ip", "netns", "exec", scene.host, *argv], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     lab.processes.append(proc)
-    wait_until(lambda: tap in map_keys_or_none(scene) or proc.poll() is not None, "QEMU's ifup registers the TAP")
+    wait_until(lambda: (name, tap) in registered(scene) or proc.poll() is not None, "QEMU's ifup registers the TAP")
     assert proc.poll() is None, f"QEMU exited: {proc.stderr.read().decode() if proc.stderr else ''}"
     return proc
 
 
-def map_keys_or_none(scene: Scene) -> set[str]:
-    done = sh("nft", "-j", "list", "map", "inet", "guestfence", "guests", netns=scene.host, check=False)
-    return map_keys(scene) if done.returncode == 0 else set()
+def registered(scene: Scene) -> list[tuple[str, str]]:
+    return [(g["name"], g["iface"]) for g in json.loads(scene.gf("guest", "list", "--json").stdout)["guests"]]
 
 
 def kill_qemu(proc: subprocess.Popen[bytes], scene: Scene, tap: str) -> None:
@@ -120,3 +119,52 @@ def test_a_watcher_started_after_the_tap_was_recreated_removes_the_stale_guest(l
     start_watcher(lab, scene)  # reaps at its start, before it says it is watching
     assert tap not in map_keys(scene), "the map no longer dispatches the re-created TAP to q1"
     assert scene.reachable(link.netns, scene.host_targets(link)) == set(), "an unregistered vmtap*: everything dropped"
+
+
+def test_ifup_for_another_guest_on_a_dead_guests_tap_name_replaces_the_stale_registration(lab: Lab, scene: Scene, tmp_path: Path) -> None:
+    tap = "vmtap-q1"
+    kill_qemu(start_qemu(lab, scene, guests_file(tmp_path, "q1", tap, "192.0.2.6", "192.0.2.5"), tap), scene, tap)
+    later = tmp_path / "later"
+    later.mkdir()
+    start_qemu(lab, scene, guests_file(later, "q2", tap, "192.0.2.6", "192.0.2.5"), tap, "q2")  # no watcher ran meanwhile
+    assert registered(scene) == [("q2", tap)], "q1's stale record went, q2 holds the TAP"
+
+
+def test_restore_does_not_bring_back_a_guest_whose_tap_is_gone(lab: Lab, scene: Scene, tmp_path: Path) -> None:
+    tap = "vmtap-q1"
+    kill_qemu(start_qemu(lab, scene, guests_file(tmp_path, "q1", tap, "192.0.2.6", "192.0.2.5"), tap), scene, tap)
+    done = scene.gf("restore")
+    assert "drop guest q1: its interface vmtap-q1 is gone" in done.stdout + done.stderr
+    assert json.loads(scene.gf("guest", "list", "--json").stdout)["guests"] == []
+    assert tap not in map_keys(scene)
+    assert scene.gf("status").returncode == 0
+
+
+def test_a_libvirt_guest_goes_with_its_tap_when_release_never_comes(lab: Lab, scene: Scene) -> None:
+    from tests.lab.test_libvirt_hook import domain_xml, hook, names
+
+    watcher = start_watcher(lab, scene)
+    link = scene.add_guest("lv", 1, kind="tap")
+    done = hook(scene, domain_xml(link), "start", "begin")
+    assert done.returncode == 0, done.stderr
+    assert names(scene) == ["lv-6a1f0c2e3b4d-0"]
+    sh("ip", "link", "del", link.iface, netns=scene.host)  # QEMU and libvirtd gone: no release end
+    wait_for_line(watcher, b"guest lv-6a1f0c2e3b4d-0 removed")
+    assert names(scene) == [] and link.iface not in map_keys(scene)
+    again = scene.add_guest("lv", 2, kind="tap")
+    assert again.iface == link.iface
+    assert scene.reachable(again.netns, scene.host_targets(again)) == set()
+
+
+def test_a_cni_guest_goes_with_its_veth_when_del_never_comes(lab: Lab, scene: Scene, tmp_path: Path) -> None:
+    from tests.lab.test_cni import make_chain
+
+    watcher = start_watcher(lab, scene)
+    chain = make_chain(scene, tmp_path, with_guestfence=True)
+    chain.add()
+    [guest] = json.loads(scene.gf("guest", "list", "--json").stdout)["guests"]
+    sh("ip", "netns", "del", chain.container_netns)  # the container is gone, its veth with it; no DEL
+    wait_for_line(watcher, f"guest {guest['name']} removed".encode())
+    assert json.loads(scene.gf("guest", "list", "--json").stdout)["guests"] == []
+    assert guest["iface"] not in map_keys(scene)
+    assert chain.exec_plugin(chain.conflist["plugins"][1], "DEL", None) is None, "a late DEL still succeeds"
