@@ -8,9 +8,9 @@ same name must carry the same ``comment`` (the integrations write their
 owner there). It records the ifindex of the guest's interface, which must
 exist (guestfence.nft.binding): the registration lives as long as that
 interface, and a stale one on the same name (its guest's teardown never
-ran) is removed first, so the new interface never inherits it. ``unregister_where`` removes every guest a predicate selects,
-one transaction each, and does nothing, successfully, when none is
-registered. ``reap`` is the link watcher's part (``lockdown watch``, at its
+ran) is removed first, so the new interface never inherits it.
+``unregister_where`` removes every guest a predicate selects, one
+transaction each, and does nothing, successfully, when none is registered. ``reap`` is the link watcher's part (``lockdown watch``, at its
 start and on every link event): it removes the stale registrations, whose
 interface is gone or is another one now.
 """
