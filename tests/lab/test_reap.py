@@ -26,7 +26,7 @@ import pytest
 from tests.lab.netlab import GUESTFENCE, Lab, sh
 from tests.lab.nft_lab import Scene
 from tests.lab.test_lockdown_watch import wait_for_line
-from tests.lab.test_qemu_scripts import IFDOWN, IFUP, guests_file
+from tests.lab.test_qemu_scripts import IFDOWN, IFUP, guests_file, script
 
 pytestmark = pytest.mark.lab
 
@@ -61,9 +61,20 @@ def start_qemu(lab: Lab, scene: Scene, guests: Path, tap: str, name: str = "q1")
     proc = subprocess.Popen(["ip", "netns", "exec", scene.host, *argv], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     lab.processes.append(proc)
-    wait_until(lambda: (name, tap) in registered(scene) or proc.poll() is not None, "QEMU's ifup registers the TAP")
+    wait_until(lambda: bound_to_live(scene, name, tap) or proc.poll() is not None, "QEMU's ifup registers the TAP")
     assert proc.poll() is None, f"QEMU exited: {proc.stderr.read().decode() if proc.stderr else ''}"
     return proc
+
+
+def bound_to_live(scene: Scene, name: str, tap: str) -> bool:
+    """Guest ``name`` is recorded for the TAP that exists now (its ifindex), not a dead one's."""
+    shown = sh("ip", "-j", "link", "show", "dev", tap, netns=scene.host, check=False)
+    path = scene.state_dir / "state.json"
+    if shown.returncode != 0 or not path.exists():
+        return False
+    live = json.loads(shown.stdout)[0]["ifindex"]
+    members = json.loads(path.read_text()).get("guests", {}).get("members", [])
+    return any(m.get("name") == name and m.get("link", {}).get("ifindex") == live for m in members)
 
 
 def registered(scene: Scene) -> list[tuple[str, str]]:
@@ -168,3 +179,29 @@ def test_a_cni_guest_goes_with_its_veth_when_del_never_comes(lab: Lab, scene: Sc
     assert json.loads(scene.gf("guest", "list", "--json").stdout)["guests"] == []
     assert guest["iface"] not in map_keys(scene)
     assert chain.exec_plugin(chain.conflist["plugins"][1], "DEL", None) is None, "a late DEL still succeeds"
+
+
+RESTARTS = 5
+"""Kill-and-restart rounds racing the watcher: a bound, each round a few hundred ms."""
+
+
+def test_the_watcher_never_removes_the_registration_of_a_restarted_guest(lab: Lab, scene: Scene, tmp_path: Path) -> None:
+    tap = "vmtap-q1"
+    guests = guests_file(tmp_path, "q1", tap, "192.0.2.6", "192.0.2.5")
+    watcher = start_watcher(lab, scene)
+    qemu = start_qemu(lab, scene, guests, tap)
+    for _ in range(RESTARTS):
+        os.killpg(qemu.pid, signal.SIGKILL)  # and restart at once: the watcher races the new ifup
+        qemu.wait()
+        wait_until(lambda: not link_exists(scene.host, tap), "the TAP goes with QEMU")
+        qemu = start_qemu(lab, scene, guests, tap)
+    # A marker through the same event queue: once the watcher removed it, it
+    # has handled every event of the rounds before.
+    sh("ip", "tuntap", "add", "dev", "vmtap-zz", "mode", "tap", netns=scene.host)
+    assert script(scene, guests, IFUP, "vmtap-zz").returncode == 0
+    sh("ip", "link", "del", "vmtap-zz", netns=scene.host)
+    wait_for_line(watcher, b"guest elsewhere removed")
+    live = json.loads(sh("ip", "-j", "link", "show", "dev", tap, netns=scene.host).stdout)[0]["ifindex"]
+    record = json.loads((scene.state_dir / "state.json").read_text())["guests"]["members"]
+    assert [(m["name"], m["link"]) for m in record] == [("q1", {"owner": "qemu", "ifindex": live})]
+    assert tap in map_keys(scene), "the running guest keeps its rules"
