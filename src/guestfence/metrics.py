@@ -4,8 +4,8 @@ node-exporter's textfile.
 
 Reads only: the state file (under its lock), the live ``guestfence`` tables
 (rules, counters with packets and bytes, map elements) and the lockdown
-report. The comparison is guestfence.nft.firewall.collect_status, the same
-``status`` prints.
+report. The comparison is guestfence.nft.firewall.collect_status with the
+stale registrations (guestfence.nft.binding), the same ``status`` prints.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from guestfence.lockdown.feature import LOCKDOWN_KEY, recorded_state
 from guestfence.lockdown.links import collect_links
 from guestfence.lockdown.report import collect_report
 from guestfence.nft.apply import open_nft
+from guestfence.nft.binding import collect_link_indexes, with_stale_drift
 from guestfence.nft.firewall import GUESTS_KEY, collect_status
 from guestfence.prometheus import GuestMetrics, LockdownMetrics, Metrics
 from guestfence.state import StateStore
@@ -29,7 +30,8 @@ def collect_metrics(directory: str) -> Metrics:
         guests_section = store.section(GUESTS_KEY)
         lockdown_section = store.section(LOCKDOWN_KEY)
     nft = open_nft()
-    status = collect_status(guests_section, where=str(store.path), nft=nft)
+    status = with_stale_drift(collect_status(guests_section, where=str(store.path), nft=nft),
+                              guests_section, collect_link_indexes())
     guests = [
         GuestMetrics(
             name=s.name, iface=s.iface, rules=s.rules, drift=len(s.drift),

@@ -16,16 +16,21 @@ Guarantees:
   (and their interfaces closed), with a warning.
 - ``guest add`` refuses, without ``force``, interfaces the host needs
   itself (``interface_hazards``).
+- ``reap_stale`` removes the guests integrations registered whose interface
+  is gone or is another one now (guestfence.nft.binding), deciding on the
+  links it reads while it holds the state lock, so a registration made
+  meanwhile for a new interface of that name is never taken for stale.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
+from guestfence.nft.binding import Binding, collect_link_indexes, stale_records, with_stale_drift
 from guestfence.nft.firewall import (
     GUESTS,
     check_gateways_owned,
@@ -112,13 +117,14 @@ def run_features(directory: str, make_plan: Callable[[Feature, Any], FeaturePlan
     return Outcome(plans=plans, problems=(*problems, *(p for plan in plans for p in plan.problems)))
 
 
-def add_guest(directory: str, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
-    """Register ``guest`` (or replace the guest of that name)."""
+def add_guest(directory: str, guest: Guest, *, dry_run: bool, force: bool, link: Binding | None = None) -> Outcome:
+    """Register ``guest`` (or replace the guest of that name); ``link``: the
+    interface an integration registers it for (guestfence.nft.binding)."""
     warnings = _checked_link(guest, force=force)
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))
-        nft_plan, registry = plan_add(old, resolve_guest(guest))
+        nft_plan, registry = plan_add(old, replace(resolve_guest(guest), link=link))
         plan = _guests_plan(nft_plan, old, registry, recorded)
         member = registry.find(guest.name)
         if not dry_run:
@@ -153,6 +159,27 @@ def remove_guest(directory: str, name: str, *, dry_run: bool) -> Outcome:
     return Outcome(plans=(plan,), warnings=tuple(registry.problems()))
 
 
+def reap_stale(directory: str, *, iface: str | None = None) -> list[str]:
+    """Remove every guest an integration registered whose interface is gone
+    or is another one now (only those on ``iface`` when given), one
+    transaction each; what it removed, in words (maybe nothing)."""
+    done: list[str] = []
+    with StateStore(directory) as store:
+        recorded = store.section(GUESTS_KEY)
+        members = recorded.get("members") if isinstance(recorded, Mapping) else None
+        doomed = stale_records(members, collect_link_indexes(), iface=iface) if members else []
+        if not doomed:
+            return done
+        registry = salvage_registry(recorded, where=str(store.path))
+        for name, why in doomed:
+            nft_plan, after = plan_remove(registry, name)
+            plan = _guests_plan(nft_plan, registry, after, recorded)
+            commit(store, GUESTS, plan, recorded)
+            registry, recorded = after, plan.record
+            done.append(f"guest {name} removed: {why}")
+    return done
+
+
 def read_registry(directory: str) -> Registry:
     """The record as far as it can be read (``Registry.problems`` says what cannot)."""
     with StateStore(directory, read_only=True) as store:
@@ -161,7 +188,9 @@ def read_registry(directory: str) -> Registry:
 
 def read_status(directory: str) -> StatusReport:
     with StateStore(directory, read_only=True) as store:
-        return collect_status(store.section(GUESTS_KEY), where=str(store.path))
+        section = store.section(GUESTS_KEY)
+        report = collect_status(section, where=str(store.path))
+        return with_stale_drift(report, section, collect_link_indexes())
 
 
 def _guests_plan(nft_plan: Any, old: Registry, new: Registry, recorded: Mapping[str, Any] | None) -> FeaturePlan:

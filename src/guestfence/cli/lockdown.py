@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from guestfence.cli.common import HelpFormatter, format_table, print_json
+from guestfence.integrations.registry import reap
 from guestfence.lockdown.apply import apply_lockdown
 from guestfence.lockdown.feature import LOCKDOWN_KEY, guest_interfaces, recorded_state
 from guestfence.lockdown.links import collect_links, collect_protected, link_events
@@ -30,6 +31,9 @@ names, so they are in force before the interface exists; macvlan/macvtap
 devices stacked on a locked interface are locked down with it (a macvtap
 no process holds open passes frames to the host). Per-interface sysctls
 are set now for existing interfaces and by `lockdown watch` for new ones.
+`lockdown watch` also removes the guests QEMU's script, the libvirt hook or
+the CNI plugin registered once their interface is gone (their teardown did
+not run), so an interface re-created under that name is unregistered.
 The patterns are recorded with the rest of guestfence's state, so `guestfence
 restore`, `flush` and `apply FILE` ([lockdown] interfaces = [...]) include them.
 """
@@ -84,9 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="print machine-readable JSON")
     show.set_defaults(func=run_list)
 
-    watch = commands.add_parser("watch", parents=[common], help="set sysctls on matching interfaces as they appear",
+    watch = commands.add_parser("watch", parents=[common], help="set sysctls on matching interfaces as they appear; remove guests whose interface went",
                                 description="Apply the per-interface sysctls to every matching interface that "
-                                            "appears, in the netlink event that announces it. Runs until stopped.",
+                                            "appears, in the netlink event that announces it; remove the guests QEMU's "
+                                            "script, the libvirt hook or the CNI plugin registered whose interface is gone "
+                                            "or is another one now (at start and on every link event). Runs until stopped.",
                                 formatter_class=HelpFormatter)  # fmt: skip
     watch.set_defaults(func=run_watch)
 
@@ -174,12 +180,19 @@ def run_watch(args: argparse.Namespace) -> int:
     require_net_admin("lockdown watch")
     signal.signal(signal.SIGTERM, _exit_quietly)
     directory = state_dir(args.state_dir)
-    watcher = LinkWatcher(directory, open_nft(), say=lambda line: print(line, flush=True),
-                          warn=lambda line: print(f"guestfence: warning: {line}", file=sys.stderr, flush=True))  # fmt: skip
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    warn = lambda line: print(f"guestfence: warning: {line}", file=sys.stderr, flush=True)  # noqa: E731
+    watcher = LinkWatcher(directory, open_nft(), say=say, warn=warn)
+
+    def on_event(kind: str, link: Link) -> None:
+        reap(directory, say, warn)  # first: a dead guest's rules must not wait for the sysctls
+        watcher.on_event(kind, link)
+
     with link_events() as run_events:
+        reap(directory, say, warn)
         watcher.scan()
         print(f"watching for new interfaces (state in {directory})", flush=True)
-        run_events(watcher.on_event)
+        run_events(on_event)
     return 0
 
 

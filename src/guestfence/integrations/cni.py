@@ -236,7 +236,7 @@ def handle(request: Request, link: Callable[[str], HostLink] = host_link) -> dic
             return None
         guest = guest_from_result(request, link)
         if request.command == "ADD":
-            registry.register(guest, directory)
+            registry.register(guest, directory, owner="cni")
             return {**request.config["prevResult"], "cniVersion": request.version}
         problems = registry.check(guest, directory)
         if problems:

@@ -231,7 +231,7 @@ def run(action: Action) -> str:
     try:
         for guest in action.guests:
             give_gateways(guest)  # libvirt leaves an ethernet TAP bare; QEMU does not run yet
-            registry.register(guest, directory)
+            registry.register(guest, directory, owner="libvirt")
             done.append(f"{guest.name} on {guest.iface}")
     except BaseException:
         # The start is aborted: what was registered for it goes too.

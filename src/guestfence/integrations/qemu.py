@@ -56,7 +56,7 @@ def run_ifup(tap: str) -> str:
     guest = select_guest(config.guests, tap, source=config.source)
     directory = state_dir()
     give_gateways(guest)  # the TAP is still down: nothing passes yet
-    registry.register(guest, directory)
+    registry.register(guest, directory, owner="qemu")
     try:
         raise_link(guest)
     except BaseException:

@@ -5,30 +5,42 @@ refused the same way.
 
 ``register`` refuses to replace a guest another owner made: a guest of the
 same name must carry the same ``comment`` (the integrations write their
-owner there). ``unregister_where`` removes every guest a predicate selects,
-one transaction each, and does nothing, successfully, when none is
-registered.
+owner there). It records the ifindex of the guest's interface, which must
+exist (guestfence.nft.binding): the registration lives as long as that
+interface, and a stale one on the same name (its guest's teardown never
+ran) is removed first, so the new interface never inherits it.
+``unregister_where`` removes every guest a predicate selects, one
+transaction each, and does nothing, successfully, when none is registered. ``reap`` is the link watcher's part (``lockdown watch``, at its
+start and on every link event): it removes the stale registrations, whose
+interface is gone or is another one now.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from guestfence.errors import PolicyError
+from guestfence.errors import GuestfenceError, HostError, PolicyError
+from guestfence.nft.binding import Binding, collect_link_indexes
 from guestfence.nft.firewall import Registered
 from guestfence.nft.guest import Guest
-from guestfence.operations import add_guest, read_registry, read_status, remove_guest
+from guestfence.operations import add_guest, read_registry, read_status, reap_stale, remove_guest
 
 
-def register(guest: Guest, directory: str) -> Registered:
-    """Add ``guest`` (or replace the one of that name it owns) in one transaction."""
+def register(guest: Guest, directory: str, *, owner: str) -> Registered:
+    """Add ``guest`` (or replace the one of that name it owns) in one
+    transaction, bound to its interface as it is now; ``owner``: the integration."""
+    ifindex = collect_link_indexes().get(guest.iface)
+    if ifindex is None:
+        raise HostError(f"interface {guest.iface} of guest {guest.name} does not exist; "
+                        "an integration registers a guest only for an interface that is there")  # fmt: skip
+    reap_stale(directory, iface=guest.iface)
     old = read_registry(directory).find(guest.name)
     if old is not None and old.guest.comment != guest.comment:
         raise PolicyError(f"guest {guest.name} is already registered by someone else ({old.guest.comment!r}); not replacing it")
     # force: the interface is the one the guest's manager (CNI, libvirt,
     # QEMU) made for this guest, so host addresses on it are the guest
     # link's own, never an uplink's; ``guest add`` cannot know that.
-    outcome = add_guest(directory, guest, dry_run=False, force=True)
+    outcome = add_guest(directory, guest, dry_run=False, force=True, link=Binding(owner=owner, ifindex=ifindex))
     assert outcome.member is not None
     return outcome.member
 
@@ -39,6 +51,16 @@ def unregister_where(selected: Callable[[Guest], bool], directory: str) -> list[
     for name in gone:
         remove_guest(directory, name, dry_run=False)
     return gone
+
+
+def reap(directory: str, say: Callable[[str], None], warn: Callable[[str], None]) -> None:
+    """Remove the stale registrations now, saying each; a failure is warned
+    (the state, not the event, decides: the next event or start tries again)."""
+    try:
+        for line in reap_stale(directory):
+            say(line)
+    except GuestfenceError as err:
+        warn(f"removing stale guests: {err}")
 
 
 def check(guest: Guest, directory: str) -> list[str]:

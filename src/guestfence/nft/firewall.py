@@ -11,7 +11,8 @@ The record, under the state file's ``"guests"`` key::
 
     {"pattern": "vmtap*", "generation": 7,
      "members": [{...guest_to_json..., "resolved": {"api.example.com": ["203.0.113.7"]},
-                  "unresolved": {"gone.example": "no addresses"}}],
+                  "unresolved": {"gone.example": "no addresses"},
+                  "link": {"owner": "qemu", "ifindex": 17}}],    # integrations only: guestfence.nft.binding
      "pending": {...the same, for a change being applied...}}
 
 Every change bumps ``generation``, which the transaction also writes into
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, final
 from guestfence.errors import ApplyError, HostError, PolicyError
 from guestfence.nft import names as n
 from guestfence.nft.apply import NftHandle, apply_nft, open_nft
+from guestfence.nft.binding import Binding, binding_from_json, binding_to_json, collect_link_indexes, drop_stale
 from guestfence.nft.compile import (
     NftPlan,
     Settings,
@@ -79,6 +81,8 @@ class Registered:
     names: Mapping[str, frozenset[Address]] = field(default_factory=dict, hash=False)
     unresolved: Mapping[str, str] = field(default_factory=dict, hash=False)
     record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    link: Binding | None = None
+    """Set by an integration: the interface it was made for (guestfence.nft.binding)."""
 
 
 @final
@@ -126,6 +130,8 @@ def member_to_json(member: Registered) -> Mapping[str, Any]:
     record = guest_to_json(member.guest)
     record["resolved"] = {name: sorted(str(a) for a in found) for name, found in sorted(member.names.items())}
     record["unresolved"] = dict(sorted(member.unresolved.items()))
+    if member.link is not None:
+        record["link"] = binding_to_json(member.link)
     return record
 
 
@@ -178,7 +184,8 @@ def _member_from_json(record: Any, *, where: str) -> Registered:
         unresolved = {str(k): str(v) for k, v in record["unresolved"].items()}
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise PolicyError(f"{where}: malformed guest record ({exc!r})") from None
-    return Registered(guest=guest, names=found, unresolved=unresolved, record=record)
+    link = binding_from_json(record.get("link"), where=where)
+    return Registered(guest=guest, names=found, unresolved=unresolved, record=record, link=link)
 
 
 def _unreadable(record: Any, problem: str) -> Unreadable:
@@ -325,7 +332,11 @@ class GuestsFeature:
             return FeaturePlan(key=self.key, shown=plan_json(plan), record=None, work=plan,
                                summary="guests: none restored", problems=(str(exc),))  # fmt: skip
         registry, note = _settle_pending(registry)
-        members = tuple(resolve_guest(m.guest) for m in registry.members)
+        # A guest an integration registered for an interface that is gone (or
+        # is another one now: after a reboot, always) is not brought back.
+        alive, dropped = drop_stale(registry.members, collect_link_indexes())
+        note = [*note, *dropped]
+        members = tuple(replace(resolve_guest(m.guest), link=m.link) for m in alive)
         refreshed = replace(registry, settings=_next(registry.settings), members=members, pending=None)
         return self._feature_plan(plan_replace(refreshed), refreshed, recorded, changes=note,
                                   problems=tuple(registry.problems()))  # fmt: skip
