@@ -13,7 +13,8 @@ import pytest
 
 from guestfence.errors import PolicyError
 from guestfence.policy.decide import decide
-from guestfence.policy.grammar import parse_destination, parse_policy
+from guestfence.policy.grammar import parse_destination
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Action, Context, PortRange, local_types
 from guestfence.rootless.guard import complement, host_guard
 from guestfence.rootless.preflight import check_socket, socket_path

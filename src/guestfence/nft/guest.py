@@ -22,7 +22,7 @@ from typing import Any, Union, final
 
 from guestfence.errors import PolicyError
 from guestfence.nft.names import GUEST_NAME
-from guestfence.policy.grammar import parse_policy
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Address, Policy
 
 Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
