@@ -1,5 +1,5 @@
 """The state-changing commands of the VM-guest firewall and of every feature
-(``guest add|remove``, ``apply FILE``, ``restore``, ``flush``), start to
+(``guest add|remove``, ``lockdown add|remove``, ``apply FILE``, ``restore``, ``flush``), start to
 finish: read the record under the state lock, plan, record the intent,
 apply one transaction, record the result. ``status`` reads without locking
 anything out. The CLI only parses and prints.
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
-from guestfence.lockdown.feature import LOCKDOWN
+from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY
+from guestfence.lockdown.pattern import InterfacePattern
 from guestfence.nft.firewall import (
     GUESTS,
     check_gateways_owned,
@@ -148,6 +149,27 @@ def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
         if not dry_run:
             commit(store, GUESTS, plan, recorded)
     return Outcome(plans=(plan,), warnings=tuple(registry.problems()))
+
+
+def lockdown_add(directory: Path, added: tuple[InterfacePattern, ...], *, dry_run: bool, force: bool) -> Outcome:
+    """Lock down ``added`` as well; refuses (PlanError) patterns covering the
+    host's own interfaces or a registered guest's, unless ``force``."""
+    with StateStore(directory, read_only=dry_run) as store:
+        recorded = store.section(LOCKDOWN_KEY)
+        plan = LOCKDOWN.plan_add(recorded, added, recorded_guests=store.section(GUESTS_KEY), force=force)
+        if not dry_run:
+            commit(store, LOCKDOWN, plan, recorded)
+    return Outcome(plans=(plan,))
+
+
+def lockdown_remove(directory: Path, removed: tuple[InterfacePattern, ...], *, dry_run: bool) -> Outcome:
+    """Stop locking down ``removed``, writing back what adding them changed."""
+    with StateStore(directory, read_only=dry_run) as store:
+        recorded = store.section(LOCKDOWN_KEY)
+        plan = LOCKDOWN.plan_remove(recorded, removed)
+        if not dry_run:
+            commit(store, LOCKDOWN, plan, recorded)
+    return Outcome(plans=(plan,))
 
 
 def read_registry(directory: Path) -> Registry:

@@ -69,7 +69,8 @@ def expected_state(
 
 
 def _result(plan: LockdownPlan, state: LockdownState, records: list[InterfaceRecord]) -> LockdownState:
-    result = LockdownState(patterns=plan.patterns, interfaces=tuple(r for r in state.interfaces if r not in plan.release))
+    result = LockdownState(patterns=plan.patterns, interfaces=tuple(r for r in state.interfaces if r not in plan.release),
+                           generation=plan.generation)
     for record in records:
         result = merge_record(result, record)
     return result

@@ -111,6 +111,8 @@ STACKED_KINDS = ("macvlan", "macvtap")
 # The kind whose host-stack input is never a guest's: dropped by kind.
 TAP_KIND = "macvtap"
 STACKED_SET = "stacked"
+# Which recorded change the tables hold (lockdown.state): one element, in the inet table.
+GENERATION_SET = "generation"
 
 
 @final
@@ -150,7 +152,8 @@ class LockdownPlan:
     """What applying a change does: the whole pattern set after it, one
     nftables transaction, and sysctls to set. ``release`` are the records no
     pattern covers any more; ``revert`` the changes in them to write back,
-    those on interfaces that still exist with the recorded index."""
+    those on interfaces that still exist with the recorded index.
+    ``generation``: the change's number, written into the tables."""
 
     patterns: tuple[InterfacePattern, ...]
     commands: tuple[Command, ...] = field(hash=False)
@@ -158,6 +161,7 @@ class LockdownPlan:
     release: tuple[InterfaceRecord, ...]
     revert: tuple[SysctlChange, ...]
     stacked: tuple[Link, ...] = ()
+    generation: int = 0
 
 
 def plan_add(
@@ -268,8 +272,9 @@ def _plan(state: LockdownState, patterns: tuple[InterfacePattern, ...], links: t
     )  # fmt: skip
     alive = {link.key for link in links}
     revert = tuple(change for record in release if (record.interface, record.ifindex) in alive for change in record.changes)
-    return LockdownPlan(patterns=patterns, commands=compile_rules(patterns, dropped, stacked), harden=harden,
-                        release=release, revert=revert, stacked=stacked)  # fmt: skip
+    generation = state.generation + 1
+    return LockdownPlan(patterns=patterns, commands=compile_rules(patterns, dropped, stacked, generation=generation),
+                        harden=harden, release=release, revert=revert, stacked=stacked, generation=generation)  # fmt: skip
 
 
 def _refuse_protected(
@@ -333,10 +338,11 @@ def stacked_rules() -> tuple[StackedRule, ...]:
 
 
 def compile_rules(
-    patterns: tuple[InterfacePattern, ...], dropped: tuple[InterfacePattern, ...], stacked: tuple[Link, ...] = ()
+    patterns: tuple[InterfacePattern, ...], dropped: tuple[InterfacePattern, ...], stacked: tuple[Link, ...] = (),
+    *, generation: int = 0,
 ) -> tuple[Command, ...]:
     """The one transaction that makes the tables hold exactly ``patterns``
-    and the ``stacked`` devices.
+    and the ``stacked`` devices, and the inet table ``generation``.
 
     Chains and the ``stacked`` set are flushed and refilled, so re-applying
     is idempotent. Named counters survive a change to other patterns; a
@@ -354,6 +360,10 @@ def compile_rules(
         where = {"family": family, "table": TABLE}
         hooks = [h for h in HOOKS if h.family == family]
         extra = [r for r in stacked_rules() if r.hook.family == family]
+        if family == "inet":
+            commands.append({"add": {"set": {**where, "name": GENERATION_SET, "type": "mark"}}})
+            commands.append({"flush": {"set": {**where, "name": GENERATION_SET}}})
+            commands.append({"add": {"element": {**where, "name": GENERATION_SET, "elem": [generation]}}})
         if extra:
             commands.append({"add": {"set": {**where, "name": STACKED_SET, "type": "iface_index"}}})
             commands.append({"flush": {"set": {**where, "name": STACKED_SET}}})
@@ -382,6 +392,16 @@ def compile_rules(
                 rule = {**where, "chain": hook.chain, "expr": [match, {"counter": extra_rule.counter}, {"drop": None}]}
                 commands.append({"add": {"rule": rule}})
     return tuple(commands)
+
+
+def generation_of(ruleset: list[Command]) -> int | None:
+    """The generation a listing of the inet table holds (None: no table, or no generation in it)."""
+    for item in ruleset:
+        found = item.get("set")
+        if found and found.get("table") == TABLE and found.get("family") == "inet" and found.get("name") == GENERATION_SET:
+            elements = found.get("elem", [])
+            return int(elements[0]) if elements else None
+    return None
 
 
 def compile_stacked_update(stacked: tuple[Link, ...]) -> tuple[Command, ...]:
