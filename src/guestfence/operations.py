@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
-from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY
+from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY, interrupted
 from guestfence.lockdown.pattern import InterfacePattern
 from guestfence.nft.firewall import (
     GUESTS,
@@ -44,6 +44,7 @@ from guestfence.nft.firewall import (
     resolve_guest,
     salvage_registry,
 )
+from guestfence.nft.apply import open_nft
 from guestfence.nft.guest import Guest
 from guestfence.rootless.feature import ROOTLESS
 from guestfence.state import Feature, FeaturePlan, StateStore
@@ -178,9 +179,16 @@ def read_registry(directory: Path) -> Registry:
         return salvage_registry(store.section(GUESTS_KEY), where=str(store.path))
 
 
-def read_status(directory: Path) -> StatusReport:
+def read_status(directory: Path, *, with_lockdown: bool = False) -> StatusReport:
+    """The guests' status; ``with_lockdown`` adds an interrupted lockdown
+    change to its drift (``guestfence status``; an integration's check is
+    about its guest alone)."""
     with StateStore(directory, read_only=True) as store:
-        return collect_status(store.section(GUESTS_KEY), where=str(store.path))
+        report = collect_status(store.section(GUESTS_KEY), where=str(store.path))
+        lockdown = store.section(LOCKDOWN_KEY) if with_lockdown else None
+    if lockdown is None:
+        return report
+    return replace(report, drift=(*report.drift, *(f"lockdown: {line}" for line in interrupted(lockdown, open_nft()))))
 
 
 def _guests_plan(nft_plan: Any, old: Registry, new: Registry, recorded: Mapping[str, Any] | None) -> FeaturePlan:

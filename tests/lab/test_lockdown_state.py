@@ -156,6 +156,8 @@ def test_a_lockdown_change_applied_but_not_recorded_is_named_and_restore_keeps_i
     listed = json.loads(_lockdown(host, state, "lockdown", "list", "--json"))
     assert len(listed["interrupted"]) == 1 and "applied but not recorded" in listed["interrupted"][0]
     assert "interrupted: " in _lockdown(host, state, "lockdown", "list")
+    status = guestfence(host, "status", "--state-dir", str(state))
+    assert status.returncode == 1 and "drift: lockdown: an interrupted change" in status.stdout
 
     restored = _lockdown(host, state, "restore")
     assert "kept the interrupted change" in restored
@@ -163,6 +165,7 @@ def test_a_lockdown_change_applied_but_not_recorded_is_named_and_restore_keeps_i
     assert after["patterns"] == ["up*", "vl*"] and "pending" not in after
     assert [r["interface"] for r in after["interfaces"]] == ["up0", "vl0"] and hardened(host, "vl0")
     assert json.loads(_lockdown(host, state, "lockdown", "list", "--json"))["interrupted"] == []
+    assert guestfence(host, "status", "--state-dir", str(state)).returncode == 0
 
 
 def test_a_lockdown_change_recorded_but_never_applied_is_rolled_back_with_its_sysctls(lab: Lab, tmp_path: Path) -> None:
@@ -194,6 +197,7 @@ def test_a_lockdown_change_recorded_but_never_applied_is_rolled_back_with_its_sy
     assert sysctl(host, "ipv4", "vl0", "arp_ignore") == "0" and sysctl(host, "ipv6", "vl0", "disable_ipv6") == "0"
     assert hardened(host, "up0")
     assert json.loads(_lockdown(host, state, "lockdown", "list", "--json"))["interrupted"] == []
+    assert guestfence(host, "status", "--state-dir", str(state)).returncode == 0
 
 
 def test_the_intent_is_taken_back_when_the_kernel_refuses_the_transaction(lab: Lab, tmp_path: Path) -> None:

@@ -191,7 +191,7 @@ def run_status(args: argparse.Namespace) -> int:
         else:
             print(render_prometheus(metrics), end="")
         return 1 if metrics.drifted else 0
-    report = read_status(state_dir(args.state_dir))
+    report = read_status(state_dir(args.state_dir), with_lockdown=True)
     if args.json:
         print_json(report.to_json())
     else:
