@@ -46,7 +46,7 @@ from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_c
 from guestfence.lockdown.pattern import LockdownConfig, parse_pattern as parse_interface_pattern
 from guestfence.nft.guest import DEFAULT_PATTERN, Guest, parse_guest, parse_pattern
 from guestfence.policy.grammar import parse_action, parse_rules
-from guestfence.policy.model import Policy, Rule, UnixRule, canonical_rules
+from guestfence.policy.model import Policy, Rule, UnixRule
 
 POLICY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _POLICY_KEYS = ("default", "allow", "deny")
@@ -215,11 +215,9 @@ def _parse_guests(
             errors,
             where=f" in {where}",
         )
-        policy = Policy(
-            default=extra.default,
-            allow=tuple(canonical_rules(base.allow + extra.allow)),
-            deny=tuple(canonical_rules(base.deny + extra.deny)),
-        )
+        # unix:// rules stay in the guest's policy, so applying it can say they are ignored.
+        policy = Policy.of(default=extra.default, allow=base.allow + base.allow_unix + extra.allow + extra.allow_unix,
+                           deny=base.deny + base.deny_unix + extra.deny + extra.deny_unix)  # fmt: skip
         try:
             guests.append(
                 parse_guest(

@@ -111,9 +111,38 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
     return Outcome(plans=plans, problems=(*problems, *(p for plan in plans for p in plan.problems)))
 
 
+def apply_file(directory: Path, config: Any, *, prune: bool, dry_run: bool) -> Outcome:
+    """``apply FILE``: every feature made as the file says; what it does not
+    name stays unless ``prune``."""
+    outcome = run_features(directory, lambda feature, recorded: feature.plan_apply(config, recorded, prune=prune),
+                           dry_run=dry_run)  # fmt: skip
+    return replace(outcome, warnings=tuple(w for guest in config.guests for w in unix_rules_ignored(guest)))
+
+
+def restore(directory: Path, *, dry_run: bool) -> Outcome:
+    """Rebuild what is recorded (after a reboot), settling interrupted changes."""
+    return run_features(directory, lambda feature, recorded: feature.plan_restore(recorded), dry_run=dry_run, salvage=True)
+
+
+def flush(directory: Path, *, dry_run: bool) -> Outcome:
+    """Remove what guestfence installed; the record stays for ``restore``."""
+    return run_features(directory, lambda feature, recorded: feature.plan_flush(recorded), dry_run=dry_run, salvage=True)
+
+
+def unix_rules_ignored(guest: Guest) -> list[str]:
+    """A warning naming the ``unix://`` rules of a guest's policy: a VM or
+    container has unix sockets of its own only, which no host rule reaches."""
+    policy = guest.policy
+    named = [f"allow {r}" for r in policy.allow_unix] + [f"deny {r}" for r in policy.deny_unix]
+    if not named:
+        return []
+    return [f"guest {guest.name}: unix:// rules do not apply to a VM or container guest (its unix sockets are its "
+            f"own) and are ignored: {', '.join(named)}"]  # fmt: skip
+
+
 def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
-    warnings = _checked_link(guest, force=force)
+    warnings = [*_checked_link(guest, force=force), *unix_rules_ignored(guest)]
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))

@@ -24,7 +24,7 @@ from guestfence.cli.common import (
 from guestfence.config import load_config
 from guestfence.nft.firewall import StatusReport, member_to_json
 from guestfence.nft.guest import COMMENT_HELP, parse_guest
-from guestfence.operations import Outcome, add_guest, read_registry, read_status, remove_guest, run_features
+from guestfence.operations import Outcome, add_guest, apply_file, flush, read_registry, read_status, remove_guest, restore
 from guestfence.state import state_dir
 
 ADD_EPILOG = """The guest reaches exactly what its policy allows: default deny, deny beats
@@ -212,27 +212,22 @@ def format_status(report: StatusReport) -> str:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_restore(recorded),
-                           dry_run=args.dry_run, salvage=True)  # fmt: skip
-    return _report(args, outcome, "restored")
+    return _report(args, restore(state_dir(args.state_dir), dry_run=args.dry_run), "restored")
 
 
 def run_flush(args: argparse.Namespace) -> int:
-    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_flush(recorded),
-                           dry_run=args.dry_run, salvage=True)  # fmt: skip
-    return _report(args, outcome, "flushed (the record is kept)")
+    return _report(args, flush(state_dir(args.state_dir), dry_run=args.dry_run), "flushed (the record is kept)")
 
 
 def run_apply(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    outcome = run_features(state_dir(args.state_dir),
-                           lambda feature, recorded: feature.plan_apply(config, recorded, prune=args.prune),
-                           dry_run=args.dry_run)  # fmt: skip
+    outcome = apply_file(state_dir(args.state_dir), config, prune=args.prune, dry_run=args.dry_run)
     return _report(args, outcome, f"applied {args.file}")
 
 
 def _report(args: argparse.Namespace, outcome: Outcome, verb: str) -> int:
     """Print what the command did (or would do); exit 2 when a part of it could not be done."""
+    _warn(outcome.warnings)
     if args.dry_run:
         _print_dry_run(args, outcome)
     elif args.json:

@@ -7,11 +7,14 @@ refused the same way.
 same name must carry the same ``comment`` (the integrations write their
 owner there). ``unregister_where`` removes every guest a predicate selects,
 one transaction each, and does nothing, successfully, when none is
-registered.
+registered. Warnings (an interface that does not exist yet, ``unix://``
+rules a guest cannot be held to) go to stderr, where the CNI runtime, the
+libvirt hook's log and QEMU's script output keep them.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +24,13 @@ from guestfence.nft.guest import Guest
 from guestfence.operations import add_guest, read_registry, read_status, remove_guest
 
 
-def register(guest: Guest, directory: Path) -> Registered:
-    """Add ``guest`` (or replace the one of that name it owns) in one transaction."""
+def _to_stderr(line: str) -> None:
+    print(f"guestfence: warning: {line}", file=sys.stderr)
+
+
+def register(guest: Guest, directory: Path, warn: Callable[[str], None] = _to_stderr) -> Registered:
+    """Add ``guest`` (or replace the one of that name it owns) in one
+    transaction; ``warn`` gets each warning (e.g. ignored unix:// rules)."""
     old = read_registry(directory).find(guest.name)
     if old is not None and old.guest.comment != guest.comment:
         raise PolicyError(f"guest {guest.name} is already registered by someone else ({old.guest.comment!r}); not replacing it")
@@ -30,6 +38,9 @@ def register(guest: Guest, directory: Path) -> Registered:
     # QEMU) made for this guest, so host addresses on it are the guest
     # link's own, never an uplink's; ``guest add`` cannot know that.
     outcome = add_guest(directory, guest, dry_run=False, force=True)
+    for line in outcome.warnings:
+        if not line.startswith("--force: "):  # what force overrode was decided above, not news
+            warn(line)
     assert outcome.member is not None
     return outcome.member
 
