@@ -14,19 +14,57 @@ it answers as the kernel does for that guest:
   what a local process's connect means, and a mapped address as IPv4);
 - a flow the host translates (``dnat``) is decided for the destination the
   guest aimed at and for the one it is delivered to, as the firewall's
-  second dispatch after destination NAT does.
+  second dispatch after destination NAT does;
+- ``link_essentials`` names what the firewall accepts on the guest's link
+  whatever the policy says, read from the compiler's own sets
+  (``compile.CONSTANT_SETS``), so ``explain`` never contradicts the kernel.
+
+``explain_registered`` reads the record (I/O) and answers for a guest by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
-from guestfence.nft.compile import MARTIAN_DESTINATIONS
-from guestfence.nft.firewall import Registered, Registry
+from guestfence.errors import PolicyError
+from guestfence.nft.compile import CONSTANT_SETS, MARTIAN_DESTINATIONS
+from guestfence.nft.firewall import GUESTS_KEY, Registered, Registry, registry_from_json
+from guestfence.nft.names import INET, LINK_ICMPV6
 from guestfence.policy.decide import decide, decide_translated
 from guestfence.policy.model import Action, Address, AddressType, Context, Decision, Flow
+from guestfence.state import StateStore
 
 MARTIAN = "martian"
+_ESTABLISHED = ("ct state established,related: the replies and ICMP errors (packet-too-big included) "
+                "of connections the guest already has")  # fmt: skip
+
+
+def link_essentials(flow: Flow) -> tuple[str, ...]:
+    """What the guest's link is allowed whatever the policy, next to ``flow``
+    (which the policy alone decides): the ICMPv6 types of neighbour
+    discovery and MLD to the host (IPv6 flows), and connection tracking's
+    established and related packets."""
+    essentials = [_ESTABLISHED]
+    if flow.address.version == 6:
+        types = ", ".join(CONSTANT_SETS[(INET, LINK_ICMPV6)][1])
+        essentials.insert(0, f"icmpv6 type {{{types}}} to the host: neighbour discovery and MLD")
+    return tuple(essentials)
+
+
+def explain_registered(
+    directory: Path, name: str, flows: Sequence[Flow], address_type: Callable[[Address], AddressType],
+    translations: Mapping[Flow, Flow],
+) -> list[tuple[Flow, Decision]]:  # fmt: skip
+    """Each flow decided as the firewall decides it for registered guest ``name``. Raises PolicyError."""
+    with StateStore(directory, read_only=True) as store:
+        registry = registry_from_json(store.section(GUESTS_KEY), where=str(store.path))
+    member = registry.find(name)
+    if member is None:
+        known = ", ".join(g.name for g in registry.guests()) or "none"
+        raise PolicyError(f"--guest {name!r} is not a registered guest (registered: {known})")
+    context = guest_context(member, registry, address_type)
+    return [(flow, explain_guest(member, flow, context, dnat=translations.get(flow))) for flow in flows]
 
 
 def guest_context(member: Registered, registry: Registry, address_type: Callable[[Address], AddressType]) -> Context:
