@@ -47,6 +47,7 @@ from guestfence.nft.firewall import (
 from guestfence.nft.apply import open_nft
 from guestfence.nft.guest import Guest
 from guestfence.rootless.feature import ROOTLESS
+from guestfence.resolve import Resolution, resolve_names
 from guestfence.state import Feature, FeaturePlan, StateStore
 
 FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN, ROOTLESS)
@@ -83,18 +84,23 @@ def commit(store: StateStore, feature: Feature, plan: FeaturePlan, recorded: Any
         store.write_section(plan.key, plan.record)
 
 
-def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePlan], *, dry_run: bool,
-                 salvage: bool = False) -> Outcome:  # fmt: skip
-    """Plan every feature, then apply and record each. With ``salvage``
-    (restore, flush), a feature that cannot be planned is reported and the others
-    still applied; otherwise any error stops before anything changed."""
+def run_features(directory: Path, make_plan: Callable[[Feature, Any, Resolution], FeaturePlan], *, dry_run: bool,
+                 config: Any = None, salvage: bool = False, resolve: bool = True) -> Outcome:  # fmt: skip
+    """Plan every feature, then apply and record each. The DNS names a
+    feature's plan needs (``Feature.dns_names`` of ``config``, or of the
+    record) are looked up first, once, and handed to ``make_plan`` (unless
+    not ``resolve``: ``flush`` needs none). With
+    ``salvage`` (restore, flush), a feature that cannot be planned is reported
+    and the others still applied; otherwise any error stops before anything
+    changed."""
     problems: list[str] = []
     with StateStore(directory, read_only=dry_run) as store:
         planned: list[tuple[Feature, FeaturePlan, Any]] = []
         for feature in FEATURES:
             recorded = store.section(feature.key)
             try:
-                planned.append((feature, make_plan(feature, recorded), recorded))
+                resolved = resolve_names(feature.dns_names(config, recorded) if resolve else ())
+                planned.append((feature, make_plan(feature, recorded, resolved), recorded))
             except GuestfenceError as exc:
                 if not salvage:
                     raise
@@ -114,19 +120,21 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any], FeaturePla
 def apply_file(directory: Path, config: Any, *, prune: bool, dry_run: bool) -> Outcome:
     """``apply FILE``: every feature made as the file says; what it does not
     name stays unless ``prune``."""
-    outcome = run_features(directory, lambda feature, recorded: feature.plan_apply(config, recorded, prune=prune),
-                           dry_run=dry_run)  # fmt: skip
+    outcome = run_features(directory, lambda feature, recorded, resolved: feature.plan_apply(
+        config, recorded, prune=prune, resolved=resolved), dry_run=dry_run, config=config)  # fmt: skip
     return replace(outcome, warnings=tuple(w for guest in config.guests for w in unix_rules_ignored(guest)))
 
 
 def restore(directory: Path, *, dry_run: bool) -> Outcome:
     """Rebuild what is recorded (after a reboot), settling interrupted changes."""
-    return run_features(directory, lambda feature, recorded: feature.plan_restore(recorded), dry_run=dry_run, salvage=True)
+    return run_features(directory, lambda feature, recorded, resolved: feature.plan_restore(recorded, resolved=resolved),
+                        dry_run=dry_run, salvage=True)  # fmt: skip
 
 
 def flush(directory: Path, *, dry_run: bool) -> Outcome:
     """Remove what guestfence installed; the record stays for ``restore``."""
-    return run_features(directory, lambda feature, recorded: feature.plan_flush(recorded), dry_run=dry_run, salvage=True)
+    return run_features(directory, lambda feature, recorded, resolved: feature.plan_flush(recorded), dry_run=dry_run,
+                        salvage=True, resolve=False)  # fmt: skip
 
 
 def unix_rules_ignored(guest: Guest) -> list[str]:

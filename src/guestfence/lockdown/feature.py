@@ -64,6 +64,7 @@ from guestfence.lockdown.state import (
     state_to_json,
 )
 from guestfence.nft.apply import NftHandle, list_ruleset, open_nft
+from guestfence.resolve import Resolution
 from guestfence.state import FeaturePlan
 
 LOCKDOWN_KEY = "lockdown"
@@ -116,7 +117,11 @@ def guest_interfaces(recorded_guests: Any) -> dict[str, str]:
 class LockdownFeature:
     key = LOCKDOWN_KEY
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False) -> FeaturePlan:
+    def dns_names(self, config: Any, recorded: Mapping[str, Any] | None) -> frozenset[str]:
+        return frozenset()  # interface names only
+
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False,
+                   resolved: Resolution) -> FeaturePlan:  # fmt: skip
         if config.lockdown is None:
             return self._nothing("lockdown unchanged (no [lockdown] in the file)")
         state = recorded_state(recorded)
@@ -146,7 +151,7 @@ class LockdownFeature:
         return self._feature_plan(plan, state, expected_state(plan, state), recorded=recorded,
                                   changes=tuple(describe_changes(state, plan)))  # fmt: skip
 
-    def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    def plan_restore(self, recorded: Mapping[str, Any] | None, *, resolved: Resolution) -> FeaturePlan:
         if recorded is None:
             return self._nothing("no lockdown recorded")
         state, problems = salvage_state(recorded)

@@ -2,7 +2,9 @@
 compared with the record for ``status``.
 
 ``plan_*`` are pure: they take guests whose DNS names are already resolved
-(``resolve_guest``) and return the transaction plus the record to keep;
+(``resolve_guest``; the feature's ``plan_apply``/``plan_restore`` take the
+``Resolution`` of the names ``dns_names`` lists, looked up by the caller)
+and return the transaction plus the record to keep;
 ``apply_plan`` is the only function here that changes the ruleset, through
 guestfence.nft.apply. What the rules are is compile.py's job; how the live
 tables are compared with them is drift.py's.
@@ -55,7 +57,7 @@ from guestfence.nft.guest import (
     parse_pattern,
 )
 from guestfence.policy.model import Address
-from guestfence.resolve import Resolver, resolve_names
+from guestfence.resolve import Resolution, Resolver, resolve_names
 from guestfence.state import FeaturePlan
 
 GUESTS_KEY = "guests"
@@ -205,8 +207,16 @@ def check_gateways_owned(guest: Guest) -> str | None:
 
 def resolve_guest(guest: Guest, resolver: Resolver = socket.getaddrinfo) -> Registered:
     """Resolve the DNS names of the guest's rules, now (the one lookup; plans are pure)."""
-    resolution = resolve_names(guest.policy.names(), resolver)
-    return Registered(guest=guest, names=dict(resolution.addresses), unresolved=dict(resolution.failures))
+    return resolved_guest(guest, resolve_names(guest.policy.names(), resolver))
+
+
+def resolved_guest(guest: Guest, resolution: Resolution) -> Registered:
+    """``guest`` with what its rules' DNS names resolved to in ``resolution``
+    (a name it does not hold counts as unresolved). Pure."""
+    names = guest.policy.names()
+    found = {name: resolution.addresses[name] for name in names if name in resolution.addresses}
+    unresolved = {name: resolution.failures.get(name, "not resolved") for name in names if name not in found}
+    return Registered(guest=guest, names=found, unresolved=unresolved)
 
 
 def _next(settings: Settings) -> Settings:
@@ -288,20 +298,38 @@ RECORD = "recorded guests"
 class GuestsFeature:
     key = GUESTS_KEY
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False) -> FeaturePlan:
+    def dns_names(self, config: Any, recorded: Mapping[str, Any] | None) -> frozenset[str]:
+        """The names ``plan_apply`` (``config``) or ``plan_restore`` (``config``
+        None: the record's guests) needs resolved. Pure."""
+        if config is not None:
+            return frozenset(name for g in config.guests for name in g.policy.names())
+        try:
+            registry = salvage_registry(recorded, where=RECORD)
+        except PolicyError:
+            return frozenset()
+        guests = [m.guest for m in registry.members]
+        if registry.pending is not None:
+            try:
+                guests += [m.guest for m in salvage_registry(registry.pending, where=RECORD).members]
+            except PolicyError:
+                pass  # plan_restore drops an unreadable pending change
+        return frozenset(name for g in guests for name in g.policy.names())
+
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False,
+                   resolved: Resolution) -> FeaturePlan:  # fmt: skip
         """The file's guests; the recorded guests it does not name stay unless ``prune``."""
         old = salvage_registry(recorded, where=RECORD)
         if old.unreadable and not prune:
             raise PolicyError("; ".join(old.problems()) + ": give --prune to replace the whole record with the file")
         named = {g.name for g in config.guests}
         kept = () if prune else tuple(m for m in old.members if m.guest.name not in named)
-        members = (*kept, *(resolve_guest(g) for g in config.guests))
+        members = (*kept, *(resolved_guest(g, resolved) for g in config.guests))
         settings = Settings(pattern=config.guest_pattern, generation=old.settings.generation + 1)
         new = Registry(settings=settings, members=members)
         changes = describe_changes(old, new, kept=[m.guest.name for m in kept])
         return self._feature_plan(plan_replace(new), new, recorded, changes=changes)
 
-    def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    def plan_restore(self, recorded: Mapping[str, Any] | None, *, resolved: Resolution) -> FeaturePlan:
         if recorded is None:
             return FeaturePlan(key=self.key, shown=None, record=None, work=None, summary="no guests recorded")
         try:
@@ -313,7 +341,7 @@ class GuestsFeature:
             return FeaturePlan(key=self.key, shown=plan_json(plan), record=None, work=plan,
                                summary="guests: none restored", problems=(str(exc),))  # fmt: skip
         registry, note = _settle_pending(registry)
-        members = tuple(resolve_guest(m.guest) for m in registry.members)
+        members = tuple(resolved_guest(m.guest, resolved) for m in registry.members)
         refreshed = replace(registry, settings=_next(registry.settings), members=members, pending=None)
         return self._feature_plan(plan_replace(refreshed), refreshed, recorded, changes=note,
                                   problems=tuple(registry.problems()))  # fmt: skip
