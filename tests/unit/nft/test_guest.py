@@ -63,3 +63,13 @@ def test_pattern_is_a_name_with_an_optional_trailing_star() -> None:
     for bad in ("*", "vm*tap", "@x", "a b*"):
         with pytest.raises(PolicyError, match="invalid guest interface pattern"):
             parse_pattern(bad)
+
+
+def test_a_guest_with_unix_rules_reads_back_equal_from_its_record() -> None:
+    """The record keeps the unix:// rules the firewall ignores, so an
+    integration's check (recorded == requested) holds for such a policy."""
+    from guestfence.nft.guest import guest_from_json, guest_to_json
+
+    guest = parse_guest(name="vm1", iface="vmtap-a", addresses=["192.0.2.2/30"],
+                        policy=Policy.parse(allow=["udp://*:53", "unix:///run/x.sock"], deny=["unix://@*"]))  # fmt: skip
+    assert guest_from_json(guest_to_json(guest), where="test") == guest
