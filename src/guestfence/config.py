@@ -44,7 +44,7 @@ from typing import Any, final
 
 from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_collected
 from guestfence.lockdown.pattern import LockdownConfig, parse_pattern as parse_interface_pattern
-from guestfence.nft.guest import DEFAULT_PATTERN, Guest, parse_guest, parse_pattern
+from guestfence.guests.guest import DEFAULT_PATTERN, Guest, parse_guest, parse_pattern
 from guestfence.policy.grammar import parse_action, parse_rules
 from guestfence.policy.model import Policy, Rule, UnixRule
 

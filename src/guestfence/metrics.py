@@ -4,7 +4,7 @@ node-exporter's textfile.
 
 Reads only: the state file (under its lock), the live ``guestfence`` tables
 (rules, counters with packets and bytes, map elements) and the lockdown
-report. The comparison is guestfence.nft.firewall.collect_status, the same
+report. The comparison is guestfence.guests.firewall.collect_status, the same
 ``status`` prints.
 """
 
@@ -18,8 +18,8 @@ from guestfence.errors import HostError
 from guestfence.lockdown.feature import LOCKDOWN_KEY, recorded_state
 from guestfence.lockdown.links import collect_links
 from guestfence.lockdown.report import collect_report
-from guestfence.nft.apply import open_nft
-from guestfence.nft.firewall import GUESTS_KEY, collect_status
+from guestfence.nftables.apply import open_nft
+from guestfence.guests.firewall import GUESTS_KEY, collect_status
 from guestfence.prometheus import GuestMetrics, LockdownMetrics, Metrics
 from guestfence.state import StateStore
 

@@ -29,7 +29,7 @@ from typing import Any, final
 from guestfence.errors import GuestfenceError, PolicyError
 from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY, interrupted
 from guestfence.lockdown.pattern import InterfacePattern
-from guestfence.nft.firewall import (
+from guestfence.guests.firewall import (
     GUESTS,
     check_gateways_owned,
     GUESTS_KEY,
@@ -44,8 +44,8 @@ from guestfence.nft.firewall import (
     resolve_guest,
     salvage_registry,
 )
-from guestfence.nft.apply import open_nft
-from guestfence.nft.guest import Guest
+from guestfence.nftables.apply import open_nft
+from guestfence.guests.guest import Guest
 from guestfence.rootless.feature import ROOTLESS
 from guestfence.resolve import Resolution, resolve_names
 from guestfence.state import Feature, FeaturePlan, StateStore

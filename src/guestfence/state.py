@@ -186,7 +186,7 @@ class FeaturePlan:
 class Feature(Protocol):
     """One thing ``apply FILE``, ``restore`` and ``flush`` take care of.
 
-    The guest firewall is one (guestfence.nft.firewall.GUESTS); interface
+    The guest firewall is one (guestfence.guests.firewall.GUESTS); interface
     lockdown plugs in the same way: implement these four and add the object
     to ``FEATURES`` in guestfence.operations. ``dns_names`` says which DNS
     names planning needs (``config`` None: for ``plan_restore``); the caller

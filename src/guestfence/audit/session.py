@@ -30,7 +30,7 @@ from guestfence.audit.sandboxed import probe_sandboxed
 from guestfence.audit.unixsock import UnixFinding, collect_unix_listeners, compare_unix, probe_unix_sandboxed
 from guestfence.errors import PolicyError
 from guestfence.netinfo import collect_host_addresses
-from guestfence.nft.firewall import Registered
+from guestfence.guests.firewall import Registered
 from guestfence.operations import read_registry
 from guestfence.policy.model import Policy
 from guestfence.resolve import resolve_names

@@ -22,8 +22,8 @@ from guestfence.cli.common import (
     print_json,
 )
 from guestfence.config import load_config
-from guestfence.nft.firewall import StatusReport, member_to_json
-from guestfence.nft.guest import COMMENT_HELP, parse_guest
+from guestfence.guests.firewall import StatusReport, member_to_json
+from guestfence.guests.guest import COMMENT_HELP, parse_guest
 from guestfence.operations import Outcome, add_guest, apply_file, flush, read_registry, read_status, remove_guest, restore
 from guestfence.state import state_dir
 

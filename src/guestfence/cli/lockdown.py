@@ -14,7 +14,7 @@ from guestfence.lockdown.pattern import parse_patterns
 from guestfence.lockdown.plan import HOOKS, LockdownPlan
 from guestfence.lockdown.report import collect_report, hook_label, report_to_json
 from guestfence.lockdown.watch import LinkWatcher
-from guestfence.nft.apply import open_nft
+from guestfence.nftables.apply import open_nft
 from guestfence.operations import Outcome, lockdown_add, lockdown_remove
 from guestfence.privilege import require_net_admin
 from guestfence.state import StateStore, state_dir

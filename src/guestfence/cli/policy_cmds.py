@@ -123,7 +123,7 @@ def run_explain(args: argparse.Namespace) -> int:
     essentials: dict[Flow | UnixFlow, tuple[str, ...]] = {}
     if args.guest:
         decisions = _explain_guest(args, flows, translations)
-        from guestfence.nft.explain import link_essentials  # the guests' firewall: loaded for --guest only
+        from guestfence.guests.explain import link_essentials  # the guests' firewall: loaded for --guest only
 
         essentials = {flow: link_essentials(flow) for flow, _ in decisions if isinstance(flow, Flow)}
     else:
@@ -202,7 +202,7 @@ def _explain_guest(args: argparse.Namespace, flows: list[Flow | UnixFlow],
     if any(isinstance(flow, UnixFlow) for flow in flows):
         raise PolicyError("--guest: a VM or container guest has no way to the host's unix sockets; "
                           "unix destinations are decided for the process sandbox (without --guest)")
-    from guestfence.nft.explain import explain_registered
+    from guestfence.guests.explain import explain_registered
     from guestfence.state import state_dir
 
     given = [o for o, v in (("--policy", args.policy), ("--net-allow", args.net_allow), ("--net-deny", args.net_deny),

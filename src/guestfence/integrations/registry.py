@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from guestfence.errors import PolicyError
-from guestfence.nft.firewall import Registered
-from guestfence.nft.guest import Guest
+from guestfence.guests.firewall import Registered
+from guestfence.guests.guest import Guest
 from guestfence.operations import add_guest, read_registry, read_status, remove_guest
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from guestfence.errors import ApplyError, GuestfenceError, HostError
 from guestfence.lockdown.plan import Link, LinkSteps, LockdownPlan, compile_stacked_update
 from guestfence.lockdown.state import InterfaceRecord, LockdownState, SysctlChange, SysctlStep, merge_record
-from guestfence.nft.apply import NftHandle, apply_nft
+from guestfence.nftables.apply import NftHandle, apply_nft
 
 Journal = list[tuple[SysctlStep, str]]
 

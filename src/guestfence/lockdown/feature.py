@@ -63,7 +63,7 @@ from guestfence.lockdown.state import (
     state_from_json,
     state_to_json,
 )
-from guestfence.nft.apply import NftHandle, list_ruleset, open_nft
+from guestfence.nftables.apply import NftHandle, list_ruleset, open_nft
 from guestfence.resolve import Resolution
 from guestfence.state import FeaturePlan
 

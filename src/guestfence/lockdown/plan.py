@@ -59,7 +59,7 @@ from typing import Any, final
 from guestfence.errors import PlanError
 from guestfence.lockdown.pattern import InterfacePattern
 from guestfence.lockdown.state import InterfaceRecord, LockdownState, SysctlChange, SysctlStep
-from guestfence.nft.apply import Command
+from guestfence.nftables.apply import Command
 
 TABLE = "guestfence_lockdown"
 # Before defragmentation (-400) and conntrack (-200): a dropped packet leaves

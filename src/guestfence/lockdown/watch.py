@@ -29,7 +29,7 @@ from guestfence.lockdown.feature import LOCKDOWN_KEY
 from guestfence.lockdown.links import collect_links
 from guestfence.lockdown.plan import STACKED_SET, TABLE, Link, plan_link, stacked_links
 from guestfence.lockdown.state import LockdownState, forget_interface, salvage_state, with_pending
-from guestfence.nft.apply import NftHandle, list_ruleset
+from guestfence.nftables.apply import NftHandle, list_ruleset
 from guestfence.state import StateStore
 
 Say = Callable[[str], None]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, final
 
-from guestfence.nft.apply import apply_nft, open_nft
+from guestfence.nftables.apply import apply_nft, open_nft
 from guestfence.rootless.nftmode import TABLE, compile_flush
 from guestfence.resolve import Resolution
 from guestfence.state import FeaturePlan

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, final
 
 from guestfence.errors import HostError, PolicyError
-from guestfence.nft.apply import apply_nft, open_nft
+from guestfence.nftables.apply import apply_nft, open_nft
 from guestfence.policy.decide import require_gateway
 from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy

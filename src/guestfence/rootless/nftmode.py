@@ -22,7 +22,7 @@ closed port would make it (an ICMP error alone leaves some stacks, pasta
 among them, waiting for their own timeout).
 
 The policy's rules become matches exactly as in the guests' firewall
-(``guestfence.nft.compile.rule_matches``), so both backends read a rule
+(``guestfence.guests.compile.rule_matches``), so both backends read a rule
 the same way.
 
 Why a user and not a cgroup: ``socket cgroupv2`` is what would match a
@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guestfence.nft.build import ACCEPT, Command, Expr, ct, match, meta
-from guestfence.nft.compile import rule_matches
-from guestfence.nft.names import ICMP_PROTOS, TO_HOST_TYPES
-from guestfence.nft.compile import HOST_TYPES
+from guestfence.nftables.build import ACCEPT, Command, Expr, ct, match, meta
+from guestfence.guests.compile import rule_matches
+from guestfence.guests.names import ICMP_PROTOS, TO_HOST_TYPES
+from guestfence.guests.compile import HOST_TYPES
 from guestfence.policy.decide import require_gateway
 from guestfence.policy.model import Action, Address, Policy, Proto, Rule
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union, final
 
 from guestfence.errors import PolicyError
-from guestfence.nft.names import GUEST_NAME
+from guestfence.guests.names import GUEST_NAME
 from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Address, Policy
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from guestfence.nft.names import TABLE
+from guestfence.guests.names import TABLE
 from guestfence.policy.model import ANY_PORT, Network, PortRange
 
 Command = dict[str, Any]

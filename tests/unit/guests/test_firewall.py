@@ -11,9 +11,9 @@ import pytest
 
 from guestfence.config import parse_config
 from guestfence.errors import HostError, PolicyError
-from guestfence.nft.compile import Settings
-from guestfence.nft.drift import compare_listings
-from guestfence.nft.firewall import (
+from guestfence.guests.compile import Settings
+from guestfence.guests.drift import compare_listings
+from guestfence.guests.firewall import (
     GUESTS,
     Registry,
     apply_plan,
@@ -24,7 +24,7 @@ from guestfence.nft.firewall import (
     salvage_registry,
     status_from_listings,
 )
-from guestfence.nft.guest import comment_problem, parse_guest
+from guestfence.guests.guest import comment_problem, parse_guest
 from guestfence.policy.model import Policy
 from guestfence.resolve import Resolution
 from guestfence.state import ENV_STATE_DIR, StateStore, state_dir

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from guestfence.nft.build import (
+from guestfence.nftables.build import (
     Expr,
     goto,
     match,
@@ -38,8 +38,8 @@ from guestfence.nft.build import (
     payload,
     raw_th,
 )
-from guestfence.nft.guest import Guest
-from guestfence.nft.names import ARP, BRIDGE, ETHERTYPES, SPOOF_ICMPV6, UNSPECIFIED_SOURCE_ICMPV6, guest_chain
+from guestfence.guests.guest import Guest
+from guestfence.guests.names import ARP, BRIDGE, ETHERTYPES, SPOOF_ICMPV6, UNSPECIFIED_SOURCE_ICMPV6, guest_chain
 
 LINK_LOCAL = ipaddress.IPv6Network("fe80::/64")
 _ND_TARGET_BITS = 64

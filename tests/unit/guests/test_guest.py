@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from guestfence.errors import PolicyError
-from guestfence.nft.guest import guest_from_json, guest_to_json, parse_guest, parse_pattern
-from guestfence.nft.names import GUEST_NAME, SEPARATOR, guest_chain, guest_of
+from guestfence.guests.guest import guest_from_json, guest_to_json, parse_guest, parse_pattern
+from guestfence.guests.names import GUEST_NAME, SEPARATOR, guest_chain, guest_of
 from guestfence.policy.model import Policy
 
 
@@ -68,7 +68,7 @@ def test_pattern_is_a_name_with_an_optional_trailing_star() -> None:
 def test_a_guest_with_unix_rules_reads_back_equal_from_its_record() -> None:
     """The record keeps the unix:// rules the firewall ignores, so an
     integration's check (recorded == requested) holds for such a policy."""
-    from guestfence.nft.guest import guest_from_json, guest_to_json
+    from guestfence.guests.guest import guest_from_json, guest_to_json
 
     guest = parse_guest(name="vm1", iface="vmtap-a", addresses=["192.0.2.2/30"],
                         policy=Policy.parse(allow=["udp://*:53", "unix:///run/x.sock"], deny=["unix://@*"]))  # fmt: skip

@@ -6,7 +6,7 @@ compared with the record for ``status``.
 ``Resolution`` of the names ``dns_names`` lists, looked up by the caller)
 and return the transaction plus the record to keep;
 ``apply_plan`` is the only function here that changes the ruleset, through
-guestfence.nft.apply. What the rules are is compile.py's job; how the live
+guestfence.nftables.apply. What the rules are is compile.py's job; how the live
 tables are compared with them is drift.py's.
 
 The record, under the state file's ``"guests"`` key::
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, final
 
 from guestfence.errors import ApplyError, HostError, PolicyError
-from guestfence.nft import names as n
-from guestfence.nft.apply import NftHandle, apply_nft, open_nft
-from guestfence.nft.compile import (
+from guestfence.guests import names as n
+from guestfence.nftables.apply import NftHandle, apply_nft, open_nft
+from guestfence.guests.compile import (
     NftPlan,
     Settings,
     compile_add,
@@ -47,8 +47,8 @@ from guestfence.nft.compile import (
     compile_remove,
     compile_ruleset,
 )
-from guestfence.nft.drift import Item, compare_listings, expected_listing, live_listing
-from guestfence.nft.guest import (
+from guestfence.guests.drift import Item, compare_listings, expected_listing, live_listing
+from guestfence.guests.guest import (
     DEFAULT_PATTERN,
     IFACE_NAME,
     Guest,

@@ -28,9 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from guestfence.errors import PolicyError
-from guestfence.nft.compile import CONSTANT_SETS, MARTIAN_DESTINATIONS
-from guestfence.nft.firewall import GUESTS_KEY, Registered, Registry, registry_from_json
-from guestfence.nft.names import INET, LINK_ICMPV6
+from guestfence.guests.compile import CONSTANT_SETS, MARTIAN_DESTINATIONS
+from guestfence.guests.firewall import GUESTS_KEY, Registered, Registry, registry_from_json
+from guestfence.guests.names import INET, LINK_ICMPV6
 from guestfence.policy.decide import decide, decide_translated
 from guestfence.policy.model import Action, Address, AddressType, Context, Decision, Flow
 from guestfence.state import StateStore

@@ -1,4 +1,4 @@
-"""nft.explain: a registered guest's flows decided as its firewall decides them."""
+"""guests.explain: a registered guest's flows decided as its firewall decides them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from guestfence.nft.explain import explain_guest, guest_context
-from guestfence.nft.firewall import Registered, Registry
-from guestfence.nft.guest import parse_guest
+from guestfence.guests.explain import explain_guest, guest_context
+from guestfence.guests.firewall import Registered, Registry
+from guestfence.guests.guest import parse_guest
 from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy, Proto, local_types
 

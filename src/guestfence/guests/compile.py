@@ -61,12 +61,12 @@ from dataclasses import dataclass, field
 from typing import final
 
 from guestfence.errors import PlanError
-from guestfence.nft import build as b
-from guestfence.nft import names as n
-from guestfence.nft.antispoof import antispoof_rules
-from guestfence.nft.build import ACCEPT, Command, Expr
-from guestfence.nft.guest import DEFAULT_PATTERN, Guest
-from guestfence.nft.names import (
+from guestfence.nftables import build as b
+from guestfence.guests import names as n
+from guestfence.guests.antispoof import antispoof_rules
+from guestfence.nftables.build import ACCEPT, Command, Expr
+from guestfence.guests.guest import DEFAULT_PATTERN, Guest
+from guestfence.guests.names import (
     ARP,
     BRIDGE,
     BRIDGED_MAP,
@@ -103,7 +103,7 @@ MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127
 (the kernel drops them as martians unless route_localnet is set; we drop
 them whatever the sysctls say) and IPv4-mapped (on the wire no IPv4
 address: the host never delivers it as one, so no rule may read it as one).
-``nft.explain`` names the same list."""
+``guests.explain`` names the same list."""
 PRIO_INET_PREROUTING = -110
 """After conntrack (-200), before destination NAT (-100)."""
 PRIO_SRCNAT = 100

@@ -1,0 +1,7 @@
+"""nftables plumbing shared by every backend that writes rules (guests,
+lockdown, rootless): rulesets are libnftables JSON data, applied in one
+transaction.
+
+    apply.py   the libnftables handle and transaction: the only caller of libnftables
+    build.py   small builders of libnftables JSON (commands, matches, statements)   (pure)
+"""
