@@ -9,7 +9,8 @@ here; no function formats ruleset text. Every object lives in
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, final
 
 from guestfence.guests.names import TABLE
 from guestfence.policy.model import ANY_PORT, Network, PortRange
@@ -174,3 +175,73 @@ def log(prefix: str) -> Expr:
 
 def masquerade() -> Expr:
     return {"masquerade": None}
+
+
+def vmap(key: Expr, map_name: str) -> Expr:
+    """Look ``key`` up in the verdict map ``map_name`` and take its verdict."""
+    return {"vmap": {"key": key, "data": f"@{map_name}"}}
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One of guestfence's tables, by name (the same name in every family it
+    uses): the commands about the objects in it. Each backend names its own
+    (guests: ``inet guestfence``; lockdown, rootless: theirs)."""
+
+    name: str
+
+    def _obj(self, family: str, **fields: Any) -> dict[str, Any]:
+        return {"family": family, "table": self.name, **fields}
+
+    def add_table(self, family: str) -> Command:
+        return {"add": {"table": {"family": family, "name": self.name}}}
+
+    def delete_table(self, family: str) -> Command:
+        return {"delete": {"table": {"family": family, "name": self.name}}}
+
+    def add_chain(self, family: str, name: str) -> Command:
+        return {"add": {"chain": self._obj(family, name=name)}}
+
+    def add_base_chain(self, family: str, name: str, *, hook: str, prio: int, kind: str = "filter") -> Command:
+        """A base chain with policy accept: it dispatches or drops what it names, the rest goes on."""
+        return {"add": {"chain": self._obj(family, name=name, type=kind, hook=hook, prio=prio, policy="accept")}}
+
+    def flush_chain(self, family: str, name: str) -> Command:
+        return {"flush": {"chain": self._obj(family, name=name)}}
+
+    def delete_chain(self, family: str, name: str) -> Command:
+        return {"delete": {"chain": self._obj(family, name=name)}}
+
+    def add_counter(self, family: str, name: str) -> Command:
+        return {"add": {"counter": self._obj(family, name=name)}}
+
+    def delete_counter(self, family: str, name: str) -> Command:
+        return {"delete": {"counter": self._obj(family, name=name)}}
+
+    def add_set(self, family: str, name: str, key_type: str | Sequence[str], elements: Sequence[Any] = ()) -> Command:
+        """A named set (a list of types: concatenated keys); with ``elements``,
+        created holding them (re-adding is a no-op)."""
+        body = self._obj(family, name=name, type=key_type if isinstance(key_type, str) else list(key_type))
+        if elements:
+            body["elem"] = list(elements)
+        return {"add": {"set": body}}
+
+    def flush_set(self, family: str, name: str) -> Command:
+        return {"flush": {"set": self._obj(family, name=name)}}
+
+    def add_verdict_map(self, family: str, name: str, key_type: str | Sequence[str]) -> Command:
+        key = key_type if isinstance(key_type, str) else list(key_type)
+        return {"add": {"map": self._obj(family, name=name, type=key, map="verdict")}}
+
+    def add_element(self, family: str, set_name: str, elements: Iterable[Any]) -> Command:
+        return {"add": {"element": self._obj(family, name=set_name, elem=list(elements))}}
+
+    def delete_element(self, family: str, set_name: str, elements: Iterable[Any]) -> Command:
+        return {"delete": {"element": self._obj(family, name=set_name, elem=list(elements))}}
+
+    def add_rule(self, family: str, chain: str, exprs: Sequence[Expr], comment: str | None = None) -> Command:
+        rule = self._obj(family, chain=chain, expr=list(exprs))
+        if comment:
+            rule["comment"] = comment
+        return {"add": {"rule": rule}}
