@@ -35,9 +35,11 @@ TEST_APT    := iputils-ping passt slirp4netns gcc chromium ethtool
 # runs its own libvirtd with its own configuration).
 TEST_APT_BARE := containernetworking-plugins libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
                  $(TEST_VM_APT)
-# The test VMs of tests/vm/ (QEMU under TCG, a busybox initramfs); the
+# The test VMs of tests/vm/ (QEMU under TCG, a busybox initramfs, whose
+# udhcpc and udhcpd the macvtap test uses; passt for the VM behind it); the
 # kernel itself is fetched there with `apt-get download`, never installed.
-TEST_VM_APT := qemu-system-x86 busybox-static
+# Their prober (tests/vm/probe.c) is compiled with BUILD_APT's gcc.
+TEST_VM_APT := qemu-system-x86 busybox-static passt
 BENCH_APT   := passt slirp4netns gcc
 
 # Where install-system puts things. DESTDIR stages the whole tree elsewhere

@@ -17,6 +17,7 @@ runs. ``--against`` measures
 a second installation's ``guestfence`` in the same run (e.g. main's),
 side by side.
 
+Baselines: ``python3 -c pass``, ``nft --version`` and ``ip -V``.
 Commands: ``--help``, ``check FILE``, ``explain`` of three destinations,
 ``run -- true`` (sandbox start-up: the supervisor, the launcher and
 ``true``), and ``guest add`` replacing one guest while ``--guests``
@@ -95,6 +96,10 @@ def main() -> int:
         commands: dict[str, tuple[list[str], Callable[[], None] | None]] = {
             "python3 -c pass": ([sys.executable, "-c", "pass"], None),
         }
+        # What a system tool costs to start, for scale (the "nft and ip start in 2 ms").
+        for tool, argv in (("nft", ["--version"]), ("ip", ["-V"])):
+            if shutil.which(tool):
+                commands[f"{tool} {' '.join(argv)}"] = ([tool, *argv], None)
         for label, script in installs.items():
             suffix = "" if len(installs) == 1 else f" [{label}]"
             commands[f"--help{suffix}"] = ([script, "--help"], None)

@@ -4,6 +4,11 @@ Tests marked ``lab`` need root: they build network namespaces, load
 nftables rulesets and run seccomp supervisors against the real kernel. A
 developer without root gets them skipped with the reason; under CI=true a
 lab test that cannot run is a failure, never a skip.
+
+Property tests (hypothesis) are derandomised under CI=true, so a CI run
+checks the same examples every time and a newly found example cannot fail
+an unrelated submission; a developer's run explores new examples
+(``GUESTFENCE_FUZZ_EXAMPLES=N`` for longer runs).
 """
 
 from __future__ import annotations
@@ -11,6 +16,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 def lab_unavailable_reason() -> str | None:

@@ -39,14 +39,17 @@ import tomllib
 from collections import defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, final
+import os
+from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_collected
-from guestfence.lockdown.pattern import LockdownConfig, parse_pattern as parse_interface_pattern
-from guestfence.guests.guest import DEFAULT_PATTERN, Guest, parse_guest, parse_pattern
+from guestfence.guests.names import DEFAULT_PATTERN
 from guestfence.policy.grammar import parse_action, parse_rules
 from guestfence.policy.model import Policy, Rule, UnixRule
+
+if TYPE_CHECKING:  # imported where a file has [[guest]] or [lockdown] tables (start-up of check, explain)
+    from guestfence.lockdown.pattern import LockdownConfig
+    from guestfence.guests.guest import Guest
 
 POLICY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _POLICY_KEYS = ("default", "allow", "deny")
@@ -92,16 +95,17 @@ def _available(config: ConfigFile) -> str:
 def split_policy_spec(spec: str) -> tuple[str, str | None]:
     """``FILE[:NAME]`` -> (file, name). A path that exists as given is a file."""
     path, colon, name = spec.rpartition(":")
-    if colon and path and POLICY_NAME.match(name) and not Path(spec).exists():
+    if colon and path and POLICY_NAME.match(name) and not os.path.exists(spec):
         return path, name
     return spec, None
 
 
-def load_config(path: str | Path) -> ConfigFile:
+def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read and parse a policy file. Raises PolicyError (unreadable files too)."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror or exc}", source=source) from None
     except UnicodeDecodeError as exc:
@@ -151,12 +155,15 @@ def parse_config(text: str, *, source: str) -> ConfigFile:
                     errors.append(locator.key_error(key, f"unknown key {key!r} in [policy.{name}] (expected default, allow or deny)"))
             policies[name] = _parse_policy_table(table, locator, errors, where=f" in [policy.{name}]")
 
-    guests = _parse_guests(data.get("guest", []), policies, locator, errors)
+    guests = _parse_guests(data["guest"], policies, locator, errors) if "guest" in data else ()
     pattern = DEFAULT_PATTERN
-    try:
-        pattern = parse_pattern(data.get("guest_pattern", DEFAULT_PATTERN), where=f"{source}: ")
-    except PolicyError as e:
-        errors.append(e)
+    if "guest_pattern" in data:
+        from guestfence.guests.guest import parse_pattern
+
+        try:
+            pattern = parse_pattern(data["guest_pattern"], where=f"{source}: ")
+        except PolicyError as e:
+            errors.append(e)
     lockdown = _parse_lockdown(data["lockdown"], locator, errors) if "lockdown" in data else None
     raise_collected(errors)
     return ConfigFile(source=source, policies=policies, guests=guests, guest_pattern=pattern, lockdown=lockdown)
@@ -164,6 +171,8 @@ def parse_config(text: str, *, source: str) -> ConfigFile:
 
 def _parse_lockdown(table: Any, locator: _Locator, errors: list[PolicyError]) -> LockdownConfig | None:
     """The ``[lockdown]`` table: ``interfaces`` (names or ``prefix*``) and ``force``."""
+    from guestfence.lockdown.pattern import LockdownConfig, parse_pattern as parse_interface_pattern
+
     if not isinstance(table, dict):
         errors.append(locator.key_error("lockdown", "'lockdown' must be a table ([lockdown])"))
         return None
@@ -191,6 +200,8 @@ def _parse_guests(
     """The ``[[guest]]`` tables. A guest's policy is its ``policy`` (a
     ``[policy.NAME]``; without one, the file's unnamed policy or none) plus
     its own ``net_allow``, ``net_deny`` and ``default``."""
+    from guestfence.guests.guest import parse_guest
+
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         errors.append(locator.key_error("guest", "'guest' must be an array of tables ([[guest]])"))
         return ()

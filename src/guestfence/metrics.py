@@ -24,7 +24,7 @@ from guestfence.prometheus import GuestMetrics, LockdownMetrics, Metrics
 from guestfence.state import StateStore
 
 
-def collect_metrics(directory: Path) -> Metrics:
+def collect_metrics(directory: str) -> Metrics:
     with StateStore(directory, read_only=True) as store:
         guests_section = store.section(GUESTS_KEY)
         lockdown_section = store.section(LOCKDOWN_KEY)

@@ -23,12 +23,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
-from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY, interrupted
-from guestfence.lockdown.pattern import InterfacePattern
 from guestfence.guests.firewall import (
     GUESTS,
     check_gateways_owned,
@@ -38,21 +35,28 @@ from guestfence.guests.firewall import (
     StatusReport,
     collect_status,
     describe_changes,
+    pending_change,
     plan_add,
     plan_json,
     plan_remove,
     resolve_guest,
     salvage_registry,
 )
-from guestfence.nftables.apply import open_nft
 from guestfence.guests.guest import Guest
-from guestfence.rootless.feature import ROOTLESS
 from guestfence.resolve import Resolution, resolve_names
 from guestfence.state import Feature, FeaturePlan, StateStore
 
-FEATURES: tuple[Feature, ...] = (GUESTS, LOCKDOWN, ROOTLESS)
-"""What ``apply FILE``, ``restore`` and ``flush`` take care of, in this order.
-Each owns one key of the state file; a new feature is added here only."""
+if TYPE_CHECKING:  # lockdown is imported only by the commands that use it
+    from guestfence.lockdown.pattern import InterfacePattern
+
+def features() -> tuple[Feature, ...]:
+    """What ``apply FILE``, ``restore`` and ``flush`` take care of, in this order.
+    Each owns one key of the state file; a new feature is added here only.
+    (Imported when asked: ``guest add`` needs none but the guests'.)"""
+    from guestfence.lockdown.feature import LOCKDOWN
+    from guestfence.rootless.feature import ROOTLESS
+
+    return (GUESTS, LOCKDOWN, ROOTLESS)
 
 _LINK_LOCAL = (ipaddress.ip_network("fe80::/10"),)
 
@@ -84,19 +88,18 @@ def commit(store: StateStore, feature: Feature, plan: FeaturePlan, recorded: Any
         store.write_section(plan.key, plan.record)
 
 
-def run_features(directory: Path, make_plan: Callable[[Feature, Any, Resolution], FeaturePlan], *, dry_run: bool,
+def run_features(directory: str, make_plan: Callable[[Feature, Any, Resolution], FeaturePlan], *, dry_run: bool,
                  config: Any = None, salvage: bool = False, resolve: bool = True) -> Outcome:  # fmt: skip
     """Plan every feature, then apply and record each. The DNS names a
     feature's plan needs (``Feature.dns_names`` of ``config``, or of the
     record) are looked up first, once, and handed to ``make_plan`` (unless
-    not ``resolve``: ``flush`` needs none). With
-    ``salvage`` (restore, flush), a feature that cannot be planned is reported
-    and the others still applied; otherwise any error stops before anything
-    changed."""
+    not ``resolve``: ``flush`` needs none). With ``salvage`` (restore,
+    flush), a feature that cannot be planned is reported and the others
+    still applied; otherwise any error stops before anything changed."""
     problems: list[str] = []
     with StateStore(directory, read_only=dry_run) as store:
         planned: list[tuple[Feature, FeaturePlan, Any]] = []
-        for feature in FEATURES:
+        for feature in features():
             recorded = store.section(feature.key)
             try:
                 resolved = resolve_names(feature.dns_names(config, recorded) if resolve else ())
@@ -117,7 +120,7 @@ def run_features(directory: Path, make_plan: Callable[[Feature, Any, Resolution]
     return Outcome(plans=plans, problems=(*problems, *(p for plan in plans for p in plan.problems)))
 
 
-def apply_file(directory: Path, config: Any, *, prune: bool, dry_run: bool) -> Outcome:
+def apply_file(directory: str, config: Any, *, prune: bool, dry_run: bool) -> Outcome:
     """``apply FILE``: every feature made as the file says; what it does not
     name stays unless ``prune``."""
     outcome = run_features(directory, lambda feature, recorded, resolved: feature.plan_apply(
@@ -125,13 +128,13 @@ def apply_file(directory: Path, config: Any, *, prune: bool, dry_run: bool) -> O
     return replace(outcome, warnings=tuple(w for guest in config.guests for w in unix_rules_ignored(guest)))
 
 
-def restore(directory: Path, *, dry_run: bool) -> Outcome:
+def restore(directory: str, *, dry_run: bool) -> Outcome:
     """Rebuild what is recorded (after a reboot), settling interrupted changes."""
     return run_features(directory, lambda feature, recorded, resolved: feature.plan_restore(recorded, resolved=resolved),
                         dry_run=dry_run, salvage=True)  # fmt: skip
 
 
-def flush(directory: Path, *, dry_run: bool) -> Outcome:
+def flush(directory: str, *, dry_run: bool) -> Outcome:
     """Remove what guestfence installed; the record stays for ``restore``."""
     return run_features(directory, lambda feature, recorded, resolved: feature.plan_flush(recorded), dry_run=dry_run,
                         salvage=True, resolve=False)  # fmt: skip
@@ -148,7 +151,7 @@ def unix_rules_ignored(guest: Guest) -> list[str]:
             f"own) and are ignored: {', '.join(named)}"]  # fmt: skip
 
 
-def add_guest(directory: Path, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
+def add_guest(directory: str, guest: Guest, *, dry_run: bool, force: bool) -> Outcome:
     """Register ``guest`` (or replace the guest of that name)."""
     warnings = [*_checked_link(guest, force=force), *unix_rules_ignored(guest)]
     with StateStore(directory, read_only=dry_run) as store:
@@ -178,7 +181,7 @@ def _checked_link(guest: Guest, *, force: bool) -> list[str]:
     return warnings
 
 
-def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
+def remove_guest(directory: str, name: str, *, dry_run: bool) -> Outcome:
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))
@@ -189,9 +192,11 @@ def remove_guest(directory: Path, name: str, *, dry_run: bool) -> Outcome:
     return Outcome(plans=(plan,), warnings=tuple(registry.problems()))
 
 
-def lockdown_add(directory: Path, added: tuple[InterfacePattern, ...], *, dry_run: bool, force: bool) -> Outcome:
+def lockdown_add(directory: str, added: tuple[InterfacePattern, ...], *, dry_run: bool, force: bool) -> Outcome:
     """Lock down ``added`` as well; refuses (PlanError) patterns covering the
     host's own interfaces or a registered guest's, unless ``force``."""
+    from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY
+
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(LOCKDOWN_KEY)
         plan = LOCKDOWN.plan_add(recorded, added, recorded_guests=store.section(GUESTS_KEY), force=force)
@@ -200,8 +205,10 @@ def lockdown_add(directory: Path, added: tuple[InterfacePattern, ...], *, dry_ru
     return Outcome(plans=(plan,))
 
 
-def lockdown_remove(directory: Path, removed: tuple[InterfacePattern, ...], *, dry_run: bool) -> Outcome:
+def lockdown_remove(directory: str, removed: tuple[InterfacePattern, ...], *, dry_run: bool) -> Outcome:
     """Stop locking down ``removed``, writing back what adding them changed."""
+    from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY
+
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(LOCKDOWN_KEY)
         plan = LOCKDOWN.plan_remove(recorded, removed)
@@ -210,27 +217,35 @@ def lockdown_remove(directory: Path, removed: tuple[InterfacePattern, ...], *, d
     return Outcome(plans=(plan,))
 
 
-def read_registry(directory: Path) -> Registry:
+def read_registry(directory: str) -> Registry:
     """The record as far as it can be read (``Registry.problems`` says what cannot)."""
     with StateStore(directory, read_only=True) as store:
         return salvage_registry(store.section(GUESTS_KEY), where=str(store.path))
 
 
-def read_status(directory: Path, *, with_lockdown: bool = False) -> StatusReport:
+def read_status(directory: str, *, with_lockdown: bool = False) -> StatusReport:
     """The guests' status; ``with_lockdown`` adds an interrupted lockdown
     change to its drift (``guestfence status``; an integration's check is
     about its guest alone)."""
     with StateStore(directory, read_only=True) as store:
         report = collect_status(store.section(GUESTS_KEY), where=str(store.path))
-        lockdown = store.section(LOCKDOWN_KEY) if with_lockdown else None
+        if not with_lockdown:
+            return report
+        from guestfence.lockdown.feature import LOCKDOWN_KEY, interrupted
+        from guestfence.nftables.apply import open_nft
+
+        lockdown = store.section(LOCKDOWN_KEY)
     if lockdown is None:
         return report
     return replace(report, drift=(*report.drift, *(f"lockdown: {line}" for line in interrupted(lockdown, open_nft()))))
 
 
 def _guests_plan(nft_plan: Any, old: Registry, new: Registry, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    """The intent records only the change (guestfence.guests.firewall: pending), not every guest again."""
     record = new.to_json()
-    return FeaturePlan(key=GUESTS_KEY, shown=plan_json(nft_plan), record=record, intent={**(recorded or {}), "pending": record},
+    committed = recorded if recorded is not None else old.to_json()  # (the first guest: an empty section, readable)
+    intent = {**committed, "pending": pending_change(old, new)}
+    return FeaturePlan(key=GUESTS_KEY, shown=plan_json(nft_plan), record=record, intent=intent,
                        work=nft_plan, summary=f"{len(new.members)} guest(s)", changes=tuple(describe_changes(old, new)))  # fmt: skip
 
 

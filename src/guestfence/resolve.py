@@ -9,7 +9,6 @@ it matches everything of its protocol and ports).
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
@@ -26,10 +25,18 @@ class Resolution:
     failures: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
-def resolve_names(names: Iterable[str], resolver: Resolver = socket.getaddrinfo) -> Resolution:
+def resolve_names(names: Iterable[str], resolver: Resolver | None = None) -> Resolution:
+    """Resolve ``names`` with ``resolver`` (default: socket.getaddrinfo, imported
+    only when there is a name to look up: start-up of ``explain``)."""
+    names = sorted(set(names))
+    if not names:
+        return Resolution()
+    import socket
+
+    resolver = resolver or socket.getaddrinfo
     addresses: dict[str, frozenset[Address]] = {}
     failures: dict[str, str] = {}
-    for name in sorted(set(names)):
+    for name in names:
         try:
             infos = resolver(name, None, proto=socket.IPPROTO_TCP)
         except (OSError, UnicodeError) as exc:

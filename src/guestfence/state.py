@@ -15,8 +15,9 @@ are per namespace, so their records must be too). The directory is locked
 (``flock``) while a command reads, changes and records, so two commands
 run at once cannot lose each other's change; writes are atomic (a
 temporary file renamed over the old one). A file that cannot be read as a
-state document is never written over: every write reads it first and
-stops with a HostError. Read-only commands open the store with
+state document is never written over: it is read (once while the lock is
+held: only the holder changes it) before any write, which stops with a
+HostError. Read-only commands open the store with
 ``read_only=True``: they create neither the directory nor the lock file.
 
 A change is recorded twice: its ``FeaturePlan.intent`` (the old section
@@ -32,7 +33,6 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, final
 
@@ -42,22 +42,24 @@ if TYPE_CHECKING:  # resolve imports the policy core, which state.py does not ne
     from guestfence.resolve import Resolution
 
 ENV_STATE_DIR = "GUESTFENCE_STATE_DIR"
-DEFAULT_STATE_DIR = Path("/var/lib/guestfence")
+DEFAULT_STATE_DIR = "/var/lib/guestfence"
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 VERSION = 1
-_NETNS_RUN_DIR = Path("/run/netns")
+_NETNS_RUN_DIR = "/run/netns"
+# Paths are strings (os.path): pathlib, with urllib.parse, is a tenth of the
+# imports of `guest add`, the command a VM manager runs for every VM.
 
 
-def state_dir(explicit: str | None = None) -> Path:
+def state_dir(explicit: str | None = None) -> str:
     """The state directory for this command (see the module header)."""
     if explicit:
-        return Path(explicit)
+        return explicit
     from_env = os.environ.get(ENV_STATE_DIR)
     if from_env:
-        return Path(from_env)
+        return from_env
     netns = current_netns_name()
-    return DEFAULT_STATE_DIR if netns is None else DEFAULT_STATE_DIR / "netns" / netns
+    return DEFAULT_STATE_DIR if netns is None else os.path.join(DEFAULT_STATE_DIR, "netns", netns)
 
 
 def current_netns_name() -> str | None:
@@ -68,16 +70,16 @@ def current_netns_name() -> str | None:
     except OSError:
         return None
     try:
-        entries = sorted(_NETNS_RUN_DIR.iterdir())
+        entries = sorted(os.listdir(_NETNS_RUN_DIR))
     except OSError:
         entries = []
     for entry in entries:
         try:
-            found = entry.stat()
+            found = os.stat(os.path.join(_NETNS_RUN_DIR, entry))
         except OSError:
             continue
         if (found.st_dev, found.st_ino) == (mine.st_dev, mine.st_ino):
-            return entry.name
+            return entry
     try:
         init = os.stat("/proc/1/ns/net")
     except OSError:
@@ -89,21 +91,22 @@ def current_netns_name() -> str | None:
 class StateStore:
     """The locked state directory: ``with StateStore(dir) as store: ...``."""
 
-    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
-        self.directory = directory
-        self.path = directory / STATE_FILE
+    def __init__(self, directory: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.directory = os.fspath(directory)
+        self.path = os.path.join(self.directory, STATE_FILE)
         self.read_only = read_only
         self._lock: int | None = None
+        self._document: dict[str, Any] | None = None  # as last read or written, while locked
 
     def __enter__(self) -> StateStore:
         try:
             if self.read_only:
                 # A shared lock on what exists; nothing recorded yet is nothing to wait for.
-                self._lock = os.open(self.directory / LOCK_FILE, os.O_RDONLY)
+                self._lock = os.open(os.path.join(self.directory, LOCK_FILE), os.O_RDONLY)
                 fcntl.flock(self._lock, fcntl.LOCK_SH)
                 return self
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._lock = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self._lock = os.open(os.path.join(self.directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
         except FileNotFoundError:
             if self.read_only:
@@ -116,18 +119,28 @@ class StateStore:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self._document = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
 
     def read(self) -> dict[str, Any]:
-        """The whole document; ``{}`` when nothing was recorded yet."""
+        """The whole document; ``{}`` when nothing was recorded yet. Read from
+        the file once per ``with``: under the lock only this store changes it."""
+        if self._document is None or self._lock is None:
+            self._document = self._read_file()
+        return self._document
+
+    def _read_file(self) -> dict[str, Any]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with open(self.path, encoding="utf-8") as file:
+                text = file.read()
         except FileNotFoundError:
             return {}
         except OSError as exc:
             raise HostError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise HostError(f"{self.path} is not valid JSON (not UTF-8 at byte {exc.start}); fix or remove it") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -143,13 +156,13 @@ class StateStore:
         """Record ``value`` under ``key`` (None: remove the key), leaving the other features' keys as they are."""
         if self.read_only:
             raise HostError(f"{self.path}: opened read-only")
-        data = self.read()
+        data = dict(self.read())
         data["version"] = VERSION
         if value is None:
             data.pop(key, None)  # nothing recorded, as before the feature's first change
         else:
             data[key] = value
-        temporary = self.path.with_name(f".{STATE_FILE}.tmp")
+        temporary = os.path.join(self.directory, f".{STATE_FILE}.tmp")
         try:
             with open(temporary, "w", encoding="utf-8") as out:
                 # One line, by json's C encoder: with indent (or json.dump)
@@ -159,7 +172,9 @@ class StateStore:
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)
         except OSError as exc:
+            self._document = None  # what the file holds now is read again
             raise HostError(f"cannot record the state in {self.path}: {exc.strerror or exc}") from exc
+        self._document = data
 
 
 @final
@@ -187,8 +202,8 @@ class Feature(Protocol):
     """One thing ``apply FILE``, ``restore`` and ``flush`` take care of.
 
     The guest firewall is one (guestfence.guests.firewall.GUESTS); interface
-    lockdown plugs in the same way: implement these four and add the object
-    to ``FEATURES`` in guestfence.operations. ``dns_names`` says which DNS
+    lockdown plugs in the same way: implement these five and add the object
+    to ``features()`` in guestfence.operations. ``dns_names`` says which DNS
     names planning needs (``config`` None: for ``plan_restore``); the caller
     looks them up and hands the ``Resolution`` in, so no ``plan_*`` resolves
     anything. ``plan_*`` may read the kernel but change nothing; ``apply``

@@ -102,16 +102,27 @@ def test_status_counts_what_a_guest_sent(scene: Scene) -> None:
     assert guest["accepted"] > 0 and guest["accepted_bytes"] > 0 and guest["dropped"] > 0 and guest["drift"] == []
 
 
-def test_a_change_applied_but_not_recorded_is_seen_and_restore_keeps_it(scene: Scene) -> None:
+@pytest.mark.parametrize("form", ["section", "change"])
+def test_a_change_applied_but_not_recorded_is_seen_and_restore_keeps_it(scene: Scene, form: str) -> None:
+    from guestfence.guests.firewall import pending_change, plan_add, salvage_registry
+
     first, second = scene.add_guest("g1", 1), scene.add_guest("g2", 2)
     scene.register(first, *POLICY)
     record = (scene.state_dir / "state.json").read_text()
     scene.register(second, *POLICY)
     # A crash after the transaction, before the record: the pending intent is
-    # what was written last. Rebuild that file: committed g1, pending g1+g2.
+    # what was written last. Rebuild that file: committed g1, pending g1+g2,
+    # as a whole section (apply FILE, restore, earlier versions) or as the
+    # change `guest add` records.
     after = json.loads((scene.state_dir / "state.json").read_text())
     crashed = json.loads(record)
     crashed["guests"]["pending"] = after["guests"]
+    if form == "change":
+        committed = salvage_registry(crashed["guests"], where="state")
+        added = salvage_registry(after["guests"], where="state").find("g2")
+        assert added is not None
+        crashed["guests"]["pending"] = json.loads(json.dumps(pending_change(committed, plan_add(committed, added)[1])))
+        assert crashed["guests"]["pending"]["generation"] == after["guests"]["generation"]
     (scene.state_dir / "state.json").write_text(json.dumps(crashed))
     status = scene.gf("status", check=False)
     assert status.returncode == 1 and "applied but not recorded" in status.stdout

@@ -15,7 +15,8 @@ autoloading. ``run_in_vm`` is the common case: one command, host root.
 Leaving the ``with`` block (or ``close()``) kills QEMU and removes the
 exchange directory, whatever the guest did. ``qemu_args`` adds devices,
 e.g. ``-netdev tap,...`` for a VM on a TAP; ``netns`` runs QEMU in a
-network namespace, where such a TAP lives.
+network namespace, where such a TAP lives; ``pass_fds`` are open files
+QEMU inherits at the same numbers (a macvtap's, for ``-netdev tap,fd=N``).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def command_script(argv: Sequence[str], cwd: str | os.PathLike[str] | None = Non
 class VirtualMachine:
     def __init__(self, script: str, *, host_root: bool = True, memory_mib: int = 3072, cpus: int = 2,
                  qemu_args: Sequence[str] = (), netns: str | None = None, echo: TextIO | None = None,
-                 kernel: Kernel | None = None) -> None:  # fmt: skip
+                 kernel: Kernel | None = None, pass_fds: Sequence[int] = ()) -> None:  # fmt: skip
         if shutil.which(QEMU) is None:
             raise VmError(f"{QEMU} is missing: install qemu-system-x86")
         self.kernel = kernel or debian_kernel()
@@ -121,7 +122,8 @@ class VirtualMachine:
         self.lines: list[str] = []
         self.started = time.monotonic()
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        pass_fds=tuple(pass_fds))  # fmt: skip
         self.reader = threading.Thread(target=self._read_console, daemon=True)
         self.reader.start()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import final
 
 from guestfence.audit.collect import collect_listeners, plan_targets
@@ -45,7 +44,7 @@ class Audit:
 
 
 def collect_audit(
-    *, netns: str | None, policy: Policy | None, guest: str | None = None, state_dir: Path | None = None,
+    *, netns: str | None, policy: Policy | None, guest: str | None = None, state_dir: str | None = None,
     udp: bool = False, timeout: float = DEFAULT_TIMEOUT, resolve: bool = True,
 ) -> Audit:  # fmt: skip
     """Audit from ``netns`` (None: a sandboxed child) against ``policy``, or
@@ -85,7 +84,7 @@ def collect_audit(
     return Audit(report=report, unresolved=unresolved)
 
 
-def _registered(name: str, directory: Path | None) -> Registered:
+def _registered(name: str, directory: str | None) -> Registered:
     registry = read_registry(directory or state_dir())
     found = registry.find(name)
     if found is None:

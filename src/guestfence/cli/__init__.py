@@ -27,6 +27,7 @@ or a function of its arguments); it is checked before the command runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -80,6 +81,30 @@ Run 'guestfence COMMAND --help' for each command's options and examples.
 """
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-written layout of descriptions and examples. Finds the
+    terminal's width as argparse does, without importing shutil (and bz2,
+    lzma) for it: argparse makes a formatter for every argument added."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+@functools.cache
+def _columns() -> int:
+    """$COLUMNS, else the width of the terminal on stdout, else 80 (as shutil.get_terminal_size)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 def command_module(name: str):  # -> module
     """The module that registers command ``name`` (imported now)."""
     return importlib.import_module(f"guestfence.cli.{COMMANDS[name][0]}")
@@ -92,7 +117,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="guestfence",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--version", action=_VersionAction, help="show the installed version and exit")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from guestfence.audit.probe import DEFAULT_PARALLEL, DEFAULT_TIMEOUT
 from guestfence.audit.report import format_report_table, format_summary, render_html, report_json
@@ -85,7 +84,7 @@ def run_audit(args: argparse.Namespace) -> int:
     audit = collect_audit(
         netns=None if args.sandbox else args.netns,
         policy=policy_from_args(args) if given or not args.guest else None,
-        guest=args.guest, state_dir=Path(args.state_dir) if args.state_dir else None,
+        guest=args.guest, state_dir=args.state_dir,
         udp=args.udp, timeout=args.timeout, resolve=not args.no_resolve,
     )  # fmt: skip
     for name, why in sorted(audit.unresolved.items()):

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from guestfence.config import load_policy
+from guestfence.cli import HelpFormatter
 from guestfence.errors import PolicyError
 from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Address, Policy, Symbol, SymbolHost, unmap
 
 if TYPE_CHECKING:  # only the commands that start a process need subprocess (cli/__init__: start-up)
     import subprocess
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the hand-written layout of descriptions and examples."""
 
 
 def add_policy_options(parser: argparse.ArgumentParser, *, default: str = "deny") -> None:
@@ -32,7 +27,11 @@ def add_policy_options(parser: argparse.ArgumentParser, *, default: str = "deny"
 
 def policy_from_args(args: argparse.Namespace) -> Policy:
     """The policy the options describe. Raises PolicyError."""
-    base = load_policy(args.policy) if args.policy else Policy()
+    base = Policy()
+    if args.policy:
+        from guestfence.config import load_policy  # TOML: only for --policy (start-up of guest add)
+
+        base = load_policy(args.policy)
     extra = parse_policy(allow=args.net_allow, deny=args.net_deny, default=args.default or base.default.value)
     return Policy.of(
         default=extra.default,
@@ -59,6 +58,8 @@ def warn_gateway_undefined(policy: Policy, where: str) -> None:
 
 
 def print_json(value: Any) -> None:
+    import json
+
     json.dump(value, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
 

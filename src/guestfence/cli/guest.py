@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from guestfence.cli.common import (
     HelpFormatter,
@@ -21,7 +20,6 @@ from guestfence.cli.common import (
     policy_from_args,
     print_json,
 )
-from guestfence.config import load_config
 from guestfence.guests.firewall import StatusReport, member_to_json
 from guestfence.guests.guest import COMMENT_HELP, parse_guest
 from guestfence.operations import Outcome, add_guest, apply_file, flush, read_registry, read_status, remove_guest, restore
@@ -44,12 +42,12 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    state = argparse.ArgumentParser(add_help=False)
+    state = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     state.add_argument("--state-dir", metavar="DIR", help="where the applied state is recorded (default: /var/lib/guestfence)")
-    changing = argparse.ArgumentParser(add_help=False, parents=[state])
+    changing = argparse.ArgumentParser(add_help=False, parents=[state], formatter_class=HelpFormatter)
     changing.add_argument("--dry-run", action="store_true", help="print what would change, change nothing (with --json: the nftables batch)")
     changing.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    reporting = argparse.ArgumentParser(add_help=False, parents=[state])
+    reporting = argparse.ArgumentParser(add_help=False, parents=[state], formatter_class=HelpFormatter)
     reporting.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     guest = subparsers.add_parser(
@@ -187,6 +185,8 @@ def run_status(args: argparse.Namespace) -> int:
 
         metrics = collect_metrics(state_dir(args.state_dir))
         if args.prometheus_textfile:
+            from pathlib import Path
+
             write_textfile(render_prometheus(metrics), Path(args.prometheus_textfile))
         else:
             print(render_prometheus(metrics), end="")
@@ -220,6 +220,8 @@ def run_flush(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    from guestfence.config import load_config  # TOML: only apply reads a file (start-up of guest add)
+
     config = load_config(args.file)
     outcome = apply_file(state_dir(args.state_dir), config, prune=args.prune, dry_run=args.dry_run)
     return _report(args, outcome, f"applied {args.file}")

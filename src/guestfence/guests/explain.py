@@ -25,7 +25,6 @@ it answers as the kernel does for that guest:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from guestfence.errors import PolicyError
 from guestfence.guests.compile import CONSTANT_SETS, MARTIAN_DESTINATIONS
@@ -53,7 +52,7 @@ def link_essentials(flow: Flow) -> tuple[str, ...]:
 
 
 def explain_registered(
-    directory: Path, name: str, flows: Sequence[Flow], address_type: Callable[[Address], AddressType],
+    directory: str, name: str, flows: Sequence[Flow], address_type: Callable[[Address], AddressType],
     translations: Mapping[Flow, Flow],
 ) -> list[tuple[Flow, Decision]]:  # fmt: skip
     """Each flow decided as the firewall decides it for registered guest ``name``. Raises PolicyError."""

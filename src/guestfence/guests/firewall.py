@@ -21,7 +21,13 @@ the tables (compile.Settings). A change is recorded as ``pending`` before
 its transaction and committed after it (guestfence.state.FeaturePlan), so a
 crash in between is seen: ``status`` reports the tables' generation against
 the record's, and ``restore`` keeps the pending change if the tables hold
-it, else drops it.
+it, else drops it. ``apply FILE`` and ``restore`` record the whole new
+section as pending; ``guest add|remove`` only what changes, applied to the
+committed section when it is read back (``pending_change``)::
+
+    "pending": {"generation": 8, "put": [{...member...}], "drop": ["vm3"], "drop_unreadable": []}
+
+so that adding one guest to 1000 does not write all of them twice more.
 
 A member that cannot be read back (a missing key, a bad rule) is kept in
 the record as it is and reported; ``restore`` installs every other guest
@@ -31,10 +37,9 @@ and drops the bad member's interface like an unregistered one.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import ApplyError, HostError, PolicyError
 from guestfence.guests import names as n
@@ -47,7 +52,6 @@ from guestfence.guests.compile import (
     compile_remove,
     compile_ruleset,
 )
-from guestfence.guests.drift import Item, compare_listings, expected_listing, live_listing
 from guestfence.guests.guest import (
     DEFAULT_PATTERN,
     IFACE_NAME,
@@ -60,17 +64,23 @@ from guestfence.policy.model import Address
 from guestfence.resolve import Resolution, Resolver, resolve_names
 from guestfence.state import FeaturePlan
 
+if TYPE_CHECKING:  # drift (difflib, threading, ctypes) is imported by status and restore only: start-up of guest add
+    from guestfence.guests.drift import Item
+
 GUESTS_KEY = "guests"
 
 
 @final
 @dataclass(frozen=True, kw_only=True)
 class Registered:
-    """A guest with the addresses its rules' DNS names resolved to when applied."""
+    """A guest with the addresses its rules' DNS names resolved to when applied.
+    ``record``: the recorded form it was read from (written back as it is, so
+    a change of one guest does not serialise every other), None for a new one."""
 
     guest: Guest
     names: Mapping[str, frozenset[Address]] = field(default_factory=dict, hash=False)
     unresolved: Mapping[str, str] = field(default_factory=dict, hash=False)
+    record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
 
 
 @final
@@ -112,7 +122,9 @@ class Registry:
                 for u in self.unreadable]  # fmt: skip
 
 
-def member_to_json(member: Registered) -> dict[str, Any]:
+def member_to_json(member: Registered) -> Mapping[str, Any]:
+    if member.record is not None:
+        return member.record
     record = guest_to_json(member.guest)
     record["resolved"] = {name: sorted(str(a) for a in found) for name, found in sorted(member.names.items())}
     record["unresolved"] = dict(sorted(member.unresolved.items()))
@@ -168,7 +180,7 @@ def _member_from_json(record: Any, *, where: str) -> Registered:
         unresolved = {str(k): str(v) for k, v in record["unresolved"].items()}
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise PolicyError(f"{where}: malformed guest record ({exc!r})") from None
-    return Registered(guest=guest, names=found, unresolved=unresolved)
+    return Registered(guest=guest, names=found, unresolved=unresolved, record=record)
 
 
 def _unreadable(record: Any, problem: str) -> Unreadable:
@@ -205,7 +217,7 @@ def check_gateways_owned(guest: Guest) -> str | None:
     return None
 
 
-def resolve_guest(guest: Guest, resolver: Resolver = socket.getaddrinfo) -> Registered:
+def resolve_guest(guest: Guest, resolver: Resolver | None = None) -> Registered:
     """Resolve the DNS names of the guest's rules, now (the one lookup; plans are pure)."""
     return resolved_guest(guest, resolve_names(guest.policy.names(), resolver))
 
@@ -373,15 +385,52 @@ class GuestsFeature:
 GUESTS = GuestsFeature()
 
 
+def pending_change(old: Registry, new: Registry) -> dict[str, Any]:
+    """The pending record of a change from ``old`` to ``new`` that keeps the
+    pattern (guest add, remove): what ``apply_pending`` turns ``old`` into ``new`` with."""
+    kept = {id(m) for m in old.members}
+    put = [m for m in new.members if id(m) not in kept]
+    remaining = {m.guest.name for m in new.members}
+    return {
+        "generation": new.settings.generation,
+        "put": [member_to_json(m) for m in put],
+        "drop": [m.guest.name for m in old.members if m.guest.name not in remaining],
+        "drop_unreadable": [u.name for u in old.unreadable if u not in new.unreadable],
+    }
+
+
+def apply_pending(committed: Registry, pending: Mapping[str, Any], *, where: str) -> Registry:
+    """The registry a pending record describes: a whole section, or a change
+    (``pending_change``) to ``committed``. Raises PolicyError when it cannot be read."""
+    if "members" in pending:
+        return salvage_registry(pending, where=where)
+    try:
+        generation, put, drop, drop_bad = pending["generation"], pending["put"], pending["drop"], pending["drop_unreadable"]
+        if not isinstance(generation, int) or not all(isinstance(x, list) for x in (put, drop, drop_bad)):
+            raise TypeError("generation must be a number, put, drop and drop_unreadable lists")
+    except (KeyError, TypeError) as exc:
+        raise PolicyError(f"{where}: malformed pending change ({exc})") from None
+    added = [_member_from_json(record, where=f"{where}: put {i + 1}") for i, record in enumerate(put)]
+    gone = set(drop) | {m.guest.name for m in added}
+    members = (*(m for m in committed.members if m.guest.name not in gone), *added)
+    unreadable = tuple(u for u in committed.unreadable if u.name not in set(drop_bad))
+    good = {m.guest.iface for m in members} | {m.guest.bridge for m in members if m.guest.bridge}
+    closed = tuple(sorted({u.iface for u in unreadable if u.iface and u.iface not in good}))
+    settings = replace(committed.settings, generation=generation, closed=closed)
+    return Registry(settings=settings, members=members, unreadable=unreadable)
+
+
 def _settle_pending(registry: Registry) -> tuple[Registry, list[str]]:
     """The record to restore when a change was interrupted: the pending one
     if the tables hold its generation (it was applied), else the committed one."""
     if registry.pending is None:
         return registry, []
     try:
-        pending = salvage_registry(registry.pending, where=f"{RECORD} (pending)")
+        pending = apply_pending(registry, registry.pending, where=f"{RECORD} (pending)")
     except PolicyError:
         return replace(registry, pending=None), ["dropped an unreadable pending change"]
+    from guestfence.guests.drift import live_listing
+
     live = generation_of(live_listing())
     if live == pending.settings.generation:
         return replace(pending, pending=None), [f"kept the interrupted change (generation {live}), which the tables hold"]
@@ -442,6 +491,8 @@ class StatusReport:
 
 def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHandle | None = None) -> StatusReport:
     """Read the live tables and compare them with the recorded ``section``."""
+    from guestfence.guests.drift import expected_listing, live_listing
+
     live = live_listing(nft)
     try:
         registry = salvage_registry(section, where=where)
@@ -453,6 +504,8 @@ def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHan
 
 def status_from_listings(registry: Registry, expected: Sequence[Item], live: Sequence[Item]) -> StatusReport:
     """The status of ``registry`` given what it compiles to and what is live. Pure."""
+    from guestfence.guests.drift import compare_listings
+
     drifts = [d for d in compare_listings(expected, live) if not d.text.startswith(f"set {n.INET} {n.GENERATION}:")]
     registered = {m.guest.name for m in registry.members}
     general = [d.text for d in drifts if d.guest not in registered]

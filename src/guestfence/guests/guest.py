@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union, final
 
 from guestfence.errors import PolicyError
-from guestfence.guests.names import GUEST_NAME
+from guestfence.guests.names import DEFAULT_PATTERN, GUEST_NAME
 from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Address, Policy
 
@@ -29,7 +30,6 @@ Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
 IFACE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
 GUEST_PATTERN = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\*?)?\Z")
-DEFAULT_PATTERN = "vmtap*"
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 COMMENT_MAX_BYTES = 80
 """nft keeps at most 128 bytes of a rule comment, and ours is "guest NAME: COMMENT"
@@ -124,8 +124,8 @@ def parse_guest(
     return Guest(
         name=name,
         iface=iface,
-        addresses=tuple(dict.fromkeys(own)),
-        gateways=tuple(dict.fromkeys(gws)),
+        addresses=own if len(own) == 1 else tuple(dict.fromkeys(own)),  # (hashing an interface is not free)
+        gateways=gws if len(gws) < 2 else tuple(dict.fromkeys(gws)),
         policy=policy or Policy(),
         mac=mac,
         masquerade=bool(masquerade),
@@ -157,7 +157,7 @@ def parse_pattern(text: str, *, where: str = "") -> str:
 
 def _parse_interface(text: str, guest: str, where: str) -> Interface:
     try:
-        iface = ipaddress.ip_interface(text)
+        iface = _fast_interface(text)
     except (ValueError, TypeError):
         raise PolicyError(f"{where}guest {guest}: invalid address {text!r} (expected e.g. 192.0.2.2/30 or 2001:db8::2/64)") from None
     if iface.version == 6 and iface.ip.ipv4_mapped is not None:
@@ -167,9 +167,39 @@ def _parse_interface(text: str, guest: str, where: str) -> Interface:
     return iface
 
 
+# Reading the record of 1000 guests parses 2000 addresses on every `guest add`;
+# ipaddress parses text in Python (and ip_address/ip_interface try IPv4 first),
+# inet_pton in C. The result is built from the number, so it is the same value;
+# what inet_pton refuses (a scope "%eth0", a netmask prefix) goes to ipaddress,
+# which accepts or refuses it as before. test_guest.py compares the two.
+_FAMILY = {4: (socket.AF_INET, ipaddress.IPv4Address, ipaddress.IPv4Interface),
+           6: (socket.AF_INET6, ipaddress.IPv6Address, ipaddress.IPv6Interface)}  # fmt: skip
+
+
+def _fast_address(text: str) -> Address:
+    family, address, _ = _FAMILY[6 if ":" in text else 4]
+    try:
+        return address(int.from_bytes(socket.inet_pton(family, text), "big"))
+    except OSError:
+        return address(text)
+
+
+def _fast_interface(text: str) -> Interface:
+    family, _, interface = _FAMILY[6 if ":" in text else 4]
+    addr, slash, prefix = text.partition("/")
+    if not slash or (prefix.isascii() and prefix.isdigit() and len(prefix) <= 3 and int(prefix) <= (32 if family == socket.AF_INET else 128)):
+        try:
+            packed = socket.inet_pton(family, addr)
+        except OSError:
+            pass
+        else:
+            return interface((int.from_bytes(packed, "big"), int(prefix) if slash else 8 * len(packed)))
+    return interface(text)
+
+
 def _parse_address(text: str, guest: str, where: str) -> Address:
     try:
-        address = ipaddress.ip_address(text)
+        address = _fast_address(text)
     except (ValueError, TypeError):
         raise PolicyError(f"{where}guest {guest}: invalid gateway {text!r} (expected an address, e.g. 192.0.2.1)") from None
     if address.version == 6 and address.ipv4_mapped is not None:

@@ -20,6 +20,8 @@ INET, ARP, BRIDGE = "inet", "arp", "bridge"
 FAMILIES = (INET, ARP, BRIDGE)
 
 SEPARATOR = "."
+DEFAULT_PATTERN = "vmtap*"
+"""Interfaces of unregistered guests: traffic from them is dropped (``guest_pattern``)."""
 GUEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 
 # Base chains, maps and sets, one of each per table that has them.

@@ -40,7 +40,6 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn, final
 
 from guestfence.errors import GuestfenceError, HostError, PlanError, PolicyError
@@ -218,7 +217,7 @@ def host_link(name: str) -> HostLink:
     return HostLink(is_bridge=kind == "bridge", master=master)
 
 
-def _state_dir(request: Request) -> Path:
+def _state_dir(request: Request) -> str:
     explicit = request.config.get("stateDir")
     if explicit is not None and (not isinstance(explicit, str) or not explicit.startswith("/")):
         raise CniError(INVALID_CONFIG, "'stateDir' must be an absolute path")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from guestfence.errors import PolicyError
 from guestfence.guests.firewall import Registered
@@ -28,7 +27,7 @@ def _to_stderr(line: str) -> None:
     print(f"guestfence: warning: {line}", file=sys.stderr)
 
 
-def register(guest: Guest, directory: Path, warn: Callable[[str], None] = _to_stderr) -> Registered:
+def register(guest: Guest, directory: str, warn: Callable[[str], None] = _to_stderr) -> Registered:
     """Add ``guest`` (or replace the one of that name it owns) in one
     transaction; ``warn`` gets each warning (e.g. ignored unix:// rules)."""
     old = read_registry(directory).find(guest.name)
@@ -45,7 +44,7 @@ def register(guest: Guest, directory: Path, warn: Callable[[str], None] = _to_st
     return outcome.member
 
 
-def unregister_where(selected: Callable[[Guest], bool], directory: Path) -> list[str]:
+def unregister_where(selected: Callable[[Guest], bool], directory: str) -> list[str]:
     """Remove every registered guest ``selected`` picks; their names (maybe none)."""
     gone = [m.guest.name for m in read_registry(directory).members if selected(m.guest)]
     for name in gone:
@@ -53,7 +52,7 @@ def unregister_where(selected: Callable[[Guest], bool], directory: Path) -> list
     return gone
 
 
-def check(guest: Guest, directory: Path) -> list[str]:
+def check(guest: Guest, directory: str) -> list[str]:
     """What is wrong with ``guest``'s registration: not recorded, recorded
     differently, or drifted in the live ruleset (its own objects, or the
     shared ones every guest relies on). Empty when all is well."""

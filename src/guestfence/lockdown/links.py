@@ -18,11 +18,13 @@ import errno
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guestfence import rtnl
 from guestfence.errors import HostError
-from guestfence.lockdown.plan import Link
+
+if TYPE_CHECKING:  # the lockdown model is imported where links are listed, not by collect_protected (guest add)
+    from guestfence.lockdown.plan import Link
 
 MAIN_TABLE = 254
 
@@ -50,6 +52,8 @@ def collect_links() -> tuple[Link, ...]:
 def _link(message: Any, ipv6_config: tuple[str, ...]) -> Link:
     """A link from its RTM_NEWLINK message. Its lower device counts only when
     it is in this namespace (no IFLA_LINK_NETNSID)."""
+    from guestfence.lockdown.plan import Link
+
     lower = message.get_attr("IFLA_LINK")
     in_here = message.get_attr("IFLA_LINK_NETNSID") is None
     return Link(
@@ -103,7 +107,7 @@ def collect_protected() -> dict[str, str]:
     return protected
 
 
-LinkEvent = Callable[[str, Link], None]
+LinkEvent = Callable[[str, "Link"], None]
 
 
 @contextmanager

@@ -21,7 +21,6 @@ covered by looking at its lower device.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from guestfence.errors import ApplyError
 from guestfence.lockdown.apply import apply_link, apply_stacked
@@ -38,7 +37,7 @@ Say = Callable[[str], None]
 class LinkWatcher:
     """Applies each link event; ``say`` gets one line per change, ``warn`` each problem."""
 
-    def __init__(self, directory: Path, nft: NftHandle, say: Say, warn: Say) -> None:
+    def __init__(self, directory: str, nft: NftHandle, say: Say, warn: Say) -> None:
         self.directory = directory
         self.nft = nft
         self.say = say

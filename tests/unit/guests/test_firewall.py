@@ -16,9 +16,11 @@ from guestfence.guests.drift import compare_listings
 from guestfence.guests.firewall import (
     GUESTS,
     Registry,
+    apply_pending,
     apply_plan,
     plan_add,
     plan_remove,
+    pending_change,
     registry_from_json,
     resolve_guest,
     salvage_registry,
@@ -103,6 +105,46 @@ def test_every_change_bumps_the_generation() -> None:
     _, three = plan_remove(two, "vm1")
     assert [r.settings.generation for r in (one, two, three)] == [1, 2, 3]
     assert three.to_json()["generation"] == 3
+
+
+def test_a_change_writes_the_other_members_back_as_recorded() -> None:
+    # `guest add` at 1000 guests serialised every member again; only the changed one is new.
+    _, two = plan_add(Registry(), resolve_guest(vm(), resolver))
+    _, two = plan_add(two, resolve_guest(_second(), resolver))
+    recorded = json.loads(json.dumps(two.to_json()))
+    recorded["members"][0]["comment"] = ""  # (as written by hand: still a valid record)
+    read = salvage_registry(recorded, where="state")
+    _, changed = plan_add(read, resolve_guest(parse_guest(name="vm2", iface="vmtap-vm2", addresses=["192.0.2.10/30"]), resolver))
+    members = changed.to_json()["members"]
+    assert members[0] is recorded["members"][0]
+    assert members[1]["address"] == ["192.0.2.10/30"] and members[1] is not recorded["members"][1]
+    assert registry_from_json(json.loads(json.dumps(changed.to_json())), where="state").guests() == changed.guests()
+
+
+def _read_back(registry: Registry) -> Registry:
+    return salvage_registry(json.loads(json.dumps(registry.to_json())), where="state")
+
+
+def test_the_pending_change_of_add_and_remove_reads_back_as_the_new_record() -> None:
+    # guest add|remove record only the change as pending; restore after a crash rebuilds the whole section from it.
+    _, one = plan_add(Registry(), resolve_guest(vm(), resolver))
+    with_bad = one.to_json()
+    with_bad["members"].append({"name": "vm3", "iface": "vmtap-vm3", "address": ["192.0.2.14/30"]})
+    old = salvage_registry(json.loads(json.dumps(with_bad)), where="state")
+    added = plan_add(old, resolve_guest(_second(), resolver))[1]
+    replaced = plan_add(added, resolve_guest(parse_guest(name="vm1", iface="vmtap-vm1", addresses=["192.0.2.18/30"]), resolver))[1]
+    for before, after in [(old, added), (added, replaced), (replaced, plan_remove(replaced, "vm1")[1]),
+                          (replaced, plan_remove(replaced, "vm3")[1])]:  # fmt: skip
+        change = json.loads(json.dumps(pending_change(before, after)))
+        assert "members" not in change and len(change["put"]) <= 1
+        rebuilt, expected = apply_pending(before, change, where="pending"), _read_back(after)
+        assert rebuilt.guests() == expected.guests() and rebuilt.settings == expected.settings
+        assert [u.raw for u in rebuilt.unreadable] == [u.raw for u in expected.unreadable]
+        assert rebuilt.all_names() == expected.all_names()
+    # A whole section (apply FILE, restore; and every pending of earlier versions) reads as before.
+    assert apply_pending(Registry(), json.loads(json.dumps(added.to_json())), where="pending").guests() == added.guests()
+    with pytest.raises(PolicyError, match="malformed pending change"):
+        apply_pending(old, {"generation": 3, "put": "vm9"}, where="pending")
 
 
 def _rule(chain: str, *exprs: Any) -> dict[str, Any]:
@@ -222,6 +264,18 @@ def test_state_sections_of_other_features_are_left_alone(tmp_path: Path) -> None
         assert store.read() == {"version": 1, "lockdown": {"kept": True}, "guests": {"pattern": "vmtap*", "members": []}}
 
 
+def test_the_store_reads_the_file_once_per_lock_and_again_after(tmp_path: Path) -> None:
+    with StateStore(tmp_path) as store:
+        store.write_section("guests", {"members": []})
+        (tmp_path / "state.json").write_text("{")  # no guestfence command writes without the lock
+        store.write_section("lockdown", {"kept": True})
+        assert store.read() == {"version": 1, "guests": {"members": []}, "lockdown": {"kept": True}}
+    (tmp_path / "state.json").write_text("{")
+    with StateStore(tmp_path) as store, pytest.raises(HostError, match="not valid JSON"):
+        store.write_section("lockdown", {})
+    assert (tmp_path / "state.json").read_text() == "{"
+
+
 def test_corrupt_state_file_is_a_host_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text("{")
     with StateStore(tmp_path) as store, pytest.raises(HostError, match="state.json is not valid JSON"):
@@ -230,8 +284,8 @@ def test_corrupt_state_file_is_a_host_error_naming_the_file(tmp_path: Path) -> N
 
 def test_state_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(ENV_STATE_DIR, str(tmp_path / "env"))
-    assert state_dir(str(tmp_path / "flag")) == tmp_path / "flag"
-    assert state_dir(None) == tmp_path / "env"
+    assert state_dir(str(tmp_path / "flag")) == str(tmp_path / "flag")
+    assert state_dir(None) == str(tmp_path / "env")
     monkeypatch.delenv(ENV_STATE_DIR)
     assert str(state_dir(None)).startswith("/var/lib/guestfence")
 

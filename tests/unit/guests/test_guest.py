@@ -73,3 +73,32 @@ def test_a_guest_with_unix_rules_reads_back_equal_from_its_record() -> None:
     guest = parse_guest(name="vm1", iface="vmtap-a", addresses=["192.0.2.2/30"],
                         policy=Policy.parse(allow=["udp://*:53", "unix:///run/x.sock"], deny=["unix://@*"]))  # fmt: skip
     assert guest_from_json(guest_to_json(guest), where="test") == guest
+
+
+# Forms ipaddress accepts or refuses that a C parser might read otherwise:
+# leading zeros, scopes, netmask prefixes, embedded IPv4, non-ASCII digits.
+ADDRESS_FORMS = [
+    "192.0.2.1", "01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3", "1.2.3.4.5", " 1.2.3.4", "1.2.3.4 ", "0x1.2.3.4",
+    "::", "::1", "2001:db8::2", "2001:DB8::2", "0001:db8::", "1::2::3", "::ffff:1.2.3.4", "::1.2.3.4",
+    "::ffff:01.2.3.4", "fe80::1%eth0", "1:2:3:4:5:6:7::", "1:2:3:4:5:6:7:8:9", "12345::", "", "::g",
+    "1.2.3.4/24", "1.2.3.4/255.255.255.0", "1.2.3.4/0.0.0.255", "1.2.3.4/0", "1.2.3.4/33", "1.2.3.4/032",
+    "2001:db8::2/64", "2001:db8::2/129", "2001:db8::2/+64", "2001:db8::2/ 64", "2001:db8::2/64/1",
+    "2001:db8::2/", "/64", "1.2.3.4/\u0663", "::/0", "fe80::1%x/64",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ADDRESS_FORMS)
+def test_record_addresses_parse_exactly_as_ipaddress_does(text: str) -> None:
+    import ipaddress
+
+    from guestfence.guests.guest import _fast_address, _fast_interface
+
+    def outcome(parse, value):  # type: ignore[no-untyped-def]
+        try:
+            parsed = parse(value)
+        except ValueError:
+            return "refused"
+        return type(parsed), parsed, str(parsed), getattr(parsed, "network", None)
+
+    assert outcome(_fast_address, text) == outcome(ipaddress.ip_address, text)
+    assert outcome(_fast_interface, text) == outcome(ipaddress.ip_interface, text)

@@ -79,6 +79,9 @@ def test_every_address_inside_a_cidr_rule_is_decided_by_it(network, data: st.Dat
     # An IPv6 rule whose range merely contains ::ffff:0:0/96 governs only real
     # IPv6: a mapped destination is decided as the IPv4 address it maps.
     assume(inside.version == 4 or inside.ipv4_mapped is None)
+    # 0.0.0.0 and :: as destinations are delivered to loopback, and decided
+    # as loopback (test_decide covers that), not as the rule's range says.
+    assume(not inside.is_unspecified)
     decision = decide(policy, Flow(proto=Proto.TCP, address=inside, port=80))
     assert decision.action is Action.ALLOW and decision.rule == rule
     if network.version == 4:
