@@ -136,9 +136,12 @@ class Scene:
         return [f"{proto}://{a}:{p}" for a in addresses for proto, ports in (("tcp", SERVICE_TCP), ("udp", SERVICE_UDP)) for p in ports]
 
     def ruleset(self) -> list[dict[str, object]]:
-        """Our tables' objects, without handles and counter values (compared by content)."""
+        """Our tables' objects, without handles and counter values (compared by
+        content): ordered by object, each chain's rules in their order. The
+        order objects were created in is not their meaning (the nat chain, say,
+        is created with the first guest that masquerades)."""
         listed = json.loads(sh("nft", "-j", "list", "ruleset", netns=self.host).stdout)["nftables"]
-        return [_normalised(item) for item in listed if _table_of(item) == "guestfence"]
+        return sorted((_normalised(item) for item in listed if _table_of(item) == "guestfence"), key=_object_key)
 
     def other_tables(self) -> list[dict[str, object]]:
         listed = json.loads(sh("nft", "-j", "list", "ruleset", netns=self.host).stdout)["nftables"]
@@ -150,6 +153,15 @@ def _table_of(item: dict[str, object]) -> str | None:
     if kind == "metainfo" or not isinstance(body, dict):
         return None
     return str(body.get("name") if kind == "table" else body.get("table"))
+
+
+def _object_key(item: dict[str, object]) -> tuple[str, str, str, int]:
+    """Sorts a listing by object; a stable sort keeps each chain's rules in order after their chain."""
+    kind, body = next(iter(item.items()))
+    assert isinstance(body, dict)
+    if kind == "rule":
+        return (str(body["family"]), "chain", str(body["chain"]), 1)
+    return (str(body["family"]), kind, str(body.get("name")), 0)
 
 
 def _normalised(item: dict[str, object]) -> dict[str, object]:

@@ -167,6 +167,20 @@ def test_source_unspecified_only_for_dad_and_mld(scene: Scene) -> None:
     assert judge.arrived(spoofed) == set()
 
 
+def test_martian_destination_is_dropped_whatever_the_sysctls(scene: Scene) -> None:
+    """With route_localnet the host takes a frame aimed at 127.0.0.1 from a
+    link; the shared screen chain drops it even for a guest allowed everything."""
+    g1 = scene.guests["g1"]
+    for scope in ("all", g1.iface):
+        sh("sysctl", "-qw", f"net.ipv4.conf.{scope}.route_localnet=1", netns=scene.host)
+    judge = Judge(scene, g1)
+    martian = [judge.frame("127.0.0.1", 30020)]
+    assert judge.arrived(martian) == {("udp", "127.0.0.1", 30020)}, "control: the host takes it without guestfence"
+    scene.register(g1, "--default", "allow", "--net-allow", "udp://127.0.0.0/8:*")
+    assert judge.arrived(martian) == set()
+    assert judge.arrived([judge.frame(g1.gateway4, 30021)]) == {("udp", g1.gateway4, 30021)}, "its other traffic passes"
+
+
 def test_guest_add_refuses_a_gateway_its_link_does_not_hold(scene: Scene) -> None:
     g1 = scene.guests["g1"]
     done = scene.gf("guest", "add", "g1", "--iface", g1.iface, "--address", f"{g1.address4}/30",

@@ -10,15 +10,22 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       input, forward  hook input / forward, priority filter (0), policy accept
           ct status dnat ct state new, then the same two dispatches: a connection
           the host translated is decided again for where it is delivered
-      guest.NAME        anti-spoofing; martian destinations drop; ct invalid drop;
+      guest.NAME        jump screen (screen_bridged for bridge ports);
+                        its MAC (routed guests given one), its ND advert targets;
                         ct established,related accept;
                         fib daddr type @to_host (local,broadcast,multicast,anycast)
-                        goto guest.NAME.host; goto guest.NAME.out
+                        goto guest.NAME.host; goto guest.NAME.out (or .drop when
+                        the out chain would accept nothing)
+      screen            shared by every guest: iifname . saddr not in @sources4/6
+                        (own addresses; fe80::/64 and :: for ICMPv6 DAD/MLD aside),
+                        RA, redirects, martian destinations, ct invalid: each
+                        ``iifname vmap @drops`` -> guest.NAME.drop; else return
       guest.NAME.host   what the link needs (ND, MLD); deny rules; allow rules; default
       guest.NAME.out    deny rules; allow rules naming addresses; other guests' addresses drop;
                         allow rules for *; default
       guest.NAME.drop   rate-limited log prefixed with the guest's name; count; drop
-      postrouting       hook postrouting (nat): ip saddr @masquerade4 masquerade (and IPv6)
+      postrouting       hook postrouting (nat): ip saddr @masquerade4 masquerade (and IPv6),
+                        only while a guest masquerades (a nat chain costs every packet)
     arp guestfence      input: iifname vmap @guests -> ARP anti-spoofing of routed guests
     bridge guestfence   prerouting: iifname vmap @guests -> L2 anti-spoofing of bridge ports;
                         forward: iifname vmap @ports -> guest.NAME.drop (no L2 forwarding)
@@ -33,7 +40,11 @@ Rules of the compiler:
    chain, for the destination it is delivered to: it passes only if the
    policy allows both (``policy.decide.decide_translated``).
 2. Per packet the cost is one map lookup whatever the number of guests; a
-   guest's own chains hold only its rules.
+   guest's own chains hold only what is its own (its policy, its MAC and
+   ND targets); every check that is the same for all guests is written
+   once, in ``screen``, with the guest's data as set and map elements
+   keyed by its interface (``bridge . MAC`` for bridge ports). A guest
+   costs about a dozen rules plus its policy, not ~40.
 3. A rule becomes one nft rule per address family it can match; a DNS name
    becomes the addresses it resolved to (``names``); one that did not
    resolve makes an allow match nothing and a deny match every destination.
@@ -48,8 +59,9 @@ Rules of the compiler:
    that names an address (a CIDR or a DNS name); ``*`` and the default do
    not cover it, as ``decide`` says with ``Context.guests``.
 6. ``compile_add``/``compile_remove`` touch only one guest's chains,
-   counters and elements, plus re-creating the constant base rules, so a
-   change costs the same with 1 guest or 10,000. Removal is idempotent
+   counters and elements, plus re-creating the constant base rules (the
+   nat chain among them while any guest masquerades, so they are told the
+   other guests), so a change costs the same with 1 guest or 10,000. Removal is idempotent
    (each object is added, then deleted, in the same transaction).
 """
 
@@ -63,13 +75,16 @@ from typing import final
 from guestfence.errors import PlanError
 from guestfence.nftables import build as b
 from guestfence.guests import names as n
-from guestfence.guests.antispoof import antispoof_rules
+from guestfence.guests.antispoof import antispoof_rules, guest_antispoof_rules, screen_drop, screen_rules, source_keys
 from guestfence.nftables.build import ACCEPT, Command, Expr
 from guestfence.guests.guest import DEFAULT_PATTERN, Guest
 from guestfence.guests.names import (
     ARP,
     BRIDGE,
+    BRIDGED_DROPS_MAP,
     BRIDGED_MAP,
+    BRIDGED_SOURCES,
+    DROPS_MAP,
     FAMILIES,
     FORWARD,
     GUEST_ADDRS,
@@ -80,6 +95,9 @@ from guestfence.guests.names import (
     PORTS_MAP,
     POSTROUTING,
     PREROUTING,
+    SCREEN,
+    SCREEN_BRIDGED,
+    SOURCES,
     UNREGISTERED,
     guest_chain,
     guest_counter,
@@ -198,7 +216,7 @@ def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names) -
     commands: list[Command] = []
     for family in FAMILIES:
         commands += [b.add_table(family), b.delete_table(family)]
-    commands += _skeleton(settings)
+    commands += _skeleton(settings, masquerade=any(g.masquerade for g in guests))
     for guest in guests:
         commands += _guest_objects(guest, names)
     return NftPlan(step="replace the guestfence tables", commands=tuple(commands))
@@ -207,15 +225,17 @@ def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names) -
 def compile_add(guest: Guest, settings: Settings, names: Names, *, others: Sequence[Guest], replaces: Guest | None) -> NftPlan:
     """Add ``guest`` (replacing its earlier record ``replaces``) next to ``others``."""
     check_guests([*others, guest])
-    commands = _skeleton(settings)
+    commands = _skeleton(settings, masquerade=guest.masquerade or any(g.masquerade for g in others))
     if replaces is not None:
         commands += _guest_removal(replaces)
     commands += _guest_objects(guest, names)
     return NftPlan(step=f"add guest {guest.name}", commands=tuple(commands))
 
 
-def compile_remove(guest: Guest, settings: Settings) -> NftPlan:
-    return NftPlan(step=f"remove guest {guest.name}", commands=tuple(_skeleton(settings) + _guest_removal(guest)))
+def compile_remove(guest: Guest, settings: Settings, *, others: Sequence[Guest]) -> NftPlan:
+    """Remove ``guest``; ``others`` are the guests that stay."""
+    commands = _skeleton(settings, masquerade=any(g.masquerade for g in others)) + _guest_removal(guest)
+    return NftPlan(step=f"remove guest {guest.name}", commands=tuple(commands))
 
 
 def compile_flush() -> NftPlan:
@@ -227,14 +247,21 @@ def compile_flush() -> NftPlan:
 # The skeleton: tables, base chains, maps and sets, and the constant base rules.
 
 
-def _skeleton(settings: Settings) -> list[Command]:
+def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
+    """``masquerade``: whether a guest masquerades. The nat chain exists only
+    then: a nat chain makes the kernel run its NAT hooks for every packet of
+    every connection on the host, guests' or not."""
     commands = [b.add_table(family) for family in FAMILIES]
     commands += [b.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
     commands += [
         *(b.add_set(INET, GUEST_ADDRS[v], _ADDR_TYPE[v]) for v in (4, 6)),
         *(b.add_set(INET, MASQUERADE[v], _ADDR_TYPE[v]) for v in (4, 6)),
+        *(b.add_set(INET, SOURCES[v], ["ifname", _ADDR_TYPE[v]]) for v in (4, 6)),
+        *(b.add_set(INET, BRIDGED_SOURCES[v], ["ifname", "ether_addr", _ADDR_TYPE[v]]) for v in (4, 6)),
         b.add_verdict_map(INET, GUESTS_MAP, "ifname"),
         b.add_verdict_map(INET, BRIDGED_MAP, ["ifname", "ether_addr"]),
+        b.add_verdict_map(INET, DROPS_MAP, "ifname"),
+        b.add_verdict_map(INET, BRIDGED_DROPS_MAP, ["ifname", "ether_addr"]),
         b.add_verdict_map(ARP, GUESTS_MAP, "ifname"),
         b.add_verdict_map(BRIDGE, GUESTS_MAP, "ifname"),
         b.add_verdict_map(BRIDGE, PORTS_MAP, "ifname"),
@@ -246,13 +273,15 @@ def _skeleton(settings: Settings) -> list[Command]:
         (INET, PREROUTING, "prerouting", PRIO_INET_PREROUTING, "filter"),
         (INET, INPUT, "input", PRIO_FILTER, "filter"),
         (INET, FORWARD, "forward", PRIO_FILTER, "filter"),
-        (INET, POSTROUTING, "postrouting", PRIO_SRCNAT, "nat"),
         (ARP, INPUT, "input", PRIO_ARP_FILTER, "filter"),
         (BRIDGE, PREROUTING, "prerouting", PRIO_BRIDGE_FILTER, "filter"),
         (BRIDGE, FORWARD, "forward", PRIO_BRIDGE_FILTER, "filter"),
     ]
     for family, name, hook, prio, kind in base:
         commands += [b.add_base_chain(family, name, hook=hook, prio=prio, kind=kind), b.flush_chain(family, name)]
+    for chain, bridged in ((SCREEN, False), (SCREEN_BRIDGED, True)):
+        commands += [b.add_chain(INET, chain), b.flush_chain(INET, chain)]
+        commands += [b.add_rule(INET, chain, exprs) for exprs in _screen(bridged=bridged)]
     for family in FAMILIES:
         commands += [b.add_chain(family, UNREGISTERED), b.flush_chain(family, UNREGISTERED)]
         if settings.closed:
@@ -282,10 +311,25 @@ def _skeleton(settings: Settings) -> list[Command]:
             commands.append(b.add_rule(family, chain, exprs))
         if settings.pattern and (chain == PREROUTING or (family, chain) == (ARP, INPUT)):
             commands.append(b.add_rule(family, chain, [b.match(iifname, settings.pattern), b.goto(UNREGISTERED)]))
+    nat = b.add_base_chain(INET, POSTROUTING, hook="postrouting", prio=PRIO_SRCNAT, kind="nat")
+    if not masquerade:
+        return [*commands, nat, b.flush_chain(INET, POSTROUTING), b.delete_chain(INET, POSTROUTING)]
+    commands += [nat, b.flush_chain(INET, POSTROUTING)]
     for v in (4, 6):
         source = b.payload(_DADDR[v], "saddr")
         commands.append(b.add_rule(INET, POSTROUTING, [b.match(source, f"@{MASQUERADE[v]}"), b.masquerade()]))
     return commands
+
+
+def _screen(*, bridged: bool) -> list[list[Expr]]:
+    """The shared chain every guest's chain jumps to first: anti-spoofing
+    (antispoof.screen_rules), martian destinations, ``ct state invalid``.
+    What fails goes to the guest's own drop chain (``drops`` map); what
+    passes returns to the guest's chain."""
+    drop = screen_drop(bridged=bridged)
+    # One prefix match each: cheaper per packet than a lookup in an interval set.
+    martians = [[b.match(b.payload(_DADDR[net.version], "daddr"), b.net_value(net)), drop] for net in MARTIAN_DESTINATIONS]
+    return [*screen_rules(bridged=bridged), *martians, [b.match(b.ct("state"), "invalid"), drop]]
 
 
 # One guest's objects, and their removal.
@@ -309,18 +353,22 @@ def _counters_of(guest: Guest, family: str) -> tuple[str, ...]:
 
 def _elements_of(guest: Guest) -> list[tuple[str, str, list[object]]]:
     """(family, map or set, elements) the guest owns."""
-    entry = guest_chain(guest.name)
+    entry, drop = guest_chain(guest.name), guest_chain(guest.name, "drop")
     owned: list[tuple[str, str, list[object]]] = []
     if guest.bridge is None:
         owned.append((INET, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
+        owned.append((INET, DROPS_MAP, [b.map_entry(guest.iface, drop)]))
         owned.append((ARP, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
     else:
         owned.append((INET, BRIDGED_MAP, [b.map_entry(b.concat(guest.bridge, guest.mac), entry)]))
+        owned.append((INET, BRIDGED_DROPS_MAP, [b.map_entry(b.concat(guest.bridge, guest.mac), drop)]))
         owned.append((BRIDGE, GUESTS_MAP, [b.map_entry(guest.iface, entry)]))
-        owned.append((BRIDGE, PORTS_MAP, [b.map_entry(guest.iface, guest_chain(guest.name, "drop"))]))
+        owned.append((BRIDGE, PORTS_MAP, [b.map_entry(guest.iface, drop)]))
+    sources = SOURCES if guest.bridge is None else BRIDGED_SOURCES
     for v in (4, 6):
         own = [str(a) for a in guest.own(v)]
         if own:
+            owned.append((INET, sources[v], source_keys(guest, v)))
             owned.append((INET, GUEST_ADDRS[v], own))
             if guest.masquerade:
                 owned.append((INET, MASQUERADE[v], own))
@@ -353,15 +401,15 @@ def _guest_objects(guest: Guest, names: Names) -> list[Command]:
         commands += [b.add_chain(family, chain) for chain in _chains_of(guest, family)]
     entry = guest_chain(guest.name)
     label = f"guest {guest.name}" + (f": {guest.comment}" if guest.comment else "")
+    out = _out_rules(guest, names)
     for family in _tables_of(guest):
-        for index, exprs in enumerate(antispoof_rules(guest, family)):
+        rules = _entry_rules(guest, out) if family == INET else antispoof_rules(guest, family)
+        for index, exprs in enumerate(rules):
             commands.append(b.add_rule(family, entry, exprs, comment=label if index == 0 else None))
         commands += _drop_chain(guest, family)
-    for exprs in _entry_rules(guest):
-        commands.append(b.add_rule(INET, entry, exprs))
     for exprs in _host_rules(guest, names):
         commands.append(b.add_rule(INET, guest_chain(guest.name, "host"), exprs))
-    for exprs in _out_rules(guest, names):
+    for exprs in out if _accepts(out) else []:
         commands.append(b.add_rule(INET, guest_chain(guest.name, "out"), exprs))
     for family, name, elements in _elements_of(guest):
         commands.append(b.add_element(family, name, elements))
@@ -380,16 +428,22 @@ def _accept(guest: Guest) -> list[Expr]:
     return [b.counter_ref(guest_counter(guest.name, "accepted")), ACCEPT]
 
 
-def _entry_rules(guest: Guest) -> list[list[Expr]]:
-    drop = b.goto(guest_chain(guest.name, "drop"))
-    martians = [[b.match(b.payload(_DADDR[net.version], "daddr"), b.net_value(net)), drop] for net in MARTIAN_DESTINATIONS]
+def _entry_rules(guest: Guest, out: list[list[Expr]]) -> list[list[Expr]]:
+    """The guest's inet chain: the shared checks, its own anti-spoofing,
+    state, then host or elsewhere. When nothing elsewhere is accepted the
+    out chain stays empty and this chain goes straight to the drop chain."""
+    onwards = "out" if _accepts(out) else "drop"
     return [
-        *martians,
-        [b.match(b.ct("state"), "invalid"), drop],
+        [b.jump(SCREEN_BRIDGED if guest.bridge is not None else SCREEN)],
+        *guest_antispoof_rules(guest),
         [b.match(b.ct("state"), ["established", "related"], "in"), *_accept(guest)],
         [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}"), b.goto(guest_chain(guest.name, "host"))],
-        [b.goto(guest_chain(guest.name, "out"))],
+        [b.goto(guest_chain(guest.name, onwards))],
     ]
+
+
+def _accepts(rules: list[list[Expr]]) -> bool:
+    return any(ACCEPT in exprs for exprs in rules)
 
 
 def _host_rules(guest: Guest, names: Names) -> list[list[Expr]]:

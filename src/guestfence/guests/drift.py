@@ -24,15 +24,16 @@ import difflib
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 from guestfence.errors import ApplyError, HostError
 from guestfence.guests import names as n
 from guestfence.nftables.apply import Command, NftHandle, apply_nft, list_ruleset, open_nft
 
 Item = dict[str, Any]
+T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 _VOLATILE = ("handle", "packets", "bytes")
 
@@ -52,12 +53,15 @@ def live_listing(nft: NftHandle | None = None) -> list[Item]:
     return [item for family in n.FAMILIES for item in list_ruleset(handle, _table(family))]
 
 
-def expected_listing(commands: Sequence[Command]) -> list[Item]:
-    """``commands`` applied in a new, empty network namespace, listed back.
+def expected_listing(commands: Sequence[Command], *, meanwhile: Callable[[], T]) -> tuple[list[Item], T]:
+    """``commands`` applied in a new, empty network namespace and listed
+    back, and what ``meanwhile`` returned (it runs in the calling thread
+    while the scratch namespace is built: the live listing, say).
 
-    Runs in a thread of its own: ``unshare(CLONE_NEWNET)`` moves only that
-    thread, so the caller's namespace and ruleset are never touched, and
-    the scratch namespace goes away with the thread's netlink socket."""
+    The scratch work runs in a thread of its own: ``unshare(CLONE_NEWNET)``
+    moves only that thread, so the caller's namespace and ruleset are never
+    touched, and the scratch namespace goes away with the thread's netlink
+    socket. libnftables runs without the GIL, so both listings proceed at once."""
     result: dict[str, Any] = {}
 
     def scratch() -> None:
@@ -74,10 +78,13 @@ def expected_listing(commands: Sequence[Command]) -> list[Item]:
 
     worker = threading.Thread(target=scratch, name="guestfence-scratch-netns")
     worker.start()
-    worker.join()
+    try:
+        other = meanwhile()
+    finally:
+        worker.join()
     if "error" in result:
         raise result["error"]
-    return list(result["items"])
+    return list(result["items"]), other
 
 
 def _table(family: str) -> Command:
@@ -92,35 +99,36 @@ def _table(family: str) -> Command:
 class Objects:
     """A listing as comparable data: ``attrs[(kind, family, name)]`` without
     handles and values, ``rules[(family, chain)]`` in order, ``elements[(kind,
-    family, name)]`` as a sorted tuple."""
+    family, name)]``. Values are kept as listed: both sides come from the same
+    libnftables, so equal objects are equal as data, and only what differs is
+    put in canonical form (``_canon``) to be compared and described."""
 
-    attrs: Mapping[tuple[str, str, str], str]
-    rules: Mapping[tuple[str, str], tuple[str, ...]]
-    elements: Mapping[tuple[str, str, str], tuple[str, ...]]
+    attrs: Mapping[tuple[str, str, str], Any]
+    rules: Mapping[tuple[str, str], list[Any]]
+    elements: Mapping[tuple[str, str, str], list[Any]]
 
 
 def normalise(items: Iterable[Item]) -> Objects:
-    attrs: dict[tuple[str, str, str], str] = {}
-    rules: dict[tuple[str, str], list[str]] = {}
-    elements: dict[tuple[str, str, str], tuple[str, ...]] = {}
+    attrs: dict[tuple[str, str, str], Any] = {}
+    rules: dict[tuple[str, str], list[Any]] = {}
+    elements: dict[tuple[str, str, str], list[Any]] = {}
     for item in items:
         kind, body = next(iter(item.items()))
         if kind == "metainfo" or not isinstance(body, dict):
             continue
-        kept = {k: v for k, v in body.items() if k not in _VOLATILE}
-        family = str(kept.get("family"))
+        family = str(body.get("family"))
         if kind == "rule":
-            kept.pop("table", None)
-            kept["expr"] = [_stable_expr(e) for e in kept.get("expr", [])]
-            rules.setdefault((family, str(kept["chain"])), []).append(_canon({"expr": kept["expr"], "comment": kept.get("comment")}))
+            rules.setdefault((family, str(body["chain"])), []).append(
+                {"expr": [_stable_expr(e) for e in body.get("expr", [])], "comment": body.get("comment")})
             continue
+        kept = {k: v for k, v in body.items() if k not in _VOLATILE}
         name = str(kept.get("name"))
         if kind in ("set", "map"):
-            elements[(kind, family, name)] = tuple(sorted(_canon(e) for e in kept.pop("elem", [])))
+            elements[(kind, family, name)] = kept.pop("elem", [])
         if kind == "chain":
             rules.setdefault((family, name), [])
-        attrs[(kind, family, name)] = _canon(kept)
-    return Objects(attrs=attrs, rules={k: tuple(v) for k, v in rules.items()}, elements=elements)
+        attrs[(kind, family, name)] = kept
+    return Objects(attrs=attrs, rules=rules, elements=elements)
 
 
 def _stable_expr(expr: Any) -> Any:
@@ -154,11 +162,14 @@ def compare_listings(expected: Iterable[Item], live: Iterable[Item]) -> list[Dri
         elif key not in want.attrs:
             drifts.append(Drift(owner, f"{label} is not part of what guestfence installs"))
         elif want.attrs[key] != have.attrs[key]:
-            drifts.append(Drift(owner, f"{label} was changed: {_describe_attrs(have.attrs[key])}, expected {_describe_attrs(want.attrs[key])}"))
+            drifts.append(Drift(owner, f"{label} was changed: {_describe_attrs(_canon(have.attrs[key]))}, "
+                                       f"expected {_describe_attrs(_canon(want.attrs[key]))}"))
     for key in sorted(set(want.rules) & set(have.rules)):
-        drifts += _rule_drift(key, want.rules[key], have.rules[key])
+        if want.rules[key] != have.rules[key]:
+            drifts += _rule_drift(key, [_canon(r) for r in want.rules[key]], [_canon(r) for r in have.rules[key]])
     for key in sorted(set(want.elements) & set(have.elements)):
-        drifts += _element_drift(key, want.elements[key], have.elements[key])
+        if want.elements[key] != have.elements[key]:
+            drifts += _element_drift(key, sorted(_canon(e) for e in want.elements[key]), sorted(_canon(e) for e in have.elements[key]))
     return drifts
 
 

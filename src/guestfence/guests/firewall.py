@@ -261,7 +261,7 @@ def plan_remove(registry: Registry, name: str) -> tuple[NftPlan, Registry]:
         known = ", ".join(m.guest.name for m in registry.members) or "none"
         raise PolicyError(f"no guest named {name!r} is registered (registered: {known})")
     rest = tuple(m for m in registry.members if m.guest.name != name)
-    return compile_remove(old.guest, settings), replace(registry, settings=settings, members=rest)
+    return compile_remove(old.guest, settings, others=[m.guest for m in rest]), replace(registry, settings=settings, members=rest)
 
 
 def plan_replace(registry: Registry) -> NftPlan:
@@ -493,12 +493,14 @@ def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHan
     """Read the live tables and compare them with the recorded ``section``."""
     from guestfence.guests.drift import expected_listing, live_listing
 
-    live = live_listing(nft)
     try:
         registry = salvage_registry(section, where=where)
     except PolicyError as exc:
+        live_listing(nft)  # still refused without the privilege to read the tables
         return StatusReport(guests=(), drift=(f"{exc}; the tables cannot be checked against it",))
-    expected = expected_listing(plan_replace(registry).commands) if section is not None else []
+    if section is None:
+        return status_from_listings(registry, [], live_listing(nft))
+    expected, live = expected_listing(plan_replace(registry).commands, meanwhile=lambda: live_listing(nft))
     return status_from_listings(registry, expected, live)
 
 

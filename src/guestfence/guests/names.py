@@ -36,6 +36,17 @@ BRIDGED_MAP = "bridged"
 """inet: bridge name . source MAC -> goto the chain of a guest behind that bridge."""
 PORTS_MAP = "ports"
 """bridge: port name -> goto the guest's drop chain, for frames bridged to other ports."""
+DROPS_MAP = "drops"
+"""inet: interface name -> goto the guest's drop chain (what the shared checks drop)."""
+BRIDGED_DROPS_MAP = "bridged_drops"
+"""inet: bridge name . source MAC -> goto the drop chain of a guest behind that bridge."""
+SOURCES = {4: "sources4", 6: "sources6"}
+"""inet: interface name . source address, every routed guest's own addresses (anti-spoofing)."""
+BRIDGED_SOURCES = {4: "bridged_sources4", 6: "bridged_sources6"}
+"""inet: bridge name . MAC . source address of the guests behind bridges."""
+SCREEN = "screen"
+SCREEN_BRIDGED = "screen_bridged"
+"""inet: the checks every guest's packets pass first (antispoof.screen_rules), one chain for all guests."""
 GUEST_ADDRS = {4: "guest_addrs4", 6: "guest_addrs6"}
 """Every registered guest's own addresses: only rules naming them reach another guest."""
 MASQUERADE = {4: "masquerade4", 6: "masquerade6"}

@@ -59,9 +59,10 @@ def delete_counter(family: str, name: str) -> Command:
     return {"delete": {"counter": _obj(family, name=name)}}
 
 
-def add_set(family: str, name: str, key_type: str, elements: Sequence[Any] = ()) -> Command:
-    """A named set; with ``elements``, created holding them (re-adding is a no-op)."""
-    body = _obj(family, name=name, type=key_type)
+def add_set(family: str, name: str, key_type: str | Sequence[str], elements: Sequence[Any] = ()) -> Command:
+    """A named set (a list of types: concatenated keys); with ``elements``,
+    created holding them (re-adding is a no-op)."""
+    body = _obj(family, name=name, type=key_type if isinstance(key_type, str) else list(key_type))
     if elements:
         body["elem"] = list(elements)
     return {"add": {"set": body}}
@@ -154,6 +155,10 @@ def ports_value(ports: Sequence[PortRange]) -> Any | None:
 
 def goto(chain: str) -> Expr:
     return {"goto": {"target": chain}}
+
+
+def jump(chain: str) -> Expr:
+    return {"jump": {"target": chain}}
 
 
 def counter_ref(name: str) -> Expr:

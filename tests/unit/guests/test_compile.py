@@ -59,7 +59,7 @@ def test_golden_routed_guest_ruleset() -> None:
 def test_golden_bridged_guest_add_and_remove() -> None:
     vm = guest("br1", 2, mac="02:00:00:00:00:02", bridge="br0")
     check_golden("bridged_add", list(compile_add(vm, Settings(), {}, others=[], replaces=None).commands))
-    check_golden("bridged_remove", list(compile_remove(vm, Settings()).commands))
+    check_golden("bridged_remove", list(compile_remove(vm, Settings(), others=[]).commands))
 
 
 def test_golden_flush() -> None:
@@ -180,17 +180,36 @@ def test_pattern_can_be_turned_off() -> None:
 
 
 def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
-    from guestfence.guests.antispoof import antispoof_rules
+    from guestfence.guests.antispoof import antispoof_rules, screen_rules
 
-    rules = [json.dumps(r) for r in antispoof_rules(guest(), "inet")]
-    unspecified = [r for r in rules if '"right": "::"' in r]
-    assert any('"l4proto"' in r and '"op": "!="' in r and "ipv6-icmp" in r for r in unspecified), "UDP/TCP from :: drop"
-    assert any("@unspecified_source_icmpv6" in r for r in unspecified), "ICMPv6 from :: only for DAD and MLD"
+    for rules in ([json.dumps(r) for r in screen_rules(bridged=False)], [json.dumps(r) for r in antispoof_rules(guest(), "bridge")]):
+        unspecified = [r for r in rules if '"right": "::"' in r]
+        assert any('"l4proto"' in r and '"op": "!="' in r and "ipv6-icmp" in r for r in unspecified), "UDP/TCP from :: drop"
+        assert any("@unspecified_source_icmpv6" in r for r in unspecified), "ICMPv6 from :: only for DAD and MLD"
 
 
 def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
-    entry = [json.dumps(r) for r in _rules(compile_ruleset([guest()], Settings(), {}).commands, "guest.vm1")]
-    state = next(i for i, r in enumerate(entry) if '"invalid"' in r)
-    martians = [i for i, r in enumerate(entry) if '"daddr"' in r and "guest.vm1.drop" in r]
+    commands = compile_ruleset([guest()], Settings(), {}).commands
+    entry = [json.dumps(r) for r in _rules(commands, "guest.vm1")]
+    assert entry[0] == json.dumps([{"jump": {"target": "screen"}}]), "the shared checks come first"
+    assert not any('"established"' in r for r in entry[:1])
+    screen = [json.dumps(r) for r in _rules(commands, "screen")]
+    state = next(i for i, r in enumerate(screen) if '"invalid"' in r)
+    martians = [i for i, r in enumerate(screen) if '"daddr"' in r and '"@drops"' in r]
     assert len(martians) == 5 and max(martians) < state
-    assert all(any(net in entry[i] for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"')) for i in martians)
+    listed = " ".join(screen[i] for i in martians)
+    assert all(net in listed for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"'))
+
+
+def test_the_nat_chain_exists_only_while_a_guest_masquerades() -> None:
+    """A nat chain makes the kernel run NAT hooks for every packet on the host."""
+    def nat_rules(commands: tuple[dict, ...]) -> int:
+        return len(_rules(commands, "postrouting"))
+
+    plain, masked = guest(), guest("vm2", 2, masquerade=True)
+    assert nat_rules(compile_ruleset([plain], Settings(), {}).commands) == 0
+    assert {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in compile_ruleset([plain], Settings(), {}).commands
+    assert nat_rules(compile_ruleset([plain, masked], Settings(), {}).commands) == 2
+    assert nat_rules(compile_add(plain, Settings(), {}, others=[masked], replaces=None).commands) == 2
+    removal = compile_remove(masked, Settings(), others=[plain]).commands
+    assert nat_rules(removal) == 0 and {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in removal
