@@ -75,6 +75,7 @@ from typing import final
 from guestfence.errors import PlanError
 from guestfence.nftables import build as b
 from guestfence.guests import names as n
+from guestfence.guests.names import OURS
 from guestfence.guests.antispoof import antispoof_rules, guest_antispoof_rules, screen_drop, screen_rules, source_keys
 from guestfence.nftables.build import ACCEPT, Command, Expr
 from guestfence.guests.guest import DEFAULT_PATTERN, Guest
@@ -215,7 +216,7 @@ def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names) -
     check_guests(guests)
     commands: list[Command] = []
     for family in FAMILIES:
-        commands += [b.add_table(family), b.delete_table(family)]
+        commands += [OURS.add_table(family), OURS.delete_table(family)]
     commands += _skeleton(settings, masquerade=any(g.masquerade for g in guests))
     for guest in guests:
         commands += _guest_objects(guest, names)
@@ -240,7 +241,7 @@ def compile_remove(guest: Guest, settings: Settings, *, others: Sequence[Guest])
 
 def compile_flush() -> NftPlan:
     """Delete our tables, whether they exist or not; nothing else."""
-    commands = [c for family in FAMILIES for c in (b.add_table(family), b.delete_table(family))]
+    commands = [c for family in FAMILIES for c in (OURS.add_table(family), OURS.delete_table(family))]
     return NftPlan(step="flush the guestfence tables", commands=tuple(commands))
 
 
@@ -251,23 +252,23 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
     """``masquerade``: whether a guest masquerades. The nat chain exists only
     then: a nat chain makes the kernel run its NAT hooks for every packet of
     every connection on the host, guests' or not."""
-    commands = [b.add_table(family) for family in FAMILIES]
-    commands += [b.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
+    commands = [OURS.add_table(family) for family in FAMILIES]
+    commands += [OURS.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
     commands += [
-        *(b.add_set(INET, GUEST_ADDRS[v], _ADDR_TYPE[v]) for v in (4, 6)),
-        *(b.add_set(INET, MASQUERADE[v], _ADDR_TYPE[v]) for v in (4, 6)),
-        *(b.add_set(INET, SOURCES[v], ["ifname", _ADDR_TYPE[v]]) for v in (4, 6)),
-        *(b.add_set(INET, BRIDGED_SOURCES[v], ["ifname", "ether_addr", _ADDR_TYPE[v]]) for v in (4, 6)),
-        b.add_verdict_map(INET, GUESTS_MAP, "ifname"),
-        b.add_verdict_map(INET, BRIDGED_MAP, ["ifname", "ether_addr"]),
-        b.add_verdict_map(INET, DROPS_MAP, "ifname"),
-        b.add_verdict_map(INET, BRIDGED_DROPS_MAP, ["ifname", "ether_addr"]),
-        b.add_verdict_map(ARP, GUESTS_MAP, "ifname"),
-        b.add_verdict_map(BRIDGE, GUESTS_MAP, "ifname"),
-        b.add_verdict_map(BRIDGE, PORTS_MAP, "ifname"),
-        b.add_set(INET, n.GENERATION, "mark"),
-        b.flush_set(INET, n.GENERATION),
-        b.add_element(INET, n.GENERATION, [settings.generation]),
+        *(OURS.add_set(INET, GUEST_ADDRS[v], _ADDR_TYPE[v]) for v in (4, 6)),
+        *(OURS.add_set(INET, MASQUERADE[v], _ADDR_TYPE[v]) for v in (4, 6)),
+        *(OURS.add_set(INET, SOURCES[v], ["ifname", _ADDR_TYPE[v]]) for v in (4, 6)),
+        *(OURS.add_set(INET, BRIDGED_SOURCES[v], ["ifname", "ether_addr", _ADDR_TYPE[v]]) for v in (4, 6)),
+        OURS.add_verdict_map(INET, GUESTS_MAP, "ifname"),
+        OURS.add_verdict_map(INET, BRIDGED_MAP, ["ifname", "ether_addr"]),
+        OURS.add_verdict_map(INET, DROPS_MAP, "ifname"),
+        OURS.add_verdict_map(INET, BRIDGED_DROPS_MAP, ["ifname", "ether_addr"]),
+        OURS.add_verdict_map(ARP, GUESTS_MAP, "ifname"),
+        OURS.add_verdict_map(BRIDGE, GUESTS_MAP, "ifname"),
+        OURS.add_verdict_map(BRIDGE, PORTS_MAP, "ifname"),
+        OURS.add_set(INET, n.GENERATION, "mark"),
+        OURS.flush_set(INET, n.GENERATION),
+        OURS.add_element(INET, n.GENERATION, [settings.generation]),
     ]
     base = [
         (INET, PREROUTING, "prerouting", PRIO_INET_PREROUTING, "filter"),
@@ -278,18 +279,18 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
         (BRIDGE, FORWARD, "forward", PRIO_BRIDGE_FILTER, "filter"),
     ]
     for family, name, hook, prio, kind in base:
-        commands += [b.add_base_chain(family, name, hook=hook, prio=prio, kind=kind), b.flush_chain(family, name)]
+        commands += [OURS.add_base_chain(family, name, hook=hook, prio=prio, kind=kind), OURS.flush_chain(family, name)]
     for chain, bridged in ((SCREEN, False), (SCREEN_BRIDGED, True)):
-        commands += [b.add_chain(INET, chain), b.flush_chain(INET, chain)]
-        commands += [b.add_rule(INET, chain, exprs) for exprs in _screen(bridged=bridged)]
+        commands += [OURS.add_chain(INET, chain), OURS.flush_chain(INET, chain)]
+        commands += [OURS.add_rule(INET, chain, exprs) for exprs in _screen(bridged=bridged)]
     for family in FAMILIES:
-        commands += [b.add_chain(family, UNREGISTERED), b.flush_chain(family, UNREGISTERED)]
+        commands += [OURS.add_chain(family, UNREGISTERED), OURS.flush_chain(family, UNREGISTERED)]
         if settings.closed:
-            commands.append(b.add_element(family, GUESTS_MAP, [b.map_entry(iface, UNREGISTERED) for iface in settings.closed]))
+            commands.append(OURS.add_element(family, GUESTS_MAP, [b.map_entry(iface, UNREGISTERED) for iface in settings.closed]))
         commands.append(
-            b.add_rule(family, UNREGISTERED, [b.limit(*LOG_RATE), b.log("guestfence drop unregistered: ")])
+            OURS.add_rule(family, UNREGISTERED, [b.limit(*LOG_RATE), b.log("guestfence drop unregistered: ")])
         )
-        commands.append(b.add_rule(family, UNREGISTERED, [b.counter(), b.DROP]))
+        commands.append(OURS.add_rule(family, UNREGISTERED, [b.counter(), b.DROP]))
     iifname = b.meta("iifname")
     dispatch = {
         (INET, PREROUTING): [
@@ -308,16 +309,16 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
         dispatch[(INET, chain)] = [[*translated, *exprs] for exprs in dispatch[(INET, PREROUTING)]]
     for (family, chain), rules in dispatch.items():
         for exprs in rules:
-            commands.append(b.add_rule(family, chain, exprs))
+            commands.append(OURS.add_rule(family, chain, exprs))
         if settings.pattern and (chain == PREROUTING or (family, chain) == (ARP, INPUT)):
-            commands.append(b.add_rule(family, chain, [b.match(iifname, settings.pattern), b.goto(UNREGISTERED)]))
-    nat = b.add_base_chain(INET, POSTROUTING, hook="postrouting", prio=PRIO_SRCNAT, kind="nat")
+            commands.append(OURS.add_rule(family, chain, [b.match(iifname, settings.pattern), b.goto(UNREGISTERED)]))
+    nat = OURS.add_base_chain(INET, POSTROUTING, hook="postrouting", prio=PRIO_SRCNAT, kind="nat")
     if not masquerade:
-        return [*commands, nat, b.flush_chain(INET, POSTROUTING), b.delete_chain(INET, POSTROUTING)]
-    commands += [nat, b.flush_chain(INET, POSTROUTING)]
+        return [*commands, nat, OURS.flush_chain(INET, POSTROUTING), OURS.delete_chain(INET, POSTROUTING)]
+    commands += [nat, OURS.flush_chain(INET, POSTROUTING)]
     for v in (4, 6):
         source = b.payload(_DADDR[v], "saddr")
-        commands.append(b.add_rule(INET, POSTROUTING, [b.match(source, f"@{MASQUERADE[v]}"), b.masquerade()]))
+        commands.append(OURS.add_rule(INET, POSTROUTING, [b.match(source, f"@{MASQUERADE[v]}"), b.masquerade()]))
     return commands
 
 
@@ -379,14 +380,14 @@ def _guest_removal(guest: Guest) -> list[Command]:
     """Delete the guest's objects; each is added first, so a missing one is no error."""
     commands: list[Command] = []
     for family in _tables_of(guest):
-        commands += [b.add_chain(family, chain) for chain in _chains_of(guest, family)]
-        commands += [b.add_counter(family, counter) for counter in _counters_of(guest, family)]
+        commands += [OURS.add_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [OURS.add_counter(family, counter) for counter in _counters_of(guest, family)]
     for family, name, elements in _elements_of(guest):
-        commands += [b.add_element(family, name, elements), b.delete_element(family, name, [_key(e) for e in elements])]
+        commands += [OURS.add_element(family, name, elements), OURS.delete_element(family, name, [_key(e) for e in elements])]
     for family in _tables_of(guest):
-        commands += [b.flush_chain(family, chain) for chain in _chains_of(guest, family)]
-        commands += [b.delete_chain(family, chain) for chain in _chains_of(guest, family)]
-        commands += [b.delete_counter(family, counter) for counter in _counters_of(guest, family)]
+        commands += [OURS.flush_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [OURS.delete_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [OURS.delete_counter(family, counter) for counter in _counters_of(guest, family)]
     return commands
 
 
@@ -397,30 +398,30 @@ def _key(element: object) -> object:
 def _guest_objects(guest: Guest, names: Names) -> list[Command]:
     commands: list[Command] = []
     for family in _tables_of(guest):
-        commands += [b.add_counter(family, counter) for counter in _counters_of(guest, family)]
-        commands += [b.add_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [OURS.add_counter(family, counter) for counter in _counters_of(guest, family)]
+        commands += [OURS.add_chain(family, chain) for chain in _chains_of(guest, family)]
     entry = guest_chain(guest.name)
     label = f"guest {guest.name}" + (f": {guest.comment}" if guest.comment else "")
     out = _out_rules(guest, names)
     for family in _tables_of(guest):
         rules = _entry_rules(guest, out) if family == INET else antispoof_rules(guest, family)
         for index, exprs in enumerate(rules):
-            commands.append(b.add_rule(family, entry, exprs, comment=label if index == 0 else None))
+            commands.append(OURS.add_rule(family, entry, exprs, comment=label if index == 0 else None))
         commands += _drop_chain(guest, family)
     for exprs in _host_rules(guest, names):
-        commands.append(b.add_rule(INET, guest_chain(guest.name, "host"), exprs))
+        commands.append(OURS.add_rule(INET, guest_chain(guest.name, "host"), exprs))
     for exprs in out if _accepts(out) else []:
-        commands.append(b.add_rule(INET, guest_chain(guest.name, "out"), exprs))
+        commands.append(OURS.add_rule(INET, guest_chain(guest.name, "out"), exprs))
     for family, name, elements in _elements_of(guest):
-        commands.append(b.add_element(family, name, elements))
+        commands.append(OURS.add_element(family, name, elements))
     return commands
 
 
 def _drop_chain(guest: Guest, family: str) -> list[Command]:
     chain = guest_chain(guest.name, "drop")
     return [
-        b.add_rule(family, chain, [b.limit(*LOG_RATE), b.log(log_prefix(guest.name))]),
-        b.add_rule(family, chain, [b.counter_ref(guest_counter(guest.name, "dropped")), b.DROP]),
+        OURS.add_rule(family, chain, [b.limit(*LOG_RATE), b.log(log_prefix(guest.name))]),
+        OURS.add_rule(family, chain, [b.counter_ref(guest_counter(guest.name, "dropped")), b.DROP]),
     ]
 
 

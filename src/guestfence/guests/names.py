@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import re
 
+from guestfence.nftables.build import Table
+
 TABLE = "guestfence"
+OURS = Table(TABLE)
+"""The command builders for our tables (guestfence.nftables.build.Table)."""
 INET, ARP, BRIDGE = "inet", "arp", "bridge"
 FAMILIES = (INET, ARP, BRIDGE)
 

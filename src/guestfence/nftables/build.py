@@ -2,8 +2,10 @@
 
 Pure: each function returns plain dicts in the libnftables JSON schema
 (libnftables-json(5)). User-supplied values only ever become JSON *values*
-here; no function formats ruleset text. Every object lives in
-``names.TABLE`` of the family given.
+here; no function formats ruleset text. Commands about objects are built
+by a ``Table`` (each backend makes one of its own table name: guests
+``inet guestfence``, lockdown ``guestfence_lockdown``, rootless
+``guestfence_rootless``); expressions and statements belong to no table.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
-from guestfence.guests.names import TABLE
 from guestfence.policy.model import ANY_PORT, Network, PortRange
 
 Command = dict[str, Any]
@@ -20,76 +21,6 @@ Expr = dict[str, Any]
 
 ACCEPT: Expr = {"accept": None}
 DROP: Expr = {"drop": None}
-
-
-def _obj(family: str, **fields: Any) -> dict[str, Any]:
-    return {"family": family, "table": TABLE, **fields}
-
-
-def add_table(family: str) -> Command:
-    return {"add": {"table": {"family": family, "name": TABLE}}}
-
-
-def delete_table(family: str) -> Command:
-    return {"delete": {"table": {"family": family, "name": TABLE}}}
-
-
-def add_chain(family: str, name: str) -> Command:
-    return {"add": {"chain": _obj(family, name=name)}}
-
-
-def add_base_chain(family: str, name: str, *, hook: str, prio: int, kind: str = "filter") -> Command:
-    """A base chain with policy accept: it only dispatches, the guests' chains decide."""
-    return {"add": {"chain": _obj(family, name=name, type=kind, hook=hook, prio=prio, policy="accept")}}
-
-
-def flush_chain(family: str, name: str) -> Command:
-    return {"flush": {"chain": _obj(family, name=name)}}
-
-
-def delete_chain(family: str, name: str) -> Command:
-    return {"delete": {"chain": _obj(family, name=name)}}
-
-
-def add_counter(family: str, name: str) -> Command:
-    return {"add": {"counter": _obj(family, name=name)}}
-
-
-def delete_counter(family: str, name: str) -> Command:
-    return {"delete": {"counter": _obj(family, name=name)}}
-
-
-def add_set(family: str, name: str, key_type: str | Sequence[str], elements: Sequence[Any] = ()) -> Command:
-    """A named set (a list of types: concatenated keys); with ``elements``,
-    created holding them (re-adding is a no-op)."""
-    body = _obj(family, name=name, type=key_type if isinstance(key_type, str) else list(key_type))
-    if elements:
-        body["elem"] = list(elements)
-    return {"add": {"set": body}}
-
-
-def flush_set(family: str, name: str) -> Command:
-    return {"flush": {"set": _obj(family, name=name)}}
-
-
-def add_verdict_map(family: str, name: str, key_type: str | Sequence[str]) -> Command:
-    key = key_type if isinstance(key_type, str) else list(key_type)
-    return {"add": {"map": _obj(family, name=name, type=key, map="verdict")}}
-
-
-def add_element(family: str, set_name: str, elements: Iterable[Any]) -> Command:
-    return {"add": {"element": _obj(family, name=set_name, elem=list(elements))}}
-
-
-def delete_element(family: str, set_name: str, elements: Iterable[Any]) -> Command:
-    return {"delete": {"element": _obj(family, name=set_name, elem=list(elements))}}
-
-
-def add_rule(family: str, chain: str, exprs: Sequence[Expr], comment: str | None = None) -> Command:
-    rule = _obj(family, chain=chain, expr=list(exprs))
-    if comment:
-        rule["comment"] = comment
-    return {"add": {"rule": rule}}
 
 
 def map_entry(key: Any, target_chain: str, comment: str | None = None) -> list[Any]:

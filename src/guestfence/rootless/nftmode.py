@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guestfence.nftables.build import ACCEPT, Command, Expr, Table, ct, match, meta, vmap
+from guestfence.nftables.build import ACCEPT, Command, Expr, Table, ct, jump, match, meta, vmap
 from guestfence.guests.compile import rule_matches
 from guestfence.guests.names import ICMP_PROTOS, TO_HOST_TYPES
 from guestfence.guests.compile import HOST_TYPES
@@ -78,7 +78,7 @@ def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Addres
         OURS.flush_chain(FAMILY, OUTPUT),
         OURS.add_rule(FAMILY, OUTPUT, [vmap(meta("skuid"), OWNERS)]),
         *(OURS.add_rule(FAMILY, chain, exprs) for exprs in rules),
-        OURS.add_element(FAMILY, OWNERS, [[uid, {"jump": {"target": chain}}]]),
+        OURS.add_element(FAMILY, OWNERS, [[uid, jump(chain)]]),
     ]
 
 
