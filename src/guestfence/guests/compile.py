@@ -74,6 +74,7 @@ from typing import final
 
 from guestfence.errors import PlanError
 from guestfence.nftables import build as b
+from guestfence.nftables.match import HOST_TYPES, Names, rule_matches
 from guestfence.guests import names as n
 from guestfence.guests.names import OURS
 from guestfence.guests.antispoof import antispoof_rules, guest_antispoof_rules, screen_drop, screen_rules, source_keys
@@ -132,9 +133,6 @@ PRIO_BRIDGE_FILTER = -200
 PRIO_ARP_FILTER = 0
 LOG_RATE = (5, "second", 10)
 """Rate, unit and burst of the drop log: enough to diagnose, never a flood."""
-HOST_TYPES = tuple(sorted(t.value for t in HOST_RECEIVED))
-"""``fib daddr type`` values of ``@host``: local, broadcast, multicast, anycast
-(AddressType names are the kernel's route type names)."""
 CONSTANT_SETS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     (INET, n.TO_HOST_TYPES): ("fib_addrtype", HOST_TYPES),
     (INET, n.LINK_ICMPV6): ("icmpv6_type", ("nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report")),
@@ -148,10 +146,8 @@ CONSTANT_SETS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
 }
 """(family, set name) -> (element type, elements): what the link needs, what a guest may never send."""
 _DADDR = {4: "ip", 6: "ip6"}
-_ICMP_L4 = {4: "icmp", 6: "ipv6-icmp"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
-Names = Mapping[str, frozenset[Address]]
 
 
 @final
@@ -487,53 +483,3 @@ def _policy_rules(guest: Guest, names: Names, rules: Iterable[Rule], *, deny: bo
     verdict = [b.goto(guest_chain(guest.name, "drop"))] if deny else _accept(guest)
     return [[*matches, *verdict] for rule in rules
             for matches in rule_matches(rule, names, guest.gateways, deny=deny)]
-
-
-def rule_matches(rule: Rule, names: Names, gateways: Iterable[Address], *, deny: bool) -> list[list[Expr]]:
-    """The match expressions of one policy rule: one list per nft rule it
-    becomes (one per address family where it names addresses), empty when it
-    can match nothing. Shared with the rootless stacks' output-hook rules."""
-    return [[*_proto_exprs(rule, version), *host_exprs]
-            for version, host_exprs in _host_alternatives(rule, gateways, names, deny=deny)]
-
-
-def _proto_exprs(rule: Rule, version: int | None) -> list[Expr]:
-    l4proto = b.meta("l4proto")
-    if rule.proto is Proto.ICMP:
-        value = _ICMP_L4[version] if version else f"@{n.ICMP_PROTOS}"
-        return [b.match(l4proto, value)]
-    exprs = [b.match(l4proto, rule.proto.value)]
-    ports = b.ports_value(rule.ports)
-    if ports is not None:
-        exprs.append(b.match(b.payload("th", "dport"), ports))
-    return exprs
-
-
-def _host_alternatives(rule: Rule, gateways: Iterable[Address], names: Names, *,
-                       deny: bool) -> list[tuple[int | None, list[Expr]]]:
-    """(IP version or None for both, destination matches), one per nft rule;
-    empty when the rule can match nothing."""
-    host = rule.host
-    if isinstance(host, AnyHost):
-        return [(None, [])]
-    if isinstance(host, NetHost):
-        version = host.network.version
-        return [(version, [b.match(b.payload(_DADDR[version], "daddr"), b.net_value(host.network))])]
-    if isinstance(host, SymbolHost) and host.symbol is Symbol.HOST:
-        return [(None, [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}")])]
-    if isinstance(host, SymbolHost):
-        return _address_sets(gateways)
-    assert isinstance(host, NameHost)
-    resolved = names.get(host.name)
-    if resolved is None:
-        return [(None, [])] if deny else []
-    return _address_sets(resolved)
-
-
-def _address_sets(addresses: Iterable[Address]) -> list[tuple[int | None, list[Expr]]]:
-    alternatives: list[tuple[int | None, list[Expr]]] = []
-    for version in (4, 6):
-        chosen = sorted(str(a) for a in addresses if a.version == version)
-        if chosen:
-            alternatives.append((version, [b.match(b.payload(_DADDR[version], "daddr"), b.one_or_set(chosen))]))
-    return alternatives

@@ -67,7 +67,6 @@ from guestfence.policy.rules import (
     UnixFlow,
     UnixRule,
     UnixScope,
-    canonical_rules,
     merge_ports,
     unmap,
     unmap_network,

@@ -22,8 +22,8 @@ closed port would make it (an ICMP error alone leaves some stacks, pasta
 among them, waiting for their own timeout).
 
 The policy's rules become matches exactly as in the guests' firewall
-(``guestfence.guests.compile.rule_matches``), so both backends read a rule
-the same way.
+(``guestfence.nftables.match.rule_matches``, shared), so both backends read
+a rule the same way.
 
 Why a user and not a cgroup: ``socket cgroupv2`` is what would match a
 cgroup, and the libnftables of Debian 12 (1.0.6) refuses it in JSON
@@ -35,9 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from guestfence.nftables.build import ACCEPT, Command, Expr, Table, ct, jump, match, meta, vmap
-from guestfence.guests.compile import rule_matches
-from guestfence.guests.names import ICMP_PROTOS, TO_HOST_TYPES
-from guestfence.guests.compile import HOST_TYPES
+from guestfence.nftables.match import constant_sets, rule_matches
 from guestfence.policy.decide import require_gateway
 from guestfence.policy.model import Action, Address, Policy, Proto, Rule
 
@@ -71,8 +69,7 @@ def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Addres
         OURS.add_table(FAMILY),
         OURS.add_base_chain(FAMILY, OUTPUT, hook="output", prio=PRIO_FILTER),
         OURS.add_verdict_map(FAMILY, OWNERS, "uid"),
-        OURS.add_set(FAMILY, ICMP_PROTOS, "inet_proto", ["icmp", "ipv6-icmp"]),
-        OURS.add_set(FAMILY, TO_HOST_TYPES, "fib_addrtype", sorted(HOST_TYPES)),
+        *constant_sets(OURS, FAMILY),
         OURS.add_chain(FAMILY, chain),
         OURS.flush_chain(FAMILY, chain),
         OURS.flush_chain(FAMILY, OUTPUT),
