@@ -68,7 +68,7 @@ Rules of the compiler:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import final
 
@@ -105,18 +105,7 @@ from guestfence.guests.names import (
     guest_counter,
     log_prefix,
 )
-from guestfence.policy.model import (
-    HOST_RECEIVED,
-    Action,
-    Address,
-    AnyHost,
-    NameHost,
-    NetHost,
-    Proto,
-    Rule,
-    Symbol,
-    SymbolHost,
-)
+from guestfence.policy.model import Action, AnyHost, Rule, Symbol, SymbolHost
 
 MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "::/128", "::1/128", "::ffff:0:0/96"))
 """Destinations no packet arriving on a link may have: unspecified, loopback
