@@ -47,6 +47,7 @@ from guestfence.nftables.build import (
     net_value,
     payload,
     raw_th,
+    vmap,
 )
 from guestfence.guests.guest import Guest
 from guestfence.guests.names import (
@@ -128,7 +129,7 @@ def _who(*, bridged: bool) -> list[Expr]:
 def screen_drop(*, bridged: bool) -> Expr:
     """The verdict of a failed shared check: the guest's drop chain, looked up by who sent."""
     who = _who(bridged=bridged)
-    return {"vmap": {"key": concat(*who) if bridged else who[0], "data": f"@{BRIDGED_DROPS_MAP if bridged else DROPS_MAP}"}}
+    return vmap(concat(*who) if bridged else who[0], BRIDGED_DROPS_MAP if bridged else DROPS_MAP)
 
 
 def source_keys(guest: Guest, version: int) -> list[object]:

@@ -279,12 +279,12 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
     iifname = b.meta("iifname")
     dispatch = {
         (INET, PREROUTING): [
-            [{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}],
-            [{"vmap": {"key": b.concat(iifname, b.payload("ether", "saddr")), "data": f"@{BRIDGED_MAP}"}}],
+            [b.vmap(iifname, GUESTS_MAP)],
+            [b.vmap(b.concat(iifname, b.payload("ether", "saddr")), BRIDGED_MAP)],
         ],
-        (ARP, INPUT): [[{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}]],
-        (BRIDGE, PREROUTING): [[{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}]],
-        (BRIDGE, FORWARD): [[{"vmap": {"key": iifname, "data": f"@{PORTS_MAP}"}}]],
+        (ARP, INPUT): [[b.vmap(iifname, GUESTS_MAP)]],
+        (BRIDGE, PREROUTING): [[b.vmap(iifname, GUESTS_MAP)]],
+        (BRIDGE, FORWARD): [[b.vmap(iifname, PORTS_MAP)]],
     }
     # The second decision, after destination NAT: a new connection the host
     # translated runs through the guest's chains again with the destination
