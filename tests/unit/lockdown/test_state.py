@@ -121,3 +121,11 @@ def test_the_pending_change_round_trips_and_is_kept_by_writers_that_do_not_settl
     assert with_pending(recorded, COMMITTED)["pending"] == recorded["pending"]
     assert "pending" not in with_pending(state_to_json(COMMITTED), COMMITTED)
     assert salvage_state({"patterns": [], "generation": "x"})[1] == ("lockdown: generation is not a number: 'x'",)
+
+
+def test_a_change_planned_over_an_interrupted_one_starts_from_the_record_with_its_old_values() -> None:
+    from guestfence.lockdown.feature import recorded_state
+
+    state = recorded_state({**state_to_json(COMMITTED), "pending": state_to_json(PENDING)})
+    assert state.patterns == COMMITTED.patterns and state.generation == COMMITTED.generation
+    assert state.record("vl0") == PENDING.record("vl0")  # released by the next change, written back
