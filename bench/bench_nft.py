@@ -75,7 +75,7 @@ SCALE_GOALS = {"apply": (3.0, 300), "status": (2.0, None), "add": (None, None)}
 
 def guests(count: int) -> list[Any]:
     """The measured guest plus count-1 idle ones (IPv6-only, so addresses never run out)."""
-    from guestfence.nft.guest import parse_guest
+    from guestfence.guests.guest import parse_guest
     from guestfence.policy.model import Policy
 
     policy = Policy.parse(allow=[f"tcp://@gateway:{TCP_PORT}", f"udp://@gateway:{UDP_PORT}"])
@@ -137,8 +137,8 @@ def minimal_commands() -> list[dict[str, Any]]:
 
 
 def apply_ruleset(design: str, count: int) -> None:
-    from guestfence.nft.apply import apply_nft, open_nft
-    from guestfence.nft.compile import Settings, compile_ruleset
+    from guestfence.nftables.apply import apply_nft, open_nft
+    from guestfence.guests.compile import Settings, compile_ruleset
 
     nft = open_nft()
     nft.cmd("flush ruleset")
@@ -152,9 +152,9 @@ def apply_ruleset(design: str, count: int) -> None:
 
 def churn(count: int, rounds: int) -> dict[str, float]:
     """Median seconds to add, then remove, one guest next to ``count`` others."""
-    from guestfence.nft.apply import apply_nft, open_nft
-    from guestfence.nft.compile import Settings, compile_add, compile_remove, compile_ruleset
-    from guestfence.nft.guest import parse_guest
+    from guestfence.nftables.apply import apply_nft, open_nft
+    from guestfence.guests.compile import Settings, compile_add, compile_remove, compile_ruleset
+    from guestfence.guests.guest import parse_guest
 
     nft = open_nft()
     nft.cmd("flush ruleset")

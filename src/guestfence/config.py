@@ -43,13 +43,13 @@ import os
 from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_collected
-from guestfence.nft.names import DEFAULT_PATTERN
+from guestfence.guests.names import DEFAULT_PATTERN
 from guestfence.policy.grammar import parse_action, parse_rules
-from guestfence.policy.model import Policy, Rule, UnixRule, canonical_rules
+from guestfence.policy.model import Policy, Rule, UnixRule
 
 if TYPE_CHECKING:  # imported where a file has [[guest]] or [lockdown] tables (start-up of check, explain)
     from guestfence.lockdown.pattern import LockdownConfig
-    from guestfence.nft.guest import Guest
+    from guestfence.guests.guest import Guest
 
 POLICY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _POLICY_KEYS = ("default", "allow", "deny")
@@ -158,7 +158,7 @@ def parse_config(text: str, *, source: str) -> ConfigFile:
     guests = _parse_guests(data["guest"], policies, locator, errors) if "guest" in data else ()
     pattern = DEFAULT_PATTERN
     if "guest_pattern" in data:
-        from guestfence.nft.guest import parse_pattern
+        from guestfence.guests.guest import parse_pattern
 
         try:
             pattern = parse_pattern(data["guest_pattern"], where=f"{source}: ")
@@ -200,7 +200,7 @@ def _parse_guests(
     """The ``[[guest]]`` tables. A guest's policy is its ``policy`` (a
     ``[policy.NAME]``; without one, the file's unnamed policy or none) plus
     its own ``net_allow``, ``net_deny`` and ``default``."""
-    from guestfence.nft.guest import parse_guest
+    from guestfence.guests.guest import parse_guest
 
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         errors.append(locator.key_error("guest", "'guest' must be an array of tables ([[guest]])"))
@@ -226,11 +226,9 @@ def _parse_guests(
             errors,
             where=f" in {where}",
         )
-        policy = Policy(
-            default=extra.default,
-            allow=tuple(canonical_rules(base.allow + extra.allow)),
-            deny=tuple(canonical_rules(base.deny + extra.deny)),
-        )
+        # unix:// rules stay in the guest's policy, so applying it can say they are ignored.
+        policy = Policy.of(default=extra.default, allow=base.allow + base.allow_unix + extra.allow + extra.allow_unix,
+                           deny=base.deny + base.deny_unix + extra.deny + extra.deny_unix)  # fmt: skip
         try:
             guests.append(
                 parse_guest(

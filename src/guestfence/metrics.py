@@ -4,8 +4,8 @@ node-exporter's textfile.
 
 Reads only: the state file (under its lock), the live ``guestfence`` tables
 (rules, counters with packets and bytes, map elements) and the lockdown
-report. The comparison is guestfence.nft.firewall.collect_status with the
-stale registrations (guestfence.nft.binding), the same ``status`` prints.
+report. The comparison is guestfence.guests.firewall.collect_status with the
+stale registrations (guestfence.guests.binding), the same ``status`` prints.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from guestfence.errors import HostError
 from guestfence.lockdown.feature import LOCKDOWN_KEY, recorded_state
 from guestfence.lockdown.links import collect_links
 from guestfence.lockdown.report import collect_report
-from guestfence.nft.apply import open_nft
-from guestfence.nft.binding import collect_link_indexes, with_stale_drift
-from guestfence.nft.firewall import GUESTS_KEY, collect_status
+from guestfence.guests.binding import collect_link_indexes, with_stale_drift
+from guestfence.guests.firewall import GUESTS_KEY, collect_status
+from guestfence.nftables.apply import open_nft
 from guestfence.prometheus import GuestMetrics, LockdownMetrics, Metrics
 from guestfence.state import StateStore
 

@@ -1,5 +1,5 @@
 """The state-changing commands of the VM-guest firewall and of every feature
-(``guest add|remove``, ``apply FILE``, ``restore``, ``flush``), start to
+(``guest add|remove``, ``lockdown add|remove``, ``apply FILE``, ``restore``, ``flush``), start to
 finish: read the record under the state lock, plan, record the intent,
 apply one transaction, record the result. ``status`` reads without locking
 anything out. The CLI only parses and prints.
@@ -17,7 +17,7 @@ Guarantees:
 - ``guest add`` refuses, without ``force``, interfaces the host needs
   itself (``interface_hazards``).
 - ``reap_stale`` removes the guests integrations registered whose interface
-  is gone or is another one now (guestfence.nft.binding), deciding on the
+  is gone or is another one now (guestfence.guests.binding), deciding on the
   links it reads while it holds the state lock, so a registration made
   meanwhile for a new interface of that name is never taken for stale.
 """
@@ -27,11 +27,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
-from guestfence.nft.binding import Binding, collect_link_indexes, stale_records, with_stale_drift
-from guestfence.nft.firewall import (
+from guestfence.guests.binding import Binding, collect_link_indexes, stale_records, with_stale_drift
+from guestfence.guests.firewall import (
     GUESTS,
     check_gateways_owned,
     GUESTS_KEY,
@@ -47,8 +47,12 @@ from guestfence.nft.firewall import (
     resolve_guest,
     salvage_registry,
 )
-from guestfence.nft.guest import Guest
+from guestfence.guests.guest import Guest
+from guestfence.resolve import Resolution, resolve_names
 from guestfence.state import Feature, FeaturePlan, StateStore
+
+if TYPE_CHECKING:  # lockdown is imported only by the commands that use it
+    from guestfence.lockdown.pattern import InterfacePattern
 
 def features() -> tuple[Feature, ...]:
     """What ``apply FILE``, ``restore`` and ``flush`` take care of, in this order.
@@ -89,10 +93,13 @@ def commit(store: StateStore, feature: Feature, plan: FeaturePlan, recorded: Any
         store.write_section(plan.key, plan.record)
 
 
-def run_features(directory: str, make_plan: Callable[[Feature, Any], FeaturePlan], *, dry_run: bool,
-                 salvage: bool = False) -> Outcome:  # fmt: skip
-    """Plan every feature, then apply and record each. With ``salvage``
-    (restore, flush), a feature that cannot be planned is reported and the others
+def run_features(directory: str, make_plan: Callable[[Feature, Any, Resolution], FeaturePlan], *, dry_run: bool,
+                 config: Any = None, salvage: bool = False, resolve: bool = True) -> Outcome:  # fmt: skip
+    """Plan every feature, then apply and record each. The DNS names a
+    feature's plan needs (``Feature.dns_names`` of ``config``, or of the
+    record) are looked up first, once, and handed to ``make_plan`` (unless
+    not ``resolve``: ``flush`` needs none). With ``salvage`` (restore,
+    flush), a feature that cannot be planned is reported and the others
     still applied; otherwise any error stops before anything changed."""
     problems: list[str] = []
     with StateStore(directory, read_only=dry_run) as store:
@@ -100,7 +107,8 @@ def run_features(directory: str, make_plan: Callable[[Feature, Any], FeaturePlan
         for feature in features():
             recorded = store.section(feature.key)
             try:
-                planned.append((feature, make_plan(feature, recorded), recorded))
+                resolved = resolve_names(feature.dns_names(config, recorded) if resolve else ())
+                planned.append((feature, make_plan(feature, recorded, resolved), recorded))
             except GuestfenceError as exc:
                 if not salvage:
                     raise
@@ -117,10 +125,41 @@ def run_features(directory: str, make_plan: Callable[[Feature, Any], FeaturePlan
     return Outcome(plans=plans, problems=(*problems, *(p for plan in plans for p in plan.problems)))
 
 
+def apply_file(directory: str, config: Any, *, prune: bool, dry_run: bool) -> Outcome:
+    """``apply FILE``: every feature made as the file says; what it does not
+    name stays unless ``prune``."""
+    outcome = run_features(directory, lambda feature, recorded, resolved: feature.plan_apply(
+        config, recorded, prune=prune, resolved=resolved), dry_run=dry_run, config=config)  # fmt: skip
+    return replace(outcome, warnings=tuple(w for guest in config.guests for w in unix_rules_ignored(guest)))
+
+
+def restore(directory: str, *, dry_run: bool) -> Outcome:
+    """Rebuild what is recorded (after a reboot), settling interrupted changes."""
+    return run_features(directory, lambda feature, recorded, resolved: feature.plan_restore(recorded, resolved=resolved),
+                        dry_run=dry_run, salvage=True)  # fmt: skip
+
+
+def flush(directory: str, *, dry_run: bool) -> Outcome:
+    """Remove what guestfence installed; the record stays for ``restore``."""
+    return run_features(directory, lambda feature, recorded, resolved: feature.plan_flush(recorded), dry_run=dry_run,
+                        salvage=True, resolve=False)  # fmt: skip
+
+
+def unix_rules_ignored(guest: Guest) -> list[str]:
+    """A warning naming the ``unix://`` rules of a guest's policy: a VM or
+    container has unix sockets of its own only, which no host rule reaches."""
+    policy = guest.policy
+    named = [f"allow {r}" for r in policy.allow_unix] + [f"deny {r}" for r in policy.deny_unix]
+    if not named:
+        return []
+    return [f"guest {guest.name}: unix:// rules do not apply to a VM or container guest (its unix sockets are its "
+            f"own) and are ignored: {', '.join(named)}"]  # fmt: skip
+
+
 def add_guest(directory: str, guest: Guest, *, dry_run: bool, force: bool, link: Binding | None = None) -> Outcome:
     """Register ``guest`` (or replace the guest of that name); ``link``: the
-    interface an integration registers it for (guestfence.nft.binding)."""
-    warnings = _checked_link(guest, force=force)
+    interface an integration registers it for (guestfence.guests.binding)."""
+    warnings = [*_checked_link(guest, force=force), *unix_rules_ignored(guest)]
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
         old = salvage_registry(recorded, where=str(store.path))
@@ -180,21 +219,57 @@ def reap_stale(directory: str, *, iface: str | None = None) -> list[str]:
     return done
 
 
+def lockdown_add(directory: str, added: tuple[InterfacePattern, ...], *, dry_run: bool, force: bool) -> Outcome:
+    """Lock down ``added`` as well; refuses (PlanError) patterns covering the
+    host's own interfaces or a registered guest's, unless ``force``."""
+    from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY
+
+    with StateStore(directory, read_only=dry_run) as store:
+        recorded = store.section(LOCKDOWN_KEY)
+        plan = LOCKDOWN.plan_add(recorded, added, recorded_guests=store.section(GUESTS_KEY), force=force)
+        if not dry_run:
+            commit(store, LOCKDOWN, plan, recorded)
+    return Outcome(plans=(plan,))
+
+
+def lockdown_remove(directory: str, removed: tuple[InterfacePattern, ...], *, dry_run: bool) -> Outcome:
+    """Stop locking down ``removed``, writing back what adding them changed."""
+    from guestfence.lockdown.feature import LOCKDOWN, LOCKDOWN_KEY
+
+    with StateStore(directory, read_only=dry_run) as store:
+        recorded = store.section(LOCKDOWN_KEY)
+        plan = LOCKDOWN.plan_remove(recorded, removed)
+        if not dry_run:
+            commit(store, LOCKDOWN, plan, recorded)
+    return Outcome(plans=(plan,))
+
+
 def read_registry(directory: str) -> Registry:
     """The record as far as it can be read (``Registry.problems`` says what cannot)."""
     with StateStore(directory, read_only=True) as store:
         return salvage_registry(store.section(GUESTS_KEY), where=str(store.path))
 
 
-def read_status(directory: str) -> StatusReport:
+def read_status(directory: str, *, with_lockdown: bool = False) -> StatusReport:
+    """The guests' status; ``with_lockdown`` adds an interrupted lockdown
+    change to its drift (``guestfence status``; an integration's check is
+    about its guest alone)."""
     with StateStore(directory, read_only=True) as store:
         section = store.section(GUESTS_KEY)
-        report = collect_status(section, where=str(store.path))
-        return with_stale_drift(report, section, collect_link_indexes())
+        report = with_stale_drift(collect_status(section, where=str(store.path)), section, collect_link_indexes())
+        if not with_lockdown:
+            return report
+        from guestfence.lockdown.feature import LOCKDOWN_KEY, interrupted
+        from guestfence.nftables.apply import open_nft
+
+        lockdown = store.section(LOCKDOWN_KEY)
+    if lockdown is None:
+        return report
+    return replace(report, drift=(*report.drift, *(f"lockdown: {line}" for line in interrupted(lockdown, open_nft()))))
 
 
 def _guests_plan(nft_plan: Any, old: Registry, new: Registry, recorded: Mapping[str, Any] | None) -> FeaturePlan:
-    """The intent records only the change (guestfence.nft.firewall: pending), not every guest again."""
+    """The intent records only the change (guestfence.guests.firewall: pending), not every guest again."""
     record = new.to_json()
     committed = recorded if recorded is not None else old.to_json()  # (the first guest: an empty section, readable)
     intent = {**committed, "pending": pending_change(old, new)}

@@ -34,9 +34,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 from guestfence.errors import HostError
+
+if TYPE_CHECKING:  # resolve imports the policy core, which state.py does not need at run time
+    from guestfence.resolve import Resolution
 
 ENV_STATE_DIR = "GUESTFENCE_STATE_DIR"
 DEFAULT_STATE_DIR = "/var/lib/guestfence"
@@ -198,16 +201,21 @@ class FeaturePlan:
 class Feature(Protocol):
     """One thing ``apply FILE``, ``restore`` and ``flush`` take care of.
 
-    The guest firewall is one (guestfence.nft.firewall.GUESTS); interface
-    lockdown plugs in the same way: implement these four and add the object
-    to ``features()`` in guestfence.operations. ``plan_*`` may read the system
-    (DNS, the kernel) but change nothing; ``apply`` changes it. ``prune``:
-    whether ``apply FILE`` removes what the file does not name.
+    The guest firewall is one (guestfence.guests.firewall.GUESTS); interface
+    lockdown plugs in the same way: implement these five and add the object
+    to ``features()`` in guestfence.operations. ``dns_names`` says which DNS
+    names planning needs (``config`` None: for ``plan_restore``); the caller
+    looks them up and hands the ``Resolution`` in, so no ``plan_*`` resolves
+    anything. ``plan_*`` may read the kernel but change nothing; ``apply``
+    changes it. ``prune``: whether ``apply FILE`` removes what the file does
+    not name.
     """
 
     key: str
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool) -> FeaturePlan: ...
-    def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan: ...
+    def dns_names(self, config: Any, recorded: Mapping[str, Any] | None) -> frozenset[str]: ...
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool,
+                   resolved: Resolution) -> FeaturePlan: ...  # fmt: skip
+    def plan_restore(self, recorded: Mapping[str, Any] | None, *, resolved: Resolution) -> FeaturePlan: ...
     def plan_flush(self, recorded: Mapping[str, Any] | None) -> FeaturePlan: ...
     def apply(self, plan: FeaturePlan) -> None: ...

@@ -83,10 +83,10 @@ class Scene:
         return done.returncode, json.loads(done.stdout)
 
     def apply_nft(self, commands: list[dict], netns: str | None = None) -> None:
-        """Load ``commands`` through guestfence.nft.apply, in the host namespace by default."""
+        """Load ``commands`` through guestfence.nftables.apply, in the host namespace by default."""
         code = (
             "import json, sys\n"
-            "from guestfence.nft.apply import apply_nft, open_nft\n"
+            "from guestfence.nftables.apply import apply_nft, open_nft\n"
             "apply_nft(open_nft(), json.load(sys.stdin), step='lab ruleset')\n"
         )
         sh(sys.executable, "-c", code, netns=netns or self.host, input=json.dumps(commands))
@@ -95,7 +95,7 @@ class Scene:
         """The packets of every rule counter of ``inet TABLE`` in ``netns``, in rule order."""
         code = (
             "import json, sys\n"
-            "from guestfence.nft.apply import list_ruleset, open_nft\n"
+            "from guestfence.nftables.apply import list_ruleset, open_nft\n"
             "items = list_ruleset(open_nft(), {'table': {'family': 'inet', 'name': sys.argv[1]}})\n"
             "print(json.dumps([s['counter']['packets'] for i in items if 'rule' in i\n"
             "                  for s in i['rule']['expr'] if 'counter' in s]))\n"

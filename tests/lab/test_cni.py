@@ -18,7 +18,7 @@ import pytest
 
 from tests.lab.cni_lab import DEBIAN_CNI_DIR, Chain, PluginFailed, plugin_dir
 from tests.lab.netlab import Lab, sh, unique
-from tests.lab.nft_lab import SERVICE_TCP, SERVICE_UDP, Scene
+from tests.lab.guests_lab import SERVICE_TCP, SERVICE_UDP, Scene
 
 pytestmark = pytest.mark.lab
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import GUESTFENCE, Lab, sh
-from tests.lab.nft_lab import GuestLink, Scene
+from tests.lab.guests_lab import GuestLink, Scene
 
 pytestmark = pytest.mark.lab
 

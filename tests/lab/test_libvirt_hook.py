@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import Lab
-from tests.lab.nft_lab import GuestLink, Scene
+from tests.lab.guests_lab import GuestLink, Scene
 
 pytestmark = pytest.mark.lab
 
@@ -83,3 +83,14 @@ def test_a_start_that_fails_half_way_registers_nothing_and_aborts(scene: Scene) 
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and taken.iface in done.stderr
     assert names(scene) == ["other"], "the first interface's registration was taken back"
+
+
+def test_unix_rules_in_a_domains_policy_are_named_as_ignored(scene: Scene) -> None:
+    link = scene.add_guest("lu", 1, kind="tap")
+    xml = domain_xml(link).replace("<gf:allow>tcp://@gateway:8080</gf:allow>",
+                                   "<gf:allow>tcp://@gateway:8080</gf:allow><gf:allow>unix:///run/x.sock</gf:allow>")
+    done = hook(scene, xml, "start", "begin")
+    assert done.returncode == 0, done.stderr
+    assert "unix:// rules do not apply to a VM or container guest" in done.stderr
+    assert "allow unix:///run/x.sock" in done.stderr and "--force" not in done.stderr
+    assert hook(scene, xml, "release", "end").returncode == 0

@@ -104,7 +104,7 @@ def test_remove_writes_back_only_what_add_changed(lab: Lab, tmp_path: Path) -> N
     assert sysctl(host, "ipv6", "up0", "disable_ipv6") == "0"
     assert "guestfence_lockdown" not in sh("nft", "list", "tables", netns=host).stdout
     listed = json.loads(guestfence(host, "lockdown", "list", "--json", "--state-dir", state).stdout)
-    assert listed == {"patterns": [], "interfaces": [], "stacked": {"interfaces": [], "rules": []}}
+    assert listed == {"patterns": [], "interfaces": [], "stacked": {"interfaces": [], "rules": []}, "interrupted": []}
 
 
 def test_a_pattern_matching_the_uplink_is_refused_without_force(lab: Lab, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import GUESTFENCE, Lab, sh
-from tests.lab.nft_lab import GuestLink, Scene
+from tests.lab.guests_lab import GuestLink, Scene
 from tests.lab.test_differential import JUDGE, MCAST_GROUPS, NONCE, judge_ruleset
 
 pytestmark = pytest.mark.lab

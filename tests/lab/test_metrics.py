@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lab.netlab import Lab, sh
-from tests.lab.nft_lab import Scene
+from tests.lab.guests_lab import Scene
 
 pytestmark = pytest.mark.lab
 

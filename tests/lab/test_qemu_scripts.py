@@ -2,7 +2,7 @@
 
 The TAP is made in the lab's host namespace and the "VM" is a namespace
 behind a relay that copies frames between the TAP and a veth (as in
-tests/lab/test_nft_reach.py); the scripts run as QEMU runs them, with the
+tests/lab/test_guests_reach.py); the scripts run as QEMU runs them, with the
 TAP's name as their only argument.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import Lab, sh
-from tests.lab.nft_lab import Scene
+from tests.lab.guests_lab import Scene
 
 pytestmark = pytest.mark.lab
 

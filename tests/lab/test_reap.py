@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import GUESTFENCE, Lab, sh
-from tests.lab.nft_lab import Scene
+from tests.lab.guests_lab import Scene
 from tests.lab.test_lockdown_watch import wait_for_line
 from tests.lab.test_qemu_scripts import IFDOWN, IFUP, guests_file, script
 

@@ -75,3 +75,21 @@ def test_gateway_without_a_gateway_is_never_silent(capsys: pytest.CaptureFixture
     assert "matches every destination of its protocol and ports" in err
     assert "uses @gateway" not in run(capsys, "explain", "--gateway", "192.0.2.1", "--net-deny", "tcp://@gateway:22",
                                       "tcp://192.0.2.1:22")[2]  # fmt: skip
+
+
+def test_guest_add_and_apply_name_the_unix_rules_a_vm_cannot_be_held_to(capsys: pytest.CaptureFixture[str],
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    state = ("--state-dir", str(tmp_path / "state"))
+    code, _, err = run(capsys, "guest", "add", "vm1", "--iface", "vmtap-u", "--address", "192.0.2.2/30",
+                       "--net-allow", "unix:///run/x.sock", "--net-deny", "unix://@*", "--dry-run", *state)  # fmt: skip
+    assert code == 0
+    assert "guest vm1: unix:// rules do not apply to a VM or container guest" in err
+    assert "allow unix:///run/x.sock, deny unix://@*" in err
+    config = tmp_path / "guests.toml"
+    config.write_text('[[guest]]\nname = "vm2"\niface = "vmtap-v"\naddress = "192.0.2.6/30"\n'
+                      'net_allow = ["udp://*:53", "unix:///run/y.sock"]\n')  # fmt: skip
+    code, _, err = run(capsys, "apply", "--dry-run", str(config), *state)
+    assert code == 0 and "guest vm2: unix:// rules" in err and "allow unix:///run/y.sock" in err
+    code, _, err = run(capsys, "guest", "add", "vm3", "--iface", "vmtap-w", "--address", "192.0.2.10/30",
+                       "--net-allow", "udp://*:53", "--dry-run", *state)  # fmt: skip
+    assert code == 0 and "unix://" not in err

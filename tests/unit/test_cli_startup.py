@@ -46,7 +46,7 @@ def test_check_of_a_file_imports_no_kernel_library(tmp_path: Path) -> None:
 
 # What check and explain of a plain policy do without: the guest and lockdown
 # models, DNS (socket), pathlib and shutil (argparse's formatter would import it).
-NOT_FOR_A_POLICY = ("guestfence.nft.guest", "guestfence.lockdown.pattern", "socket", "pathlib", "shutil")
+NOT_FOR_A_POLICY = ("guestfence.guests.guest", "guestfence.lockdown.pattern", "socket", "pathlib", "shutil")
 
 
 def test_check_and_explain_of_a_policy_import_only_the_policy_core(tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_check_and_explain_of_a_policy_import_only_the_policy_core(tmp_path: Pat
                                                     "tcp://192.0.2.1:8080", "udp://192.0.2.53:53") == set()
     # The control: a file with a guest needs the guest model.
     policy.write_text('[[guest]]\nname = "vm1"\niface = "vmtap-1"\naddress = "192.0.2.2/30"\n')
-    assert "guestfence.nft.guest" in imported_modules("check", str(policy))
+    assert "guestfence.guests.guest" in imported_modules("check", str(policy))
 
 
 def test_the_guard_sees_a_heavy_import() -> None:

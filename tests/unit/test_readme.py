@@ -43,3 +43,17 @@ def test_readme_example_runs_as_written(tmp_path: Path, argv: list[str]) -> None
 
 def test_the_readme_has_examples_to_run() -> None:
     assert len(readme_commands(("check", "explain"))) >= 3
+
+
+def test_the_layout_section_names_every_package_and_module_that_exists() -> None:
+    """Each package and top-level module of src/guestfence is in the README's
+    layout, and each one the layout names exists."""
+    text = README.read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):text.index("## Testing")]
+    source = README.parent / "src" / "guestfence"
+    named = set(re.findall(r"(?m)^      (\w+(?:/|\.py))", layout))
+    named |= set(re.findall(r"   (\w+(?:/|\.py))  ", layout))  # a second column: "sandbox/ ...  audit/ ..."
+    present = {p.name + "/" for p in source.iterdir() if (p / "__init__.py").exists()}
+    present |= {p.name for p in source.glob("*.py") if p.name != "__init__.py"}
+    assert named - present == set(), "the layout names what does not exist"
+    assert present - named == set(), "the layout leaves these out"

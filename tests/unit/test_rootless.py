@@ -13,7 +13,8 @@ import pytest
 
 from guestfence.errors import PolicyError
 from guestfence.policy.decide import decide
-from guestfence.policy.grammar import parse_destination, parse_policy
+from guestfence.policy.grammar import parse_destination
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Action, Context, PortRange, local_types
 from guestfence.rootless.guard import complement, host_guard
 from guestfence.rootless.preflight import check_socket, socket_path
@@ -138,3 +139,23 @@ def test_a_socket_the_stack_user_cannot_create_is_refused_up_front() -> None:
             check_socket(["--socket", str(closed / "p.sock")], nobody)
         os.chown(closed, nobody.pw_uid, nobody.pw_gid)
         check_socket(["--socket", str(closed / "p.sock")], nobody)
+
+
+def test_prepare_launch_is_the_whole_plan_without_the_cli_and_changes_nothing() -> None:
+    """Orchestration lives in guestfence.rootless.launch: the nft mode's rules
+    come out as data for the stack's user, the argv runs the stack as that user."""
+    from guestfence.rootless.launch import Mode, prepare_launch
+
+    nobody = pwd.getpwnam("nobody")
+    launch = prepare_launch(Stack.SLIRP4NETNS, target="4242", tap="tap0", netns=None, extra=[],
+                            chosen=parse_policy(allow=["tcp://@host:8080"]), explicit_default=False,
+                            mode=Mode.NFT, user="nobody", as_user=None)  # fmt: skip
+    element = next(c["add"]["element"] for c in launch.rules if "element" in c.get("add", {}))
+    assert element["elem"] == [[nobody.pw_uid, {"jump": {"target": f"owner.{nobody.pw_uid}"}}]]
+    assert launch.argv[-3:] == ("--mtu=65520", "4242", "tap0") and launch.unresolved == {}
+    if os.geteuid() == 0:
+        assert launch.argv[:2] == ("setpriv", f"--reuid={nobody.pw_uid}")
+    assert launch.shown() == {"command": list(launch.argv), "nftables": list(launch.rules)}
+    with pytest.raises(PolicyError, match="--user root"):
+        prepare_launch(Stack.PASTA, target="", tap="tap0", netns=None, extra=[], chosen=parse_policy(),
+                       explicit_default=False, mode=Mode.NFT, user="root", as_user=None)  # fmt: skip

@@ -31,7 +31,7 @@ from tests.vm.machine import run_in_vm
 DEFAULT_SELECTION = [
     "tests/sandbox",  # seccomp user notification, pidfds, the socket ABI
     "tests/lab/test_lockdown_receive.py",  # macvlan/macvtap/bridge/802.1Q receive paths; VLAN runs only here
-    "tests/lab/test_nft_reach.py",  # the guests' nftables firewall, real packets
+    "tests/lab/test_guests_reach.py",  # the guests' nftables firewall, real packets
     "tests/lab/test_sandbox_netns.py",  # the supervisor in network namespaces
 ]
 # Left out even when all of tests/lab is asked for, each with its reason:

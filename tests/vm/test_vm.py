@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import Lab, sh, unique
-from tests.lab.nft_lab import Scene
+from tests.lab.guests_lab import Scene
 from tests.vm.debian_kernel import Kernel
 from tests.vm.machine import VirtualMachine, run_in_vm
 

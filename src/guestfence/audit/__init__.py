@@ -7,4 +7,5 @@
     counters.py  drop counters of table inet guestfence                   (I/O; sum pure)
     compare.py   compare(policy, observations, context) -> Findings       (pure)
     report.py    table, JSON and one-file HTML                            (pure)
+    session.py   one audit start to finish: policy, targets, probes, compare (I/O)
 """

@@ -6,7 +6,7 @@ counters on the drop rules of table ``inet guestfence``: a probe is called
 dropped when their sum rose while it alone was sent.
 
 ``sum_drop_counters`` is pure (ruleset JSON in, packets out);
-``collect_drop_count`` reads the live table through guestfence.nft.apply.
+``collect_drop_count`` reads the live table through guestfence.nftables.apply.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from guestfence.errors import HostError
-from guestfence.nft.apply import NftHandle, list_ruleset, open_nft
+from guestfence.nftables.apply import NftHandle, list_ruleset, open_nft
 
 TABLE = {"family": "inet", "name": "guestfence"}
 

@@ -44,7 +44,7 @@ from pyroute2 import IPRoute, netns as pyroute2_netns
 from guestfence.audit.counters import collect_drop_count
 from guestfence.audit.model import Observation, Status, Target
 from guestfence.errors import HostError
-from guestfence.nft.apply import NftHandle
+from guestfence.nftables.apply import NftHandle
 from guestfence.policy.model import Address, AddressType, Proto
 from guestfence.sandbox.route import address_type
 

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from guestfence.audit.collect import collect_listeners, plan_targets
-from guestfence.audit.compare import audit_context, compare
-from guestfence.audit.counters import open_counters
-from guestfence.audit.probe import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, probe_netns
-from guestfence.audit.report import AuditReport, format_report_table, format_summary, render_html, report_json
-from guestfence.audit.sandboxed import probe_sandboxed
-from guestfence.audit.unixsock import UnixFinding, collect_unix_listeners, compare_unix, probe_unix_sandboxed
+from guestfence.audit.probe import DEFAULT_PARALLEL, DEFAULT_TIMEOUT
+from guestfence.audit.report import format_report_table, format_summary, render_html, report_json
+from guestfence.audit.session import collect_audit
 from guestfence.cli.common import HelpFormatter, add_policy_options, format_table, policy_from_args, print_json
-from guestfence.errors import HostError, PolicyError
-from guestfence.netinfo import collect_host_addresses
-from guestfence.nft.firewall import Registered
-from guestfence.operations import read_registry
-from guestfence.policy.model import Address, Policy
-from guestfence.resolve import resolve_names
-from guestfence.state import state_dir
+from guestfence.errors import HostError
 
 AUDIT_EPILOG = """Run it in the host's network namespace. It lists every listening TCP socket
 (and, with --udp, every bound UDP socket) there, with its owning process,
@@ -91,34 +80,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    registered = _registered(args.guest, args.state_dir) if args.guest else None
-    if registered is not None and not _policy_given(args):
-        policy, names = registered.guest.policy, dict(registered.names)
-    else:
-        policy = policy_from_args(args)
-        names = {} if args.no_resolve else _resolve(policy)
-    host_addresses = collect_host_addresses()
-    targets = plan_targets(collect_listeners(udp=args.udp), host_addresses)
-    unix_findings: tuple[UnixFinding, ...] = ()
-    if args.sandbox:
-        probed = probe_sandboxed(targets, policy, timeout=args.timeout)
-        unix_observed = probe_unix_sandboxed(collect_unix_listeners(), policy, timeout=args.timeout)
-        unix_findings = compare_unix(policy, unix_observed)
-    else:
-        probed = probe_netns(targets, args.netns, timeout=args.timeout, nft=open_counters() if args.udp else None)
-    seen_gateways = registered.guest.gateways if registered is not None else probed.view.gateways
-    gateways = tuple(sorted(seen_gateways, key=_address_key))
-    context = audit_context(host_addresses=host_addresses, gateways=gateways, names=names)
-    report = AuditReport(
-        guest="sandbox" if args.sandbox else f"netns {args.netns}",
-        policy=policy,
-        host_addresses=host_addresses,
-        gateways=gateways,
-        findings=compare(policy, probed.observations, context),
-        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        udp=args.udp,
-        unix_findings=unix_findings,
-    )
+    given = bool(args.policy or args.net_allow or args.net_deny or args.default)
+    audit = collect_audit(
+        netns=None if args.sandbox else args.netns,
+        policy=policy_from_args(args) if given or not args.guest else None,
+        guest=args.guest, state_dir=args.state_dir,
+        udp=args.udp, timeout=args.timeout, resolve=not args.no_resolve,
+    )  # fmt: skip
+    for name, why in sorted(audit.unresolved.items()):
+        print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
+    report = audit.report
     if args.html:
         _write(args.html, render_html(report))
     if args.json:
@@ -128,28 +99,6 @@ def run_audit(args: argparse.Namespace) -> int:
             print(format_table(format_report_table(report)))
         print(format_summary(report))
     return 1 if report.violations else 0
-
-
-def _registered(name: str, directory: str | None) -> Registered:
-    registry = read_registry(state_dir(directory))
-    found = registry.find(name)
-    if found is None:
-        known = ", ".join(g.name for g in registry.guests()) or "none"
-        raise PolicyError(f"no registered guest {name!r} (registered: {known})")
-    return found
-
-
-def _policy_given(args: argparse.Namespace) -> bool:
-    return bool(args.policy or args.net_allow or args.net_deny or args.default)
-
-
-def _resolve(policy: Policy) -> dict[str, frozenset[Address]]:
-    if not policy.names():
-        return {}
-    resolution = resolve_names(policy.names())
-    for name, why in resolution.failures.items():
-        print(f"guestfence: warning: {name} did not resolve ({why}); decided closed", file=sys.stderr)
-    return dict(resolution.addresses)
 
 
 def _write(path: str, text: str) -> None:
@@ -169,6 +118,3 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 60")
     return value
 
-
-def _address_key(address: Address) -> tuple[int, int]:
-    return address.version, int(address)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from guestfence.cli import HelpFormatter
 from guestfence.errors import PolicyError
-from guestfence.policy.grammar import parse_policy
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Address, Policy, Symbol, SymbolHost, unmap
 
 if TYPE_CHECKING:  # only the commands that start a process need subprocess (cli/__init__: start-up)

@@ -20,9 +20,9 @@ from guestfence.cli.common import (
     policy_from_args,
     print_json,
 )
-from guestfence.nft.firewall import StatusReport, member_to_json
-from guestfence.nft.guest import COMMENT_HELP, parse_guest
-from guestfence.operations import Outcome, add_guest, read_registry, read_status, remove_guest, run_features
+from guestfence.guests.firewall import StatusReport, member_to_json
+from guestfence.guests.guest import COMMENT_HELP, parse_guest
+from guestfence.operations import Outcome, add_guest, apply_file, flush, read_registry, read_status, remove_guest, restore
 from guestfence.state import state_dir
 
 ADD_EPILOG = """The guest reaches exactly what its policy allows: default deny, deny beats
@@ -191,7 +191,7 @@ def run_status(args: argparse.Namespace) -> int:
         else:
             print(render_prometheus(metrics), end="")
         return 1 if metrics.drifted else 0
-    report = read_status(state_dir(args.state_dir))
+    report = read_status(state_dir(args.state_dir), with_lockdown=True)
     if args.json:
         print_json(report.to_json())
     else:
@@ -212,29 +212,24 @@ def format_status(report: StatusReport) -> str:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_restore(recorded),
-                           dry_run=args.dry_run, salvage=True)  # fmt: skip
-    return _report(args, outcome, "restored")
+    return _report(args, restore(state_dir(args.state_dir), dry_run=args.dry_run), "restored")
 
 
 def run_flush(args: argparse.Namespace) -> int:
-    outcome = run_features(state_dir(args.state_dir), lambda feature, recorded: feature.plan_flush(recorded),
-                           dry_run=args.dry_run, salvage=True)  # fmt: skip
-    return _report(args, outcome, "flushed (the record is kept)")
+    return _report(args, flush(state_dir(args.state_dir), dry_run=args.dry_run), "flushed (the record is kept)")
 
 
 def run_apply(args: argparse.Namespace) -> int:
     from guestfence.config import load_config  # TOML: only apply reads a file (start-up of guest add)
 
     config = load_config(args.file)
-    outcome = run_features(state_dir(args.state_dir),
-                           lambda feature, recorded: feature.plan_apply(config, recorded, prune=args.prune),
-                           dry_run=args.dry_run)  # fmt: skip
+    outcome = apply_file(state_dir(args.state_dir), config, prune=args.prune, dry_run=args.dry_run)
     return _report(args, outcome, f"applied {args.file}")
 
 
 def _report(args: argparse.Namespace, outcome: Outcome, verb: str) -> int:
     """Print what the command did (or would do); exit 2 when a part of it could not be done."""
+    _warn(outcome.warnings)
     if args.dry_run:
         _print_dry_run(args, outcome)
     elif args.json:

@@ -5,21 +5,18 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable
 from typing import NoReturn
 
 from guestfence.cli.common import HelpFormatter, format_table, print_json
 from guestfence.integrations.registry import reap
-from guestfence.lockdown.apply import apply_lockdown
-from guestfence.lockdown.feature import LOCKDOWN_KEY, guest_interfaces, recorded_state
-from guestfence.lockdown.links import collect_links, collect_protected, link_events
+from guestfence.lockdown.feature import LOCKDOWN_KEY, interrupted, recorded_state
+from guestfence.lockdown.links import collect_links, link_events
 from guestfence.lockdown.pattern import parse_patterns
-from guestfence.lockdown.plan import HOOKS, Link, LockdownPlan, plan_add, plan_remove, plan_to_json
+from guestfence.lockdown.plan import HOOKS, LockdownPlan
 from guestfence.lockdown.report import collect_report, hook_label, report_to_json
-from guestfence.lockdown.state import LockdownState, state_to_json
 from guestfence.lockdown.watch import LinkWatcher
-from guestfence.nft.apply import open_nft
-from guestfence.nft.firewall import GUESTS_KEY
+from guestfence.nftables.apply import open_nft
+from guestfence.operations import Outcome, lockdown_add, lockdown_remove
 from guestfence.privilege import require_net_admin
 from guestfence.state import StateStore, state_dir
 
@@ -97,37 +94,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     watch.set_defaults(func=run_watch)
 
 
-Planner = Callable[[StateStore, LockdownState, tuple[Link, ...]], LockdownPlan]
-
-
 def run_add(args: argparse.Namespace) -> int:
     added = parse_patterns(args.patterns)
-
-    def plan(store: StateStore, state: LockdownState, links: tuple[Link, ...]) -> LockdownPlan:
-        protected = {**guest_interfaces(store.section(GUESTS_KEY)), **collect_protected()}
-        return plan_add(state, added, links=links, protected=protected, force=args.force)
-
-    return _change(args, plan)
+    if not args.dry_run:
+        require_net_admin("lockdown add")
+    return _report(args, lockdown_add(state_dir(args.state_dir), added, dry_run=args.dry_run, force=args.force))
 
 
 def run_remove(args: argparse.Namespace) -> int:
     removed = parse_patterns(args.patterns)
-    return _change(args, lambda store, state, links: plan_remove(state, removed, links=links))
-
-
-def _change(args: argparse.Namespace, make_plan: Planner) -> int:
     if not args.dry_run:
-        require_net_admin(f"lockdown {args.lockdown_command}")
-    with StateStore(state_dir(args.state_dir), read_only=args.dry_run) as store:
-        state = recorded_state(store.section(LOCKDOWN_KEY))
-        plan = make_plan(store, state, collect_links())
-        if args.dry_run:
-            print_json(plan_to_json(plan))
-            if not plan.harden:
-                print("guestfence: no existing interface matches; `lockdown watch` sets the sysctls when one appears",
-                      file=sys.stderr)  # fmt: skip
-            return 0
-        store.write_section(LOCKDOWN_KEY, state_to_json(apply_lockdown(plan, open_nft(), state)))
+        require_net_admin("lockdown remove")
+    return _report(args, lockdown_remove(state_dir(args.state_dir), removed, dry_run=args.dry_run))
+
+
+def _report(args: argparse.Namespace, outcome: Outcome) -> int:
+    (feature_plan,) = outcome.plans
+    plan: LockdownPlan = feature_plan.work[0]
+    if args.dry_run:
+        print_json(feature_plan.shown)
+        if not plan.harden:
+            print("guestfence: no existing interface matches; `lockdown watch` sets the sysctls when one appears",
+                  file=sys.stderr)  # fmt: skip
+        return 0
     print("locked down: " + (", ".join(str(p) for p in plan.patterns) or "nothing"))
     stacked = {link.key for link in plan.stacked}
     for link_steps in plan.harden:
@@ -146,11 +135,15 @@ def _change(args: argparse.Namespace, make_plan: Planner) -> int:
 def run_list(args: argparse.Namespace) -> int:
     require_net_admin("lockdown list")
     with StateStore(state_dir(args.state_dir), read_only=True) as store:
-        state = recorded_state(store.section(LOCKDOWN_KEY))
-    report = collect_report(state, open_nft(), collect_links())
+        recorded = store.section(LOCKDOWN_KEY)
+    nft = open_nft()
+    report = collect_report(recorded_state(recorded), nft, collect_links())
+    crash = interrupted(recorded, nft)
     if args.json:
-        print_json(report_to_json(report))
+        print_json({**report_to_json(report), "interrupted": crash})
         return 0
+    for line in crash:
+        print(f"interrupted: {line}")
     if not report.patterns:
         print("no interface is locked down")
     else:

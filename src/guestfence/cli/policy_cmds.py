@@ -120,8 +120,12 @@ def policy_json(name: str | None, policy: Policy) -> dict[str, object]:
 def run_explain(args: argparse.Namespace) -> int:
     flows = _parse_destinations(args.destinations)
     translations = _parse_translations(args.dnat)
+    essentials: dict[Flow | UnixFlow, tuple[str, ...]] = {}
     if args.guest:
         decisions = _explain_guest(args, flows, translations)
+        from guestfence.guests.explain import link_essentials  # the guests' firewall: loaded for --guest only
+
+        essentials = {flow: link_essentials(flow) for flow, _ in decisions if isinstance(flow, Flow)}
     else:
         decisions = _explain_policy(args, flows, translations)
     if args.json:
@@ -134,6 +138,7 @@ def run_explain(args: argparse.Namespace) -> int:
                     "rule": None if d.rule is None else str(d.rule),
                     "decided_by": d.decided_by,
                     "reason": d.reason,
+                    **({"link_essentials": list(essentials[flow])} if flow in essentials else {}),
                 }
                 for flow, d in decisions
             ]
@@ -197,22 +202,15 @@ def _explain_guest(args: argparse.Namespace, flows: list[Flow | UnixFlow],
     if any(isinstance(flow, UnixFlow) for flow in flows):
         raise PolicyError("--guest: a VM or container guest has no way to the host's unix sockets; "
                           "unix destinations are decided for the process sandbox (without --guest)")
-    from guestfence.nft.explain import explain_guest, guest_context
-    from guestfence.nft.firewall import GUESTS_KEY, registry_from_json
-    from guestfence.state import StateStore, state_dir
+    from guestfence.guests.explain import explain_registered
+    from guestfence.state import state_dir
 
     given = [o for o, v in (("--policy", args.policy), ("--net-allow", args.net_allow), ("--net-deny", args.net_deny),
                             ("--default", args.default), ("--gateway", args.gateway)) if v]
     if given:
         raise PolicyError(f"--guest takes the registered guest's policy and gateways; {', '.join(given)} cannot be given with it")
-    with StateStore(state_dir(args.state_dir)) as store:
-        registry = registry_from_json(store.section(GUESTS_KEY), where=str(store.path))
-    member = registry.find(args.guest)
-    if member is None:
-        known = ", ".join(g.name for g in registry.guests()) or "none"
-        raise PolicyError(f"--guest {args.guest!r} is not a registered guest (registered: {known})")
-    context = guest_context(member, registry, _address_type)
-    return [(flow, explain_guest(member, flow, context, dnat=translations.get(flow))) for flow in flows]
+    network = [flow for flow in flows if isinstance(flow, Flow)]
+    return list(explain_registered(state_dir(args.state_dir), args.guest, network, _address_type, translations))
 
 
 def _parse_destinations(texts: list[str]) -> list[Flow | UnixFlow]:

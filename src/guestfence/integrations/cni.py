@@ -44,8 +44,8 @@ from typing import Any, NoReturn, final
 
 from guestfence.errors import GuestfenceError, HostError, PlanError, PolicyError
 from guestfence.integrations import registry
-from guestfence.nft.guest import Guest, parse_guest
-from guestfence.policy.grammar import parse_policy
+from guestfence.guests.guest import Guest, parse_guest
+from guestfence.policy.model import parse_policy
 from guestfence.state import state_dir
 
 CNI_VERSION = "1.0.0"

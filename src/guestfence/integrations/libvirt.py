@@ -57,8 +57,8 @@ from typing import NoReturn, final
 from guestfence.errors import GuestfenceError, PolicyError
 from guestfence.integrations import registry
 from guestfence.integrations.links import give_gateways
-from guestfence.nft.guest import Guest, parse_guest
-from guestfence.policy.grammar import parse_policy
+from guestfence.guests.guest import Guest, parse_guest
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Policy
 from guestfence.state import state_dir
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from guestfence.errors import HostError
-from guestfence.nft.guest import Guest
+from guestfence.guests.guest import Guest
 
 _IFA_F_NODAD = 0x80
 """An IPv6 address usable at once: the link is the guest's alone."""

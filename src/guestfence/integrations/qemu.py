@@ -32,7 +32,7 @@ from guestfence.config import load_config
 from guestfence.errors import GuestfenceError, PolicyError
 from guestfence.integrations import registry
 from guestfence.integrations.links import give_gateways, raise_link
-from guestfence.nft.guest import Guest
+from guestfence.guests.guest import Guest
 from guestfence.state import state_dir
 
 ENV_GUESTS = "GUESTFENCE_GUESTS"

@@ -6,29 +6,38 @@ refused the same way.
 ``register`` refuses to replace a guest another owner made: a guest of the
 same name must carry the same ``comment`` (the integrations write their
 owner there). It records the ifindex of the guest's interface, which must
-exist (guestfence.nft.binding): the registration lives as long as that
+exist (guestfence.guests.binding): the registration lives as long as that
 interface, and a stale one on the same name (its guest's teardown never
 ran) is removed first, so the new interface never inherits it.
 ``unregister_where`` removes every guest a predicate selects, one
-transaction each, and does nothing, successfully, when none is registered. ``reap`` is the link watcher's part (``lockdown watch``, at its
-start and on every link event): it removes the stale registrations, whose
-interface is gone or is another one now.
+transaction each, and does nothing, successfully, when none is registered.
+``reap`` is the link watcher's part (``lockdown watch``, at its start and
+on every link event): it removes the stale registrations, whose interface
+is gone or is another one now. Warnings (an interface that does not exist
+yet, ``unix://`` rules a guest cannot be held to) go to stderr, where the
+CNI runtime, the libvirt hook's log and QEMU's script output keep them.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from guestfence.errors import GuestfenceError, HostError, PolicyError
-from guestfence.nft.binding import Binding, collect_link_indexes
-from guestfence.nft.firewall import Registered
-from guestfence.nft.guest import Guest
+from guestfence.guests.binding import Binding, collect_link_indexes
+from guestfence.guests.firewall import Registered
+from guestfence.guests.guest import Guest
 from guestfence.operations import add_guest, read_registry, read_status, reap_stale, remove_guest
 
 
-def register(guest: Guest, directory: str, *, owner: str) -> Registered:
+def _to_stderr(line: str) -> None:
+    print(f"guestfence: warning: {line}", file=sys.stderr)
+
+
+def register(guest: Guest, directory: str, *, owner: str, warn: Callable[[str], None] = _to_stderr) -> Registered:
     """Add ``guest`` (or replace the one of that name it owns) in one
-    transaction, bound to its interface as it is now; ``owner``: the integration."""
+    transaction, bound to its interface as it is now; ``owner``: the
+    integration; ``warn`` gets each warning (e.g. ignored unix:// rules)."""
     ifindex = collect_link_indexes().get(guest.iface)
     if ifindex is None:
         raise HostError(f"interface {guest.iface} of guest {guest.name} does not exist; "
@@ -41,6 +50,9 @@ def register(guest: Guest, directory: str, *, owner: str) -> Registered:
     # QEMU) made for this guest, so host addresses on it are the guest
     # link's own, never an uplink's; ``guest add`` cannot know that.
     outcome = add_guest(directory, guest, dry_run=False, force=True, link=Binding(owner=owner, ifindex=ifindex))
+    for line in outcome.warnings:
+        if not line.startswith("--force: "):  # what force overrode was decided above, not news
+            warn(line)
     assert outcome.member is not None
     return outcome.member
 

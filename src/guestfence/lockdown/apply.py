@@ -20,7 +20,7 @@ from collections.abc import Callable
 from guestfence.errors import ApplyError, GuestfenceError, HostError
 from guestfence.lockdown.plan import Link, LinkSteps, LockdownPlan, compile_stacked_update
 from guestfence.lockdown.state import InterfaceRecord, LockdownState, SysctlChange, SysctlStep, merge_record
-from guestfence.nft.apply import NftHandle, apply_nft
+from guestfence.nftables.apply import NftHandle, apply_nft
 
 Journal = list[tuple[SysctlStep, str]]
 
@@ -69,7 +69,8 @@ def expected_state(
 
 
 def _result(plan: LockdownPlan, state: LockdownState, records: list[InterfaceRecord]) -> LockdownState:
-    result = LockdownState(patterns=plan.patterns, interfaces=tuple(r for r in state.interfaces if r not in plan.release))
+    result = LockdownState(patterns=plan.patterns, interfaces=tuple(r for r in state.interfaces if r not in plan.release),
+                           generation=plan.generation)
     for record in records:
         result = merge_record(result, record)
     return result

@@ -59,9 +59,11 @@ from typing import Any, final
 from guestfence.errors import PlanError
 from guestfence.lockdown.pattern import InterfacePattern
 from guestfence.lockdown.state import InterfaceRecord, LockdownState, SysctlChange, SysctlStep
-from guestfence.nft.apply import Command
+from guestfence.nftables import build as b
+from guestfence.nftables.apply import Command
 
 TABLE = "guestfence_lockdown"
+OURS = b.Table(TABLE)
 # Before defragmentation (-400) and conntrack (-200): a dropped packet leaves
 # no reassembly queue and no conntrack entry, and no other table sees it.
 PRIORITY = -450
@@ -111,6 +113,8 @@ STACKED_KINDS = ("macvlan", "macvtap")
 # The kind whose host-stack input is never a guest's: dropped by kind.
 TAP_KIND = "macvtap"
 STACKED_SET = "stacked"
+# Which recorded change the tables hold (lockdown.state): one element, in the inet table.
+GENERATION_SET = "generation"
 
 
 @final
@@ -150,7 +154,8 @@ class LockdownPlan:
     """What applying a change does: the whole pattern set after it, one
     nftables transaction, and sysctls to set. ``release`` are the records no
     pattern covers any more; ``revert`` the changes in them to write back,
-    those on interfaces that still exist with the recorded index."""
+    those on interfaces that still exist with the recorded index.
+    ``generation``: the change's number, written into the tables."""
 
     patterns: tuple[InterfacePattern, ...]
     commands: tuple[Command, ...] = field(hash=False)
@@ -158,6 +163,7 @@ class LockdownPlan:
     release: tuple[InterfaceRecord, ...]
     revert: tuple[SysctlChange, ...]
     stacked: tuple[Link, ...] = ()
+    generation: int = 0
 
 
 def plan_add(
@@ -268,8 +274,9 @@ def _plan(state: LockdownState, patterns: tuple[InterfacePattern, ...], links: t
     )  # fmt: skip
     alive = {link.key for link in links}
     revert = tuple(change for record in release if (record.interface, record.ifindex) in alive for change in record.changes)
-    return LockdownPlan(patterns=patterns, commands=compile_rules(patterns, dropped, stacked), harden=harden,
-                        release=release, revert=revert, stacked=stacked)  # fmt: skip
+    generation = state.generation + 1
+    return LockdownPlan(patterns=patterns, commands=compile_rules(patterns, dropped, stacked, generation=generation),
+                        harden=harden, release=release, revert=revert, stacked=stacked, generation=generation)  # fmt: skip
 
 
 def _refuse_protected(
@@ -333,10 +340,11 @@ def stacked_rules() -> tuple[StackedRule, ...]:
 
 
 def compile_rules(
-    patterns: tuple[InterfacePattern, ...], dropped: tuple[InterfacePattern, ...], stacked: tuple[Link, ...] = ()
+    patterns: tuple[InterfacePattern, ...], dropped: tuple[InterfacePattern, ...], stacked: tuple[Link, ...] = (),
+    *, generation: int = 0,
 ) -> tuple[Command, ...]:
     """The one transaction that makes the tables hold exactly ``patterns``
-    and the ``stacked`` devices.
+    and the ``stacked`` devices, and the inet table ``generation``.
 
     Chains and the ``stacked`` set are flushed and refilled, so re-applying
     is idempotent. Named counters survive a change to other patterns; a
@@ -346,52 +354,57 @@ def compile_rules(
     """
     commands: list[Command] = []
     for family in FAMILIES:
-        table = {"family": family, "name": TABLE}
-        commands.append({"add": {"table": table}})
+        commands.append(OURS.add_table(family))
         if not patterns:
-            commands.append({"delete": {"table": table}})
+            commands.append(OURS.delete_table(family))
             continue
-        where = {"family": family, "table": TABLE}
         hooks = [h for h in HOOKS if h.family == family]
         extra = [r for r in stacked_rules() if r.hook.family == family]
+        if family == "inet":
+            commands += [OURS.add_set(family, GENERATION_SET, "mark"), OURS.flush_set(family, GENERATION_SET),
+                         OURS.add_element(family, GENERATION_SET, [generation])]  # fmt: skip
         if extra:
-            commands.append({"add": {"set": {**where, "name": STACKED_SET, "type": "iface_index"}}})
-            commands.append({"flush": {"set": {**where, "name": STACKED_SET}}})
+            commands += [OURS.add_set(family, STACKED_SET, "iface_index"), OURS.flush_set(family, STACKED_SET)]
             if stacked:
-                elements = sorted(link.ifindex for link in stacked)
-                commands.append({"add": {"element": {**where, "name": STACKED_SET, "elem": elements}}})
+                commands.append(OURS.add_element(family, STACKED_SET, sorted(link.ifindex for link in stacked)))
         for hook in hooks:
-            commands.append({"add": {"chain": {**where, "name": hook.chain, "type": "filter", "hook": hook.chain,
-                                               "prio": PRIORITY, "policy": "accept"}}})  # fmt: skip
-            commands.append({"flush": {"chain": {**where, "name": hook.chain}}})
+            commands.append(OURS.add_base_chain(family, hook.chain, hook=hook.chain, prio=PRIORITY))
+            commands.append(OURS.flush_chain(family, hook.chain))
         for hook in hooks:
             for pattern in patterns:
-                commands.append({"add": {"counter": {**where, "name": counter_name(hook, pattern)}}})
+                commands.append(OURS.add_counter(family, counter_name(hook, pattern)))
             for pattern in dropped:
-                commands.append({"add": {"counter": {**where, "name": counter_name(hook, pattern)}}})
-                commands.append({"delete": {"counter": {**where, "name": counter_name(hook, pattern)}}})
+                commands += [OURS.add_counter(family, counter_name(hook, pattern)),
+                             OURS.delete_counter(family, counter_name(hook, pattern))]  # fmt: skip
         for rule in extra:
-            commands.append({"add": {"counter": {**where, "name": rule.counter}}})
+            commands.append(OURS.add_counter(family, rule.counter))
         for hook in hooks:
             for pattern in patterns:
-                match = {"match": {"op": "==", "left": {"meta": {"key": hook.key}}, "right": pattern.text}}
-                rule = {**where, "chain": hook.chain, "expr": [match, {"counter": counter_name(hook, pattern)}, {"drop": None}]}
-                commands.append({"add": {"rule": rule}})
+                drop = [b.match(b.meta(hook.key), pattern.text), b.counter_ref(counter_name(hook, pattern)), b.DROP]
+                commands.append(OURS.add_rule(family, hook.chain, drop))
             for extra_rule in (r for r in extra if r.hook == hook):
-                match = {"match": {"op": "==", "left": {"meta": {"key": extra_rule.key}}, "right": extra_rule.right}}
-                rule = {**where, "chain": hook.chain, "expr": [match, {"counter": extra_rule.counter}, {"drop": None}]}
-                commands.append({"add": {"rule": rule}})
+                drop = [b.match(b.meta(extra_rule.key), extra_rule.right), b.counter_ref(extra_rule.counter), b.DROP]
+                commands.append(OURS.add_rule(family, hook.chain, drop))
     return tuple(commands)
+
+
+def generation_of(ruleset: list[Command]) -> int | None:
+    """The generation a listing of the inet table holds (None: no table, or no generation in it)."""
+    for item in ruleset:
+        found = item.get("set")
+        if found and found.get("table") == TABLE and found.get("family") == "inet" and found.get("name") == GENERATION_SET:
+            elements = found.get("elem", [])
+            return int(elements[0]) if elements else None
+    return None
 
 
 def compile_stacked_update(stacked: tuple[Link, ...]) -> tuple[Command, ...]:
     """The watcher's transaction: the ``stacked`` sets hold exactly ``stacked``."""
     commands: list[Command] = []
     for family in dict.fromkeys(r.hook.family for r in stacked_rules()):
-        where = {"family": family, "table": TABLE, "name": STACKED_SET}
-        commands.append({"flush": {"set": where}})
+        commands.append(OURS.flush_set(family, STACKED_SET))
         if stacked:
-            commands.append({"add": {"element": {**where, "elem": sorted(link.ifindex for link in stacked)}}})
+            commands.append(OURS.add_element(family, STACKED_SET, sorted(link.ifindex for link in stacked)))
     return tuple(commands)
 
 

@@ -18,7 +18,7 @@ from guestfence.lockdown.apply import read_sysctl
 from guestfence.lockdown.pattern import InterfacePattern
 from guestfence.lockdown.plan import FAMILIES, HOOKS, STACKED_SET, TABLE, Hook, Link, counter_name, stacked_rules
 from guestfence.lockdown.state import LockdownState, SysctlStep
-from guestfence.nft.apply import Command, NftHandle, list_ruleset
+from guestfence.nftables.apply import Command, NftHandle, list_ruleset
 
 
 @final

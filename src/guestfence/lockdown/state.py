@@ -5,11 +5,20 @@ sysctls lockdown changed, the interface's index and every value it
 replaced. ``remove`` writes back exactly those values, and only where the
 interface is still the same one (same index) and the value is still the
 one lockdown wrote: a later change by someone else is left alone.
+
+Every change bumps ``generation``, which its transaction also writes into
+the tables (lockdown.plan). The change is recorded as ``pending`` (the
+state it will leave, old sysctl values included) before anything is
+written, and as the record itself after, so a crash in between is seen and
+settled (``settle_pending``): the tables hold the pending generation, so
+the change happened; or they do not, so it is rolled back, and the
+interfaces it may have hardened stay in the record with their old values
+for ``restore`` to write back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, final
 
 from guestfence.errors import ConfigError, PolicyError
@@ -64,6 +73,7 @@ class LockdownState:
 
     patterns: tuple[InterfacePattern, ...] = ()
     interfaces: tuple[InterfaceRecord, ...] = ()
+    generation: int = 0
 
     def record(self, interface: str) -> InterfaceRecord | None:
         return next((r for r in self.interfaces if r.interface == interface), None)
@@ -83,19 +93,56 @@ def merge_record(state: LockdownState, new: InterfaceRecord) -> LockdownState:
             changes=current.changes + tuple(c for c in new.changes if c.step.name not in known),
         )
     others = tuple(r for r in state.interfaces if r.interface != new.interface)
-    if not new.changes:
-        return LockdownState(patterns=state.patterns, interfaces=others)
-    return LockdownState(patterns=state.patterns, interfaces=(*others, new))
+    return replace(state, interfaces=(*others, new) if new.changes else others)
 
 
 def forget_interface(state: LockdownState, interface: str, ifindex: int) -> LockdownState:
     """``state`` without the record of an interface that was deleted."""
     kept = tuple(r for r in state.interfaces if not (r.interface == interface and r.ifindex == ifindex))
-    return LockdownState(patterns=state.patterns, interfaces=kept)
+    return replace(state, interfaces=kept)
+
+
+def settle_pending(state: LockdownState, pending: LockdownState | None, live: int | None) -> tuple[LockdownState, str | None]:
+    """The state to go on from after an interrupted change (``pending``;
+    ``live``: the generation the tables hold, None without tables), and a
+    line saying what was decided (None: nothing was pending). A change that
+    leaves no pattern deletes the tables, so no tables means it happened."""
+    if pending is None:
+        return state, None
+    if live == pending.generation or (live is None and not pending.patterns):
+        return pending, f"kept the interrupted change (generation {pending.generation}), which the rules hold"
+    # Rolled back; what it may have written is remembered, to be written back.
+    rolled_back = state
+    for record in pending.interfaces:
+        rolled_back = merge_record(rolled_back, record)
+    return rolled_back, (f"rolled back an interrupted change (generation {pending.generation}) the rules never held; "
+                         "sysctls it may have set are written back")
+
+
+def pending_drift(state: LockdownState, pending: LockdownState | None, live: int | None) -> list[str]:
+    """What ``lockdown list`` says about an interrupted change (see ``settle_pending``)."""
+    if pending is None:
+        return []
+    if live == pending.generation or (live is None and not pending.patterns):
+        return [f"an interrupted change (generation {pending.generation}) was applied but not recorded; "
+                "`guestfence restore` records it"]
+    return [f"an interrupted change (generation {pending.generation}) was recorded but never applied "
+            f"(the rules hold generation {live if live is not None else 'none'}); `guestfence restore` rolls it back "
+            "and writes back any sysctl it set"]
+
+
+def with_pending(recorded: Any, state: LockdownState) -> dict[str, Any]:
+    """``state`` as the record, keeping the ``pending`` change of ``recorded``
+    (a command that does not settle it must not erase the sign of a crash)."""
+    data = state_to_json(state)
+    if isinstance(recorded, dict) and "pending" in recorded:
+        data["pending"] = recorded["pending"]
+    return data
 
 
 def state_to_json(state: LockdownState) -> dict[str, Any]:
     return {
+        "generation": state.generation,
         "patterns": [str(p) for p in state.patterns],
         "interfaces": [
             {
@@ -129,6 +176,10 @@ def salvage_state(data: Any) -> tuple[LockdownState, tuple[str, ...]]:
     patterns: list[InterfacePattern] = []
     records: list[InterfaceRecord] = []
     problems: list[str] = []
+    generation = data.get("generation", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        problems.append(f"lockdown: generation is not a number: {_shown(generation)}")
+        generation = 0
     raw_patterns = data.get("patterns", [])
     raw_records = data.get("interfaces", [])
     for name, value in (("patterns", raw_patterns), ("interfaces", raw_records)):
@@ -147,7 +198,16 @@ def salvage_state(data: Any) -> tuple[LockdownState, tuple[str, ...]]:
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             name = raw.get("interface") if isinstance(raw, dict) else None
             problems.append(f"lockdown: record of interface {_shown(name)}: {exc!r} (its sysctls are left as they are)")
-    return LockdownState(patterns=tuple(dict.fromkeys(patterns)), interfaces=tuple(records)), tuple(problems)
+    state = LockdownState(patterns=tuple(dict.fromkeys(patterns)), interfaces=tuple(records), generation=generation)
+    return state, tuple(problems)
+
+
+def salvage_pending(data: Any) -> tuple[LockdownState | None, tuple[str, ...]]:
+    """The record's ``pending`` change (None: none), read like the record."""
+    if not isinstance(data, dict) or data.get("pending") is None:
+        return None, ()
+    pending, problems = salvage_state(data["pending"])
+    return pending, tuple(f"pending change: {p}" for p in problems)
 
 
 def _record_from_json(r: Any) -> InterfaceRecord:

@@ -7,7 +7,8 @@ anew (so ``lockdown add`` takes effect without a restart):
 - a new (or renamed) link the patterns cover -- by name, or a
   macvlan/macvtap stacked on a matching link -- gets its sysctls;
 - a damaged record is read as far as it can be (``salvage_state``), each
-  problem is a warning, and the record is not rewritten;
+  problem is a warning, and the record is not rewritten; an interrupted
+  change (``pending``) is kept as it is, for ``restore`` to settle;
 - the ``stacked`` sets are made equal to the stacked devices that exist
   now, when that changed and the lockdown tables are in force (after
   ``guestfence flush`` they are not, and the watcher does not bring them
@@ -26,8 +27,8 @@ from guestfence.lockdown.apply import apply_link, apply_stacked
 from guestfence.lockdown.feature import LOCKDOWN_KEY
 from guestfence.lockdown.links import collect_links
 from guestfence.lockdown.plan import STACKED_SET, TABLE, Link, plan_link, stacked_links
-from guestfence.lockdown.state import LockdownState, forget_interface, salvage_state, state_to_json
-from guestfence.nft.apply import NftHandle, list_ruleset
+from guestfence.lockdown.state import LockdownState, forget_interface, salvage_state, with_pending
+from guestfence.nftables.apply import NftHandle, list_ruleset
 from guestfence.state import StateStore
 
 Say = Callable[[str], None]
@@ -61,7 +62,7 @@ class LinkWatcher:
                 changed = self._handle(state, links, kind, link)
                 if changed != state:
                     if not problems:
-                        store.write_section(LOCKDOWN_KEY, state_to_json(changed))
+                        store.write_section(LOCKDOWN_KEY, with_pending(recorded, changed))
                     if kind == "new":
                         self.say(f"{link.name}: sysctls set")
                     state = changed

@@ -1,7 +1,8 @@
 """The policy core: values, grammar and the decision. Pure, imports no backend."""
 
 from guestfence.policy.decide import decide
-from guestfence.policy.grammar import parse_destination, parse_policy, parse_rule
+from guestfence.policy.grammar import parse_destination, parse_rule
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import (
     Action,
     Context,

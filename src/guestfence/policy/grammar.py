@@ -50,7 +50,7 @@ import re
 from collections.abc import Iterable
 
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
-from guestfence.policy.model import (
+from guestfence.policy.rules import (
     ANY_PORT,
     Action,
     AnyHost,
@@ -58,7 +58,6 @@ from guestfence.policy.model import (
     Host,
     NameHost,
     NetHost,
-    Policy,
     PortRange,
     Proto,
     Rule,
@@ -68,7 +67,6 @@ from guestfence.policy.model import (
     UnixFlow,
     UnixRule,
     UnixScope,
-    canonical_rules,
     merge_ports,
     unmap,
     unmap_network,
@@ -224,8 +222,12 @@ def parse_action(text: str) -> Action:
         ) from None
 
 
-def parse_policy(*, allow: Iterable[str] = (), deny: Iterable[str] = (), default: str = "deny") -> Policy:
-    """A policy from rule texts. Reports every bad rule at once (PolicyError)."""
+def parse_rule_texts(
+    *, allow: Iterable[str] = (), deny: Iterable[str] = (), default: str = "deny"
+) -> tuple[Action, list[Rule | UnixRule], list[Rule | UnixRule]]:
+    """The default and the allow and deny rules of a policy given as texts
+    (``guestfence.policy.model.parse_policy`` makes the Policy). Reports
+    every bad rule at once (PolicyError)."""
     errors: list[PolicyError] = []
     parsed: dict[str, list[Rule | UnixRule]] = {"allow": [], "deny": []}
     action = Action.DENY
@@ -240,7 +242,7 @@ def parse_policy(*, allow: Iterable[str] = (), deny: Iterable[str] = (), default
             except RuleSyntaxError as e:
                 errors.append(e.located(source=f"--net-{kind}", line=None, offset=1))
     raise_collected(errors)
-    return Policy.of(default=action, allow=parsed["allow"], deny=parsed["deny"])
+    return action, parsed["allow"], parsed["deny"]
 
 
 def _syntax_error(text: str, f: _Fail) -> RuleSyntaxError:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, final
 
-from guestfence.nft.apply import apply_nft, open_nft
+from guestfence.nftables.apply import apply_nft, open_nft
 from guestfence.rootless.nftmode import TABLE, compile_flush
+from guestfence.resolve import Resolution
 from guestfence.state import FeaturePlan
 
 ROOTLESS_KEY = "rootless"
@@ -22,10 +23,14 @@ ROOTLESS_KEY = "rootless"
 class RootlessFeature:
     key = ROOTLESS_KEY
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False) -> FeaturePlan:
+    def dns_names(self, config: Any, recorded: Mapping[str, Any] | None) -> frozenset[str]:
+        return frozenset()  # nothing recorded, nothing planned
+
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False,
+                   resolved: Resolution) -> FeaturePlan:  # fmt: skip
         return self._nothing("rootless: nothing to apply (rules live with their stack)")
 
-    def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    def plan_restore(self, recorded: Mapping[str, Any] | None, *, resolved: Resolution) -> FeaturePlan:
         return self._nothing("rootless: nothing to restore (rules live with their stack)")
 
     def plan_flush(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:

@@ -22,8 +22,8 @@ closed port would make it (an ICMP error alone leaves some stacks, pasta
 among them, waiting for their own timeout).
 
 The policy's rules become matches exactly as in the guests' firewall
-(``guestfence.nft.compile.rule_matches``), so both backends read a rule
-the same way.
+(``guestfence.nftables.match.rule_matches``, shared), so both backends read
+a rule the same way.
 
 Why a user and not a cgroup: ``socket cgroupv2`` is what would match a
 cgroup, and the libnftables of Debian 12 (1.0.6) refuses it in JSON
@@ -34,15 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guestfence.nft.build import ACCEPT, Command, Expr, ct, match, meta
-from guestfence.nft.compile import rule_matches
-from guestfence.nft.names import ICMP_PROTOS, TO_HOST_TYPES
-from guestfence.nft.compile import HOST_TYPES
+from guestfence.nftables.build import ACCEPT, Command, Expr, Table, ct, jump, match, meta, vmap
+from guestfence.nftables.match import constant_sets, rule_matches
 from guestfence.policy.decide import require_gateway
 from guestfence.policy.model import Action, Address, Policy, Proto, Rule
 
 FAMILY = "inet"
 TABLE = "guestfence_rootless"
+OURS = Table(TABLE)
 OUTPUT = "output"
 OWNERS = "owners"
 PRIO_FILTER = 0
@@ -67,36 +66,27 @@ def compile_owner(uid: int, policy: Policy, names: Mapping[str, frozenset[Addres
     else:
         rules += [[match(meta("l4proto"), "tcp"), TCP_RESET], [REJECT]]
     return [
-        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        {"add": {"chain": _obj(name=OUTPUT, type="filter", hook="output", prio=PRIO_FILTER, policy="accept")}},
-        {"add": {"map": _obj(name=OWNERS, type="uid", map="verdict")}},
-        {"add": {"set": _obj(name=ICMP_PROTOS, type="inet_proto", elem=["icmp", "ipv6-icmp"])}},
-        {"add": {"set": _obj(name=TO_HOST_TYPES, type="fib_addrtype", elem=sorted(HOST_TYPES))}},
-        {"add": {"chain": _obj(name=chain)}},
-        {"flush": {"chain": _obj(name=chain)}},
-        {"flush": {"chain": _obj(name=OUTPUT)}},
-        {"add": {"rule": _obj(chain=OUTPUT, expr=[{"vmap": {"key": meta("skuid"), "data": f"@{OWNERS}"}}])}},
-        *({"add": {"rule": _obj(chain=chain, expr=exprs)}} for exprs in rules),
-        {"add": {"element": _obj(name=OWNERS, elem=[[uid, {"jump": {"target": chain}}]])}},
+        OURS.add_table(FAMILY),
+        OURS.add_base_chain(FAMILY, OUTPUT, hook="output", prio=PRIO_FILTER),
+        OURS.add_verdict_map(FAMILY, OWNERS, "uid"),
+        *constant_sets(OURS, FAMILY),
+        OURS.add_chain(FAMILY, chain),
+        OURS.flush_chain(FAMILY, chain),
+        OURS.flush_chain(FAMILY, OUTPUT),
+        OURS.add_rule(FAMILY, OUTPUT, [vmap(meta("skuid"), OWNERS)]),
+        *(OURS.add_rule(FAMILY, chain, exprs) for exprs in rules),
+        OURS.add_element(FAMILY, OWNERS, [[uid, jump(chain)]]),
     ]
 
 
 def compile_release(uid: int) -> list[Command]:
     """Remove the owner's entry and chain (the table stays for other owners)."""
-    return [
-        {"delete": {"element": _obj(name=OWNERS, elem=[uid])}},
-        {"delete": {"chain": _obj(name=owner_chain(uid))}},
-    ]
+    return [OURS.delete_element(FAMILY, OWNERS, [uid]), OURS.delete_chain(FAMILY, owner_chain(uid))]
 
 
 def compile_flush() -> list[Command]:
     """Remove the whole table (add first, so a missing table is no error)."""
-    table = {"family": FAMILY, "name": TABLE}
-    return [{"add": {"table": table}}, {"delete": {"table": table}}]
-
-
-def _obj(**fields: object) -> dict[str, object]:
-    return {"family": FAMILY, "table": TABLE, **fields}
+    return [OURS.add_table(FAMILY), OURS.delete_table(FAMILY)]
 
 
 def _policy_rules(rules: Iterable[Rule], names: Mapping[str, frozenset[Address]], *,

@@ -6,7 +6,7 @@ import ipaddress
 
 from guestfence.audit.compare import audit_context, compare
 from guestfence.audit.model import Finding, Listener, Observation, Process, Status, Target
-from guestfence.policy.grammar import parse_policy
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Proto
 
 HOST = tuple(ipaddress.ip_address(a) for a in ("127.0.0.1", "192.0.2.1", "198.51.100.1", "2001:db8::1"))

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 from guestfence.audit.model import Status
 from guestfence.audit.report import AuditReport, format_report_table, format_summary, render_html, report_json
-from guestfence.policy.grammar import parse_policy
+from guestfence.policy.model import parse_policy
 from tests.unit.audit.helpers import GATEWAY, HOST, findings, observed
 
 ALLOW = ("tcp://@gateway:8080",)

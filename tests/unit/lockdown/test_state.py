@@ -13,7 +13,11 @@ from guestfence.lockdown.state import (
     SysctlStep,
     forget_interface,
     merge_record,
+    pending_drift,
+    salvage_pending,
     salvage_state,
+    settle_pending,
+    with_pending,
     state_from_json,
     state_to_json,
 )
@@ -80,3 +84,48 @@ def test_salvage_keeps_every_readable_part_and_names_each_damaged_one() -> None:
 def test_salvage_of_a_record_of_the_wrong_shape_reports_it(data: object) -> None:
     state, problems = salvage_state(data)
     assert state == LockdownState() and len(problems) == 1
+
+
+COMMITTED = LockdownState(patterns=parse_patterns(["up*"]), generation=4,
+                          interfaces=(InterfaceRecord(interface="up0", ifindex=2, changes=(change("up0", "autoconf", "1", "0"),)),))  # fmt: skip
+PENDING = LockdownState(patterns=parse_patterns(["up*", "vl*"]), generation=5,
+                        interfaces=(*COMMITTED.interfaces,
+                                    InterfaceRecord(interface="vl0", ifindex=3, changes=(change("vl0", "disable_ipv6", "0"),))))  # fmt: skip
+
+
+def test_an_interrupted_change_the_rules_hold_is_kept() -> None:
+    settled, note = settle_pending(COMMITTED, PENDING, live=5)
+    assert settled == PENDING and note is not None and "kept" in note
+    assert "applied but not recorded" in pending_drift(COMMITTED, PENDING, 5)[0]
+
+
+@pytest.mark.parametrize("live", [4, None])
+def test_an_interrupted_change_the_rules_never_held_is_rolled_back_remembering_what_it_may_have_written(live: int | None) -> None:
+    settled, note = settle_pending(COMMITTED, PENDING, live=live)
+    assert settled.patterns == COMMITTED.patterns and settled.generation == 4 and note is not None and "rolled back" in note
+    assert settled.record("vl0") == PENDING.record("vl0")  # its old values, for restore to write back
+    assert "recorded but never applied" in pending_drift(COMMITTED, PENDING, live)[0]
+
+
+def test_a_change_that_leaves_no_pattern_is_held_when_the_tables_are_gone() -> None:
+    emptied = LockdownState(generation=5)
+    assert settle_pending(COMMITTED, emptied, live=None)[0] == emptied
+    assert settle_pending(COMMITTED, None, live=None) == (COMMITTED, None) and pending_drift(COMMITTED, None, 3) == []
+
+
+def test_the_pending_change_round_trips_and_is_kept_by_writers_that_do_not_settle_it() -> None:
+    recorded = {**state_to_json(COMMITTED), "pending": state_to_json(PENDING)}
+    assert salvage_state(recorded) == (COMMITTED, ())
+    assert salvage_pending(recorded) == (PENDING, ())
+    assert salvage_pending(state_to_json(COMMITTED)) == (None, ())
+    assert with_pending(recorded, COMMITTED)["pending"] == recorded["pending"]
+    assert "pending" not in with_pending(state_to_json(COMMITTED), COMMITTED)
+    assert salvage_state({"patterns": [], "generation": "x"})[1] == ("lockdown: generation is not a number: 'x'",)
+
+
+def test_a_change_planned_over_an_interrupted_one_starts_from_the_record_with_its_old_values() -> None:
+    from guestfence.lockdown.feature import recorded_state
+
+    state = recorded_state({**state_to_json(COMMITTED), "pending": state_to_json(PENDING)})
+    assert state.patterns == COMMITTED.patterns and state.generation == COMMITTED.generation
+    assert state.record("vl0") == PENDING.record("vl0")  # released by the next change, written back

@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 
 from guestfence.policy.decide import decide
-from guestfence.policy.grammar import parse_destination, parse_policy
+from guestfence.policy.grammar import parse_destination
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Action, AddressType, Context, local_types
 
 GATEWAY = ipaddress.ip_address("192.0.2.1")

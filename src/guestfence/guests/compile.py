@@ -68,17 +68,19 @@ Rules of the compiler:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import final
 
 from guestfence.errors import PlanError
-from guestfence.nft import build as b
-from guestfence.nft import names as n
-from guestfence.nft.antispoof import antispoof_rules, guest_antispoof_rules, screen_drop, screen_rules, source_keys
-from guestfence.nft.build import ACCEPT, Command, Expr
-from guestfence.nft.guest import DEFAULT_PATTERN, Guest
-from guestfence.nft.names import (
+from guestfence.nftables import build as b
+from guestfence.nftables.match import HOST_TYPES, Names, rule_matches
+from guestfence.guests import names as n
+from guestfence.guests.names import OURS
+from guestfence.guests.antispoof import antispoof_rules, guest_antispoof_rules, screen_drop, screen_rules, source_keys
+from guestfence.nftables.build import ACCEPT, Command, Expr
+from guestfence.guests.guest import DEFAULT_PATTERN, Guest
+from guestfence.guests.names import (
     ARP,
     BRIDGE,
     BRIDGED_DROPS_MAP,
@@ -103,25 +105,14 @@ from guestfence.nft.names import (
     guest_counter,
     log_prefix,
 )
-from guestfence.policy.model import (
-    HOST_RECEIVED,
-    Action,
-    Address,
-    AnyHost,
-    NameHost,
-    NetHost,
-    Proto,
-    Rule,
-    Symbol,
-    SymbolHost,
-)
+from guestfence.policy.model import Action, AnyHost, Rule, Symbol, SymbolHost
 
 MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "::/128", "::1/128", "::ffff:0:0/96"))
 """Destinations no packet arriving on a link may have: unspecified, loopback
 (the kernel drops them as martians unless route_localnet is set; we drop
 them whatever the sysctls say) and IPv4-mapped (on the wire no IPv4
 address: the host never delivers it as one, so no rule may read it as one).
-``nft.explain`` names the same list."""
+``guests.explain`` names the same list."""
 PRIO_INET_PREROUTING = -110
 """After conntrack (-200), before destination NAT (-100)."""
 PRIO_SRCNAT = 100
@@ -131,9 +122,6 @@ PRIO_BRIDGE_FILTER = -200
 PRIO_ARP_FILTER = 0
 LOG_RATE = (5, "second", 10)
 """Rate, unit and burst of the drop log: enough to diagnose, never a flood."""
-HOST_TYPES = tuple(sorted(t.value for t in HOST_RECEIVED))
-"""``fib daddr type`` values of ``@host``: local, broadcast, multicast, anycast
-(AddressType names are the kernel's route type names)."""
 CONSTANT_SETS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     (INET, n.TO_HOST_TYPES): ("fib_addrtype", HOST_TYPES),
     (INET, n.LINK_ICMPV6): ("icmpv6_type", ("nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report")),
@@ -147,10 +135,8 @@ CONSTANT_SETS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
 }
 """(family, set name) -> (element type, elements): what the link needs, what a guest may never send."""
 _DADDR = {4: "ip", 6: "ip6"}
-_ICMP_L4 = {4: "icmp", 6: "ipv6-icmp"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
-Names = Mapping[str, frozenset[Address]]
 
 
 @final
@@ -215,7 +201,7 @@ def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names) -
     check_guests(guests)
     commands: list[Command] = []
     for family in FAMILIES:
-        commands += [b.add_table(family), b.delete_table(family)]
+        commands += [OURS.add_table(family), OURS.delete_table(family)]
     commands += _skeleton(settings, masquerade=any(g.masquerade for g in guests))
     for guest in guests:
         commands += _guest_objects(guest, names)
@@ -240,7 +226,7 @@ def compile_remove(guest: Guest, settings: Settings, *, others: Sequence[Guest])
 
 def compile_flush() -> NftPlan:
     """Delete our tables, whether they exist or not; nothing else."""
-    commands = [c for family in FAMILIES for c in (b.add_table(family), b.delete_table(family))]
+    commands = [c for family in FAMILIES for c in (OURS.add_table(family), OURS.delete_table(family))]
     return NftPlan(step="flush the guestfence tables", commands=tuple(commands))
 
 
@@ -251,23 +237,23 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
     """``masquerade``: whether a guest masquerades. The nat chain exists only
     then: a nat chain makes the kernel run its NAT hooks for every packet of
     every connection on the host, guests' or not."""
-    commands = [b.add_table(family) for family in FAMILIES]
-    commands += [b.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
+    commands = [OURS.add_table(family) for family in FAMILIES]
+    commands += [OURS.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
     commands += [
-        *(b.add_set(INET, GUEST_ADDRS[v], _ADDR_TYPE[v]) for v in (4, 6)),
-        *(b.add_set(INET, MASQUERADE[v], _ADDR_TYPE[v]) for v in (4, 6)),
-        *(b.add_set(INET, SOURCES[v], ["ifname", _ADDR_TYPE[v]]) for v in (4, 6)),
-        *(b.add_set(INET, BRIDGED_SOURCES[v], ["ifname", "ether_addr", _ADDR_TYPE[v]]) for v in (4, 6)),
-        b.add_verdict_map(INET, GUESTS_MAP, "ifname"),
-        b.add_verdict_map(INET, BRIDGED_MAP, ["ifname", "ether_addr"]),
-        b.add_verdict_map(INET, DROPS_MAP, "ifname"),
-        b.add_verdict_map(INET, BRIDGED_DROPS_MAP, ["ifname", "ether_addr"]),
-        b.add_verdict_map(ARP, GUESTS_MAP, "ifname"),
-        b.add_verdict_map(BRIDGE, GUESTS_MAP, "ifname"),
-        b.add_verdict_map(BRIDGE, PORTS_MAP, "ifname"),
-        b.add_set(INET, n.GENERATION, "mark"),
-        b.flush_set(INET, n.GENERATION),
-        b.add_element(INET, n.GENERATION, [settings.generation]),
+        *(OURS.add_set(INET, GUEST_ADDRS[v], _ADDR_TYPE[v]) for v in (4, 6)),
+        *(OURS.add_set(INET, MASQUERADE[v], _ADDR_TYPE[v]) for v in (4, 6)),
+        *(OURS.add_set(INET, SOURCES[v], ["ifname", _ADDR_TYPE[v]]) for v in (4, 6)),
+        *(OURS.add_set(INET, BRIDGED_SOURCES[v], ["ifname", "ether_addr", _ADDR_TYPE[v]]) for v in (4, 6)),
+        OURS.add_verdict_map(INET, GUESTS_MAP, "ifname"),
+        OURS.add_verdict_map(INET, BRIDGED_MAP, ["ifname", "ether_addr"]),
+        OURS.add_verdict_map(INET, DROPS_MAP, "ifname"),
+        OURS.add_verdict_map(INET, BRIDGED_DROPS_MAP, ["ifname", "ether_addr"]),
+        OURS.add_verdict_map(ARP, GUESTS_MAP, "ifname"),
+        OURS.add_verdict_map(BRIDGE, GUESTS_MAP, "ifname"),
+        OURS.add_verdict_map(BRIDGE, PORTS_MAP, "ifname"),
+        OURS.add_set(INET, n.GENERATION, "mark"),
+        OURS.flush_set(INET, n.GENERATION),
+        OURS.add_element(INET, n.GENERATION, [settings.generation]),
     ]
     base = [
         (INET, PREROUTING, "prerouting", PRIO_INET_PREROUTING, "filter"),
@@ -278,27 +264,27 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
         (BRIDGE, FORWARD, "forward", PRIO_BRIDGE_FILTER, "filter"),
     ]
     for family, name, hook, prio, kind in base:
-        commands += [b.add_base_chain(family, name, hook=hook, prio=prio, kind=kind), b.flush_chain(family, name)]
+        commands += [OURS.add_base_chain(family, name, hook=hook, prio=prio, kind=kind), OURS.flush_chain(family, name)]
     for chain, bridged in ((SCREEN, False), (SCREEN_BRIDGED, True)):
-        commands += [b.add_chain(INET, chain), b.flush_chain(INET, chain)]
-        commands += [b.add_rule(INET, chain, exprs) for exprs in _screen(bridged=bridged)]
+        commands += [OURS.add_chain(INET, chain), OURS.flush_chain(INET, chain)]
+        commands += [OURS.add_rule(INET, chain, exprs) for exprs in _screen(bridged=bridged)]
     for family in FAMILIES:
-        commands += [b.add_chain(family, UNREGISTERED), b.flush_chain(family, UNREGISTERED)]
+        commands += [OURS.add_chain(family, UNREGISTERED), OURS.flush_chain(family, UNREGISTERED)]
         if settings.closed:
-            commands.append(b.add_element(family, GUESTS_MAP, [b.map_entry(iface, UNREGISTERED) for iface in settings.closed]))
+            commands.append(OURS.add_element(family, GUESTS_MAP, [b.map_entry(iface, UNREGISTERED) for iface in settings.closed]))
         commands.append(
-            b.add_rule(family, UNREGISTERED, [b.limit(*LOG_RATE), b.log("guestfence drop unregistered: ")])
+            OURS.add_rule(family, UNREGISTERED, [b.limit(*LOG_RATE), b.log("guestfence drop unregistered: ")])
         )
-        commands.append(b.add_rule(family, UNREGISTERED, [b.counter(), b.DROP]))
+        commands.append(OURS.add_rule(family, UNREGISTERED, [b.counter(), b.DROP]))
     iifname = b.meta("iifname")
     dispatch = {
         (INET, PREROUTING): [
-            [{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}],
-            [{"vmap": {"key": b.concat(iifname, b.payload("ether", "saddr")), "data": f"@{BRIDGED_MAP}"}}],
+            [b.vmap(iifname, GUESTS_MAP)],
+            [b.vmap(b.concat(iifname, b.payload("ether", "saddr")), BRIDGED_MAP)],
         ],
-        (ARP, INPUT): [[{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}]],
-        (BRIDGE, PREROUTING): [[{"vmap": {"key": iifname, "data": f"@{GUESTS_MAP}"}}]],
-        (BRIDGE, FORWARD): [[{"vmap": {"key": iifname, "data": f"@{PORTS_MAP}"}}]],
+        (ARP, INPUT): [[b.vmap(iifname, GUESTS_MAP)]],
+        (BRIDGE, PREROUTING): [[b.vmap(iifname, GUESTS_MAP)]],
+        (BRIDGE, FORWARD): [[b.vmap(iifname, PORTS_MAP)]],
     }
     # The second decision, after destination NAT: a new connection the host
     # translated runs through the guest's chains again with the destination
@@ -308,16 +294,16 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
         dispatch[(INET, chain)] = [[*translated, *exprs] for exprs in dispatch[(INET, PREROUTING)]]
     for (family, chain), rules in dispatch.items():
         for exprs in rules:
-            commands.append(b.add_rule(family, chain, exprs))
+            commands.append(OURS.add_rule(family, chain, exprs))
         if settings.pattern and (chain == PREROUTING or (family, chain) == (ARP, INPUT)):
-            commands.append(b.add_rule(family, chain, [b.match(iifname, settings.pattern), b.goto(UNREGISTERED)]))
-    nat = b.add_base_chain(INET, POSTROUTING, hook="postrouting", prio=PRIO_SRCNAT, kind="nat")
+            commands.append(OURS.add_rule(family, chain, [b.match(iifname, settings.pattern), b.goto(UNREGISTERED)]))
+    nat = OURS.add_base_chain(INET, POSTROUTING, hook="postrouting", prio=PRIO_SRCNAT, kind="nat")
     if not masquerade:
-        return [*commands, nat, b.flush_chain(INET, POSTROUTING), b.delete_chain(INET, POSTROUTING)]
-    commands += [nat, b.flush_chain(INET, POSTROUTING)]
+        return [*commands, nat, OURS.flush_chain(INET, POSTROUTING), OURS.delete_chain(INET, POSTROUTING)]
+    commands += [nat, OURS.flush_chain(INET, POSTROUTING)]
     for v in (4, 6):
         source = b.payload(_DADDR[v], "saddr")
-        commands.append(b.add_rule(INET, POSTROUTING, [b.match(source, f"@{MASQUERADE[v]}"), b.masquerade()]))
+        commands.append(OURS.add_rule(INET, POSTROUTING, [b.match(source, f"@{MASQUERADE[v]}"), b.masquerade()]))
     return commands
 
 
@@ -379,14 +365,14 @@ def _guest_removal(guest: Guest) -> list[Command]:
     """Delete the guest's objects; each is added first, so a missing one is no error."""
     commands: list[Command] = []
     for family in _tables_of(guest):
-        commands += [b.add_chain(family, chain) for chain in _chains_of(guest, family)]
-        commands += [b.add_counter(family, counter) for counter in _counters_of(guest, family)]
+        commands += [OURS.add_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [OURS.add_counter(family, counter) for counter in _counters_of(guest, family)]
     for family, name, elements in _elements_of(guest):
-        commands += [b.add_element(family, name, elements), b.delete_element(family, name, [_key(e) for e in elements])]
+        commands += [OURS.add_element(family, name, elements), OURS.delete_element(family, name, [_key(e) for e in elements])]
     for family in _tables_of(guest):
-        commands += [b.flush_chain(family, chain) for chain in _chains_of(guest, family)]
-        commands += [b.delete_chain(family, chain) for chain in _chains_of(guest, family)]
-        commands += [b.delete_counter(family, counter) for counter in _counters_of(guest, family)]
+        commands += [OURS.flush_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [OURS.delete_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [OURS.delete_counter(family, counter) for counter in _counters_of(guest, family)]
     return commands
 
 
@@ -397,30 +383,30 @@ def _key(element: object) -> object:
 def _guest_objects(guest: Guest, names: Names) -> list[Command]:
     commands: list[Command] = []
     for family in _tables_of(guest):
-        commands += [b.add_counter(family, counter) for counter in _counters_of(guest, family)]
-        commands += [b.add_chain(family, chain) for chain in _chains_of(guest, family)]
+        commands += [OURS.add_counter(family, counter) for counter in _counters_of(guest, family)]
+        commands += [OURS.add_chain(family, chain) for chain in _chains_of(guest, family)]
     entry = guest_chain(guest.name)
     label = f"guest {guest.name}" + (f": {guest.comment}" if guest.comment else "")
     out = _out_rules(guest, names)
     for family in _tables_of(guest):
         rules = _entry_rules(guest, out) if family == INET else antispoof_rules(guest, family)
         for index, exprs in enumerate(rules):
-            commands.append(b.add_rule(family, entry, exprs, comment=label if index == 0 else None))
+            commands.append(OURS.add_rule(family, entry, exprs, comment=label if index == 0 else None))
         commands += _drop_chain(guest, family)
     for exprs in _host_rules(guest, names):
-        commands.append(b.add_rule(INET, guest_chain(guest.name, "host"), exprs))
+        commands.append(OURS.add_rule(INET, guest_chain(guest.name, "host"), exprs))
     for exprs in out if _accepts(out) else []:
-        commands.append(b.add_rule(INET, guest_chain(guest.name, "out"), exprs))
+        commands.append(OURS.add_rule(INET, guest_chain(guest.name, "out"), exprs))
     for family, name, elements in _elements_of(guest):
-        commands.append(b.add_element(family, name, elements))
+        commands.append(OURS.add_element(family, name, elements))
     return commands
 
 
 def _drop_chain(guest: Guest, family: str) -> list[Command]:
     chain = guest_chain(guest.name, "drop")
     return [
-        b.add_rule(family, chain, [b.limit(*LOG_RATE), b.log(log_prefix(guest.name))]),
-        b.add_rule(family, chain, [b.counter_ref(guest_counter(guest.name, "dropped")), b.DROP]),
+        OURS.add_rule(family, chain, [b.limit(*LOG_RATE), b.log(log_prefix(guest.name))]),
+        OURS.add_rule(family, chain, [b.counter_ref(guest_counter(guest.name, "dropped")), b.DROP]),
     ]
 
 
@@ -486,53 +472,3 @@ def _policy_rules(guest: Guest, names: Names, rules: Iterable[Rule], *, deny: bo
     verdict = [b.goto(guest_chain(guest.name, "drop"))] if deny else _accept(guest)
     return [[*matches, *verdict] for rule in rules
             for matches in rule_matches(rule, names, guest.gateways, deny=deny)]
-
-
-def rule_matches(rule: Rule, names: Names, gateways: Iterable[Address], *, deny: bool) -> list[list[Expr]]:
-    """The match expressions of one policy rule: one list per nft rule it
-    becomes (one per address family where it names addresses), empty when it
-    can match nothing. Shared with the rootless stacks' output-hook rules."""
-    return [[*_proto_exprs(rule, version), *host_exprs]
-            for version, host_exprs in _host_alternatives(rule, gateways, names, deny=deny)]
-
-
-def _proto_exprs(rule: Rule, version: int | None) -> list[Expr]:
-    l4proto = b.meta("l4proto")
-    if rule.proto is Proto.ICMP:
-        value = _ICMP_L4[version] if version else f"@{n.ICMP_PROTOS}"
-        return [b.match(l4proto, value)]
-    exprs = [b.match(l4proto, rule.proto.value)]
-    ports = b.ports_value(rule.ports)
-    if ports is not None:
-        exprs.append(b.match(b.payload("th", "dport"), ports))
-    return exprs
-
-
-def _host_alternatives(rule: Rule, gateways: Iterable[Address], names: Names, *,
-                       deny: bool) -> list[tuple[int | None, list[Expr]]]:
-    """(IP version or None for both, destination matches), one per nft rule;
-    empty when the rule can match nothing."""
-    host = rule.host
-    if isinstance(host, AnyHost):
-        return [(None, [])]
-    if isinstance(host, NetHost):
-        version = host.network.version
-        return [(version, [b.match(b.payload(_DADDR[version], "daddr"), b.net_value(host.network))])]
-    if isinstance(host, SymbolHost) and host.symbol is Symbol.HOST:
-        return [(None, [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}")])]
-    if isinstance(host, SymbolHost):
-        return _address_sets(gateways)
-    assert isinstance(host, NameHost)
-    resolved = names.get(host.name)
-    if resolved is None:
-        return [(None, [])] if deny else []
-    return _address_sets(resolved)
-
-
-def _address_sets(addresses: Iterable[Address]) -> list[tuple[int | None, list[Expr]]]:
-    alternatives: list[tuple[int | None, list[Expr]]] = []
-    for version in (4, 6):
-        chosen = sorted(str(a) for a in addresses if a.version == version)
-        if chosen:
-            alternatives.append((version, [b.match(b.payload(_DADDR[version], "daddr"), b.one_or_set(chosen))]))
-    return alternatives

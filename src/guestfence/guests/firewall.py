@@ -2,9 +2,11 @@
 compared with the record for ``status``.
 
 ``plan_*`` are pure: they take guests whose DNS names are already resolved
-(``resolve_guest``) and return the transaction plus the record to keep;
+(``resolve_guest``; the feature's ``plan_apply``/``plan_restore`` take the
+``Resolution`` of the names ``dns_names`` lists, looked up by the caller)
+and return the transaction plus the record to keep;
 ``apply_plan`` is the only function here that changes the ruleset, through
-guestfence.nft.apply. What the rules are is compile.py's job; how the live
+guestfence.nftables.apply. What the rules are is compile.py's job; how the live
 tables are compared with them is drift.py's.
 
 The record, under the state file's ``"guests"`` key::
@@ -12,7 +14,7 @@ The record, under the state file's ``"guests"`` key::
     {"pattern": "vmtap*", "generation": 7,
      "members": [{...guest_to_json..., "resolved": {"api.example.com": ["203.0.113.7"]},
                   "unresolved": {"gone.example": "no addresses"},
-                  "link": {"owner": "qemu", "ifindex": 17}}],    # integrations only: guestfence.nft.binding
+                  "link": {"owner": "qemu", "ifindex": 17}}],    # integrations only: guestfence.guests.binding
      "pending": {...the same, for a change being applied...}}
 
 Every change bumps ``generation``, which the transaction also writes into
@@ -41,10 +43,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import ApplyError, HostError, PolicyError
-from guestfence.nft import names as n
-from guestfence.nft.apply import NftHandle, apply_nft, open_nft
-from guestfence.nft.binding import Binding, binding_from_json, binding_to_json, collect_link_indexes, drop_stale
-from guestfence.nft.compile import (
+from guestfence.guests import names as n
+from guestfence.nftables.apply import NftHandle, apply_nft, open_nft
+from guestfence.guests.binding import Binding, binding_from_json, binding_to_json, collect_link_indexes, drop_stale
+from guestfence.guests.compile import (
     NftPlan,
     Settings,
     compile_add,
@@ -52,7 +54,7 @@ from guestfence.nft.compile import (
     compile_remove,
     compile_ruleset,
 )
-from guestfence.nft.guest import (
+from guestfence.guests.guest import (
     DEFAULT_PATTERN,
     IFACE_NAME,
     Guest,
@@ -61,11 +63,11 @@ from guestfence.nft.guest import (
     parse_pattern,
 )
 from guestfence.policy.model import Address
-from guestfence.resolve import Resolver, resolve_names
+from guestfence.resolve import Resolution, Resolver, resolve_names
 from guestfence.state import FeaturePlan
 
 if TYPE_CHECKING:  # drift (difflib, threading, ctypes) is imported by status and restore only: start-up of guest add
-    from guestfence.nft.drift import Item
+    from guestfence.guests.drift import Item
 
 GUESTS_KEY = "guests"
 
@@ -82,7 +84,7 @@ class Registered:
     unresolved: Mapping[str, str] = field(default_factory=dict, hash=False)
     record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
     link: Binding | None = None
-    """Set by an integration: the interface it was made for (guestfence.nft.binding)."""
+    """Set by an integration: the interface it was made for (guestfence.guests.binding)."""
 
 
 @final
@@ -224,8 +226,16 @@ def check_gateways_owned(guest: Guest) -> str | None:
 
 def resolve_guest(guest: Guest, resolver: Resolver | None = None) -> Registered:
     """Resolve the DNS names of the guest's rules, now (the one lookup; plans are pure)."""
-    resolution = resolve_names(guest.policy.names(), resolver)
-    return Registered(guest=guest, names=dict(resolution.addresses), unresolved=dict(resolution.failures))
+    return resolved_guest(guest, resolve_names(guest.policy.names(), resolver))
+
+
+def resolved_guest(guest: Guest, resolution: Resolution) -> Registered:
+    """``guest`` with what its rules' DNS names resolved to in ``resolution``
+    (a name it does not hold counts as unresolved). Pure."""
+    names = guest.policy.names()
+    found = {name: resolution.addresses[name] for name in names if name in resolution.addresses}
+    unresolved = {name: resolution.failures.get(name, "not resolved") for name in names if name not in found}
+    return Registered(guest=guest, names=found, unresolved=unresolved)
 
 
 def _next(settings: Settings) -> Settings:
@@ -307,20 +317,38 @@ RECORD = "recorded guests"
 class GuestsFeature:
     key = GUESTS_KEY
 
-    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False) -> FeaturePlan:
+    def dns_names(self, config: Any, recorded: Mapping[str, Any] | None) -> frozenset[str]:
+        """The names ``plan_apply`` (``config``) or ``plan_restore`` (``config``
+        None: the record's guests) needs resolved. Pure."""
+        if config is not None:
+            return frozenset(name for g in config.guests for name in g.policy.names())
+        try:
+            registry = salvage_registry(recorded, where=RECORD)
+        except PolicyError:
+            return frozenset()
+        guests = [m.guest for m in registry.members]
+        if registry.pending is not None:
+            try:
+                guests += [m.guest for m in salvage_registry(registry.pending, where=RECORD).members]
+            except PolicyError:
+                pass  # plan_restore drops an unreadable pending change
+        return frozenset(name for g in guests for name in g.policy.names())
+
+    def plan_apply(self, config: Any, recorded: Mapping[str, Any] | None, *, prune: bool = False,
+                   resolved: Resolution) -> FeaturePlan:  # fmt: skip
         """The file's guests; the recorded guests it does not name stay unless ``prune``."""
         old = salvage_registry(recorded, where=RECORD)
         if old.unreadable and not prune:
             raise PolicyError("; ".join(old.problems()) + ": give --prune to replace the whole record with the file")
         named = {g.name for g in config.guests}
         kept = () if prune else tuple(m for m in old.members if m.guest.name not in named)
-        members = (*kept, *(resolve_guest(g) for g in config.guests))
+        members = (*kept, *(resolved_guest(g, resolved) for g in config.guests))
         settings = Settings(pattern=config.guest_pattern, generation=old.settings.generation + 1)
         new = Registry(settings=settings, members=members)
         changes = describe_changes(old, new, kept=[m.guest.name for m in kept])
         return self._feature_plan(plan_replace(new), new, recorded, changes=changes)
 
-    def plan_restore(self, recorded: Mapping[str, Any] | None) -> FeaturePlan:
+    def plan_restore(self, recorded: Mapping[str, Any] | None, *, resolved: Resolution) -> FeaturePlan:
         if recorded is None:
             return FeaturePlan(key=self.key, shown=None, record=None, work=None, summary="no guests recorded")
         try:
@@ -336,7 +364,7 @@ class GuestsFeature:
         # is another one now: after a reboot, always) is not brought back.
         alive, dropped = drop_stale(registry.members, collect_link_indexes())
         note = [*note, *dropped]
-        members = tuple(replace(resolve_guest(m.guest), link=m.link) for m in alive)
+        members = tuple(replace(resolved_guest(m.guest, resolved), link=m.link) for m in alive)
         refreshed = replace(registry, settings=_next(registry.settings), members=members, pending=None)
         return self._feature_plan(plan_replace(refreshed), refreshed, recorded, changes=note,
                                   problems=tuple(registry.problems()))  # fmt: skip
@@ -412,7 +440,7 @@ def _settle_pending(registry: Registry) -> tuple[Registry, list[str]]:
         pending = apply_pending(registry, registry.pending, where=f"{RECORD} (pending)")
     except PolicyError:
         return replace(registry, pending=None), ["dropped an unreadable pending change"]
-    from guestfence.nft.drift import live_listing
+    from guestfence.guests.drift import live_listing
 
     live = generation_of(live_listing())
     if live == pending.settings.generation:
@@ -474,7 +502,7 @@ class StatusReport:
 
 def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHandle | None = None) -> StatusReport:
     """Read the live tables and compare them with the recorded ``section``."""
-    from guestfence.nft.drift import expected_listing, live_listing
+    from guestfence.guests.drift import expected_listing, live_listing
 
     try:
         registry = salvage_registry(section, where=where)
@@ -489,7 +517,7 @@ def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHan
 
 def status_from_listings(registry: Registry, expected: Sequence[Item], live: Sequence[Item]) -> StatusReport:
     """The status of ``registry`` given what it compiles to and what is live. Pure."""
-    from guestfence.nft.drift import compare_listings
+    from guestfence.guests.drift import compare_listings
 
     drifts = [d for d in compare_listings(expected, live) if not d.text.startswith(f"set {n.INET} {n.GENERATION}:")]
     registered = {m.guest.name for m in registry.members}

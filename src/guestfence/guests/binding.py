@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, final
 from guestfence.errors import HostError, PolicyError
 
 if TYPE_CHECKING:
-    from guestfence.nft.firewall import StatusReport
+    from guestfence.guests.firewall import StatusReport
 
 OWNERS = ("qemu", "libvirt", "cni")
 
@@ -121,7 +121,7 @@ def collect_link_indexes() -> dict[str, int]:
 
 
 def drop_stale(members: Iterable[Any], links: Mapping[str, int]) -> tuple[list[Any], list[str]]:
-    """Split registered members (guestfence.nft.firewall.Registered) into those
+    """Split registered members (guestfence.guests.firewall.Registered) into those
     to keep and, in words, the stale ones dropped (``restore``)."""
     kept, dropped = [], []
     for member in members:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import Lab, sh
-from tests.lab.nft_lab import GuestLink, Scene
+from tests.lab.guests_lab import GuestLink, Scene
 
 pytestmark = pytest.mark.lab
 
@@ -104,7 +104,7 @@ def test_status_counts_what_a_guest_sent(scene: Scene) -> None:
 
 @pytest.mark.parametrize("form", ["section", "change"])
 def test_a_change_applied_but_not_recorded_is_seen_and_restore_keeps_it(scene: Scene, form: str) -> None:
-    from guestfence.nft.firewall import pending_change, plan_add, salvage_registry
+    from guestfence.guests.firewall import pending_change, plan_add, salvage_registry
 
     first, second = scene.add_guest("g1", 1), scene.add_guest("g2", 2)
     scene.register(first, *POLICY)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union, final
 
 from guestfence.errors import PolicyError
-from guestfence.nft.names import DEFAULT_PATTERN, GUEST_NAME
-from guestfence.policy.grammar import parse_policy
+from guestfence.guests.names import DEFAULT_PATTERN, GUEST_NAME
+from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Address, Policy
 
 Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
@@ -208,10 +208,13 @@ def _parse_address(text: str, guest: str, where: str) -> Address:
 
 
 def policy_to_json(policy: Policy) -> dict[str, Any]:
+    """The whole policy, ``unix://`` rules included (the firewall ignores them,
+    and says so when they are given): the record reads back equal to what was
+    registered, as an integration's check compares."""
     return {
         "default": policy.default.value,
-        "allow": [str(r) for r in policy.allow],
-        "deny": [str(r) for r in policy.deny],
+        "allow": [str(r) for r in policy.allow + policy.allow_unix],
+        "deny": [str(r) for r in policy.deny + policy.deny_unix],
     }
 
 

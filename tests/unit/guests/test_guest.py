@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from guestfence.errors import PolicyError
-from guestfence.nft.guest import guest_from_json, guest_to_json, parse_guest, parse_pattern
-from guestfence.nft.names import GUEST_NAME, SEPARATOR, guest_chain, guest_of
+from guestfence.guests.guest import guest_from_json, guest_to_json, parse_guest, parse_pattern
+from guestfence.guests.names import GUEST_NAME, SEPARATOR, guest_chain, guest_of
 from guestfence.policy.model import Policy
 
 
@@ -65,6 +65,16 @@ def test_pattern_is_a_name_with_an_optional_trailing_star() -> None:
             parse_pattern(bad)
 
 
+def test_a_guest_with_unix_rules_reads_back_equal_from_its_record() -> None:
+    """The record keeps the unix:// rules the firewall ignores, so an
+    integration's check (recorded == requested) holds for such a policy."""
+    from guestfence.guests.guest import guest_from_json, guest_to_json
+
+    guest = parse_guest(name="vm1", iface="vmtap-a", addresses=["192.0.2.2/30"],
+                        policy=Policy.parse(allow=["udp://*:53", "unix:///run/x.sock"], deny=["unix://@*"]))  # fmt: skip
+    assert guest_from_json(guest_to_json(guest), where="test") == guest
+
+
 # Forms ipaddress accepts or refuses that a C parser might read otherwise:
 # leading zeros, scopes, netmask prefixes, embedded IPv4, non-ASCII digits.
 ADDRESS_FORMS = [
@@ -81,7 +91,7 @@ ADDRESS_FORMS = [
 def test_record_addresses_parse_exactly_as_ipaddress_does(text: str) -> None:
     import ipaddress
 
-    from guestfence.nft.guest import _fast_address, _fast_interface
+    from guestfence.guests.guest import _fast_address, _fast_interface
 
     def outcome(parse, value):  # type: ignore[no-untyped-def]
         try:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from guestfence.nft.build import (
+from guestfence.nftables.build import (
     Expr,
     concat,
     goto,
@@ -47,9 +47,10 @@ from guestfence.nft.build import (
     net_value,
     payload,
     raw_th,
+    vmap,
 )
-from guestfence.nft.guest import Guest
-from guestfence.nft.names import (
+from guestfence.guests.guest import Guest
+from guestfence.guests.names import (
     ARP,
     BRIDGE,
     BRIDGED_DROPS_MAP,
@@ -128,7 +129,7 @@ def _who(*, bridged: bool) -> list[Expr]:
 def screen_drop(*, bridged: bool) -> Expr:
     """The verdict of a failed shared check: the guest's drop chain, looked up by who sent."""
     who = _who(bridged=bridged)
-    return {"vmap": {"key": concat(*who) if bridged else who[0], "data": f"@{BRIDGED_DROPS_MAP if bridged else DROPS_MAP}"}}
+    return vmap(concat(*who) if bridged else who[0], BRIDGED_DROPS_MAP if bridged else DROPS_MAP)
 
 
 def source_keys(guest: Guest, version: int) -> list[object]:

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from guestfence.errors import PlanError
-from guestfence.nft.compile import (
+from guestfence.guests.compile import (
     Settings,
     compile_add,
     compile_flush,
     compile_remove,
     compile_ruleset,
 )
-from guestfence.nft.guest import Guest, parse_guest
-from guestfence.nft.names import FAMILIES, GUEST_ADDRS, TABLE, guest_of
+from guestfence.guests.guest import Guest, parse_guest
+from guestfence.guests.names import FAMILIES, GUEST_ADDRS, TABLE, guest_of
 from guestfence.policy.model import Policy
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -180,7 +180,7 @@ def test_pattern_can_be_turned_off() -> None:
 
 
 def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
-    from guestfence.nft.antispoof import antispoof_rules, screen_rules
+    from guestfence.guests.antispoof import antispoof_rules, screen_rules
 
     for rules in ([json.dumps(r) for r in screen_rules(bridged=False)], [json.dumps(r) for r in antispoof_rules(guest(), "bridge")]):
         unspecified = [r for r in rules if '"right": "::"' in r]

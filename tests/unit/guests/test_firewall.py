@@ -11,9 +11,9 @@ import pytest
 
 from guestfence.config import parse_config
 from guestfence.errors import HostError, PolicyError
-from guestfence.nft.compile import Settings
-from guestfence.nft.drift import compare_listings
-from guestfence.nft.firewall import (
+from guestfence.guests.compile import Settings
+from guestfence.guests.drift import compare_listings
+from guestfence.guests.firewall import (
     GUESTS,
     Registry,
     apply_pending,
@@ -26,8 +26,9 @@ from guestfence.nft.firewall import (
     salvage_registry,
     status_from_listings,
 )
-from guestfence.nft.guest import comment_problem, parse_guest
+from guestfence.guests.guest import comment_problem, parse_guest
 from guestfence.policy.model import Policy
+from guestfence.resolve import Resolution
 from guestfence.state import ENV_STATE_DIR, StateStore, state_dir
 
 
@@ -226,10 +227,10 @@ def test_a_generation_the_record_does_not_know_is_reported() -> None:
 def test_apply_keeps_guests_the_file_does_not_name_unless_pruned() -> None:
     _, registry = plan_add(Registry(), resolve_guest(vm(), resolver))
     config = parse_config('[[guest]]\nname = "vm2"\niface = "vmtap-vm2"\naddress = "192.0.2.6/30"\n', source="f.toml")
-    kept = GUESTS.plan_apply(config, registry.to_json(), prune=False)
+    kept = GUESTS.plan_apply(config, registry.to_json(), prune=False, resolved=Resolution())
     assert [m["name"] for m in kept.record["members"]] == ["vm1", "vm2"]
     assert kept.changes == ("add guest vm2 on vmtap-vm2", "keep guest vm1 (not in the file; --prune removes it)")
-    pruned = GUESTS.plan_apply(config, registry.to_json(), prune=True)
+    pruned = GUESTS.plan_apply(config, registry.to_json(), prune=True, resolved=Resolution())
     assert [m["name"] for m in pruned.record["members"]] == ["vm2"]
     assert "remove guest vm1" in pruned.changes
     assert pruned.intent["pending"] == pruned.record and pruned.intent["members"] == registry.to_json()["members"]
@@ -320,3 +321,23 @@ def test_an_intent_is_taken_back_when_the_kernel_refuses_the_change(tmp_path: Pa
     with StateStore(tmp_path) as store, pytest.raises(ApplyError):
         commit(store, Refused(), plan, None)  # type: ignore[arg-type]
     assert json.loads((tmp_path / "state.json").read_text()) == {"version": 1}
+
+
+def test_the_features_plans_resolve_nothing_the_caller_hands_the_addresses_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``plan_apply``/``plan_restore`` are pure: ``dns_names`` says what to look
+    up, the caller looks it up, the plan uses the answer as data."""
+    import socket
+
+    def no_dns(*args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        raise AssertionError("a plan_* function resolved a name")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    config = parse_config('[[guest]]\nname = "vm2"\niface = "vmtap-vm2"\naddress = "192.0.2.6/30"\n'
+                          'net_allow = ["api.example.com:443", "gone.example:22"]\n', source="f.toml")  # fmt: skip
+    assert GUESTS.dns_names(config, None) == {"api.example.com", "gone.example"}
+    found = Resolution(addresses={"api.example.com": frozenset({ipaddress.ip_address("203.0.113.7")})},
+                       failures={"gone.example": "no addresses"})  # fmt: skip
+    plan = GUESTS.plan_apply(config, None, prune=False, resolved=found)
+    (member,) = plan.record["members"]
+    assert member["resolved"] == {"api.example.com": ["203.0.113.7"]} and member["unresolved"] == {"gone.example": "no addresses"}
+    assert GUESTS.dns_names(None, plan.record) == {"api.example.com", "gone.example"}

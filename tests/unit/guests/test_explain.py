@@ -1,4 +1,4 @@
-"""nft.explain: a registered guest's flows decided as its firewall decides them."""
+"""guests.explain: a registered guest's flows decided as its firewall decides them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from guestfence.nft.explain import explain_guest, guest_context
-from guestfence.nft.firewall import Registered, Registry
-from guestfence.nft.guest import parse_guest
+from guestfence.guests.explain import explain_guest, guest_context
+from guestfence.guests.firewall import Registered, Registry
+from guestfence.guests.guest import parse_guest
 from guestfence.policy.grammar import parse_destination
 from guestfence.policy.model import Action, Flow, Policy, Proto, local_types
 
@@ -53,3 +53,24 @@ def test_a_translated_flow_needs_both_destinations() -> None:
     assert to_host.action is Action.DENY and to_host.decided_by == "deny tcp://@host:22" and "translates" in to_host.reason
     elsewhere = explain_guest(G1, aimed, CONTEXT, dnat=parse_destination("tcp://203.0.113.81:8080"))
     assert elsewhere.action is Action.ALLOW
+
+
+def test_explain_json_names_the_link_essentials_the_policy_does_not(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ND and MLD to the host and ct established/related are accepted for
+    every guest whatever its policy: --guest --json says so, from the
+    compiler's own set, next to each flow."""
+    import json
+
+    from guestfence.cli import main
+
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "guests": REGISTRY.to_json()}))
+    code = main(["explain", "--guest", "g2", "--json", "--state-dir", str(tmp_path), "icmp://[2001:db8:2::1]",
+                 "tcp://192.0.2.9:22"])  # fmt: skip
+    (v6, v4) = json.loads(capsys.readouterr().out)
+    assert code == 0 and v6["verdict"] == "deny"  # the policy says nothing of ICMP ...
+    assert v6["link_essentials"][0] == ("icmpv6 type {nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, "
+                                        "mld2-listener-report} to the host: neighbour discovery and MLD")  # ... the link still works
+    assert [e.split(":")[0] for e in v4["link_essentials"]] == ["ct state established,related"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # read-only: no lock file
+    main(["explain", "--json", "--net-allow", "tcp://192.0.2.9:22", "tcp://192.0.2.9:22"])
+    assert "link_essentials" not in json.loads(capsys.readouterr().out)[0]  # a policy alone has no link

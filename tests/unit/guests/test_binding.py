@@ -1,4 +1,4 @@
-"""guestfence.nft.binding: when an integration's registration has outlived its interface. Pure."""
+"""guestfence.guests.binding: when an integration's registration has outlived its interface. Pure."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from guestfence.errors import PolicyError
-from guestfence.nft.binding import Binding, binding_from_json, binding_to_json, stale_reason, stale_records, with_stale_drift
-from guestfence.nft.firewall import GuestStatus, StatusReport
+from guestfence.guests.binding import Binding, binding_from_json, binding_to_json, stale_reason, stale_records, with_stale_drift
+from guestfence.guests.firewall import GuestStatus, StatusReport
 
 QEMU_17 = Binding(owner="qemu", ifindex=17)
 
@@ -71,8 +71,8 @@ def test_status_names_a_stale_registration_as_its_guests_drift() -> None:
 def test_the_record_keeps_the_binding_and_a_bad_one_closes_the_interface() -> None:
     from dataclasses import replace
 
-    from guestfence.nft.firewall import member_to_json, resolve_guest, salvage_registry
-    from guestfence.nft.guest import parse_guest
+    from guestfence.guests.firewall import member_to_json, resolve_guest, salvage_registry
+    from guestfence.guests.guest import parse_guest
 
     guest = parse_guest(name="q1", iface="vmtap-q1", addresses=["192.0.2.2/30"])
     record = member_to_json(replace(resolve_guest(guest), link=QEMU_17))

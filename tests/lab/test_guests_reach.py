@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.netlab import Lab, sh
-from tests.lab.nft_lab import Scene
+from tests.lab.guests_lab import Scene
 
 pytestmark = pytest.mark.lab
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, final
 
 from guestfence.errors import ApplyError, HostError
-from guestfence.nft import names as n
-from guestfence.nft.apply import Command, NftHandle, apply_nft, list_ruleset, open_nft
+from guestfence.guests import names as n
+from guestfence.nftables.apply import Command, NftHandle, apply_nft, list_ruleset, open_nft
 
 Item = dict[str, Any]
 T = TypeVar("T")

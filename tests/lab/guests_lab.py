@@ -94,7 +94,7 @@ class Scene:
             # Frames copied by the relay must be complete: no checksum or
             # segmentation left for a NIC to do, as a VM's virtio NIC would.
             sh("ethtool", "-K", "eth0", "tx", "off", "sg", "off", "tso", "off", "gso", "off", netns=netns)
-            relay = self.lab.spawn([sys.executable, "-m", "tests.lab.nft_lab", "relay", iface, netns, "wire0"], netns=self.host)
+            relay = self.lab.spawn([sys.executable, "-m", "tests.lab.guests_lab", "relay", iface, netns, "wire0"], netns=self.host)
             assert relay.stdout is not None
             ready, _, _ = select.select([relay.stdout], [], [], STARTUP_BOUND)
             assert ready and relay.stdout.readline().strip() == b"ready", "relay did not start"
@@ -175,7 +175,7 @@ def _normalised(item: dict[str, object]) -> dict[str, object]:
     return {kind: kept}
 
 
-# The TAP relay: `python -m tests.lab.nft_lab relay TAP NETNS IFACE`.
+# The TAP relay: `python -m tests.lab.guests_lab relay TAP NETNS IFACE`.
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI = 0x0002, 0x1000

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import re
 
+from guestfence.nftables.build import Table
+from guestfence.nftables.match import ICMP_PROTOS, TO_HOST_TYPES
+
 TABLE = "guestfence"
+OURS = Table(TABLE)
+"""The command builders for our tables (guestfence.nftables.build.Table)."""
 INET, ARP, BRIDGE = "inet", "arp", "bridge"
 FAMILIES = (INET, ARP, BRIDGE)
 
@@ -57,10 +62,10 @@ GENERATION = "generation"
 # Constant sets, shared by every guest's rules (compile.CONSTANT_SETS holds
 # their elements). Named, not anonymous: libnftables reads every set of the
 # table before changing elements, so per-rule anonymous sets would make
-# adding a guest slower with every guest already there.
-TO_HOST_TYPES = "to_host"
+# adding a guest slower with every guest already there. The policy's
+# matches name two of them (TO_HOST_TYPES, ICMP_PROTOS, imported above from
+# the shared match compiler that names them).
 LINK_ICMPV6 = "link_icmpv6"
-ICMP_PROTOS = "icmp_protos"
 UNSPECIFIED_SOURCE_ICMPV6 = "unspecified_source_icmpv6"
 SPOOF_ICMPV6 = "spoof_icmpv6"
 ETHERTYPES = "ethertypes"

@@ -1,1 +1,0 @@
-"""nftables backends: rulesets as libnftables JSON data, applied in one transaction."""
