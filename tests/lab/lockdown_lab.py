@@ -340,7 +340,9 @@ class Observed:
 
 def _sh(*argv: str, netns: str, input: str | None = None) -> str:
     cmd = ["ip", "netns", "exec", netns, *argv]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, input=input, timeout=EXERCISE_TIMEOUT).stdout
+    # A set-up command's bound is the CLI's: it only stops a hang (an `nft -f`
+    # in a loaded TCG VM has taken tens of seconds).
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, input=input, timeout=CLI_TIMEOUT).stdout
 
 
 def prepare_host(host: str) -> None:
