@@ -6,8 +6,8 @@ out, and loads what the lab tests need (veth, 802.1Q, macvtap, nftables)
 from the package's module tree on demand. The second is the guest the
 namespace labs stand in for: a VM behind a TAP, registered with
 ``guest add``, reaching its allowed gateway ports and nothing else. The
-third runs the sandbox's thread tests on that kernel, which has no
-PIDFD_THREAD (issue 11, item 7).
+sandbox's thread tests on this kernel (no PIDFD_THREAD) run in the 6.1
+pass of ``make test`` (tests/vm/suite.py) with the rest of tests/sandbox.
 """
 
 from __future__ import annotations
@@ -85,22 +85,3 @@ def test_a_vm_on_a_tap_reaches_its_allowed_gateway_ports_and_nothing_else(
         assert ran.status == 0, ran.console
         reached = json.loads((vm.xchg / "probe.json").read_text())
     assert reached == {**dict.fromkeys(ALLOWED, True), **dict.fromkeys(DENIED, False)}
-
-
-THREAD_TESTS = [
-    "tests/sandbox/test_sandbox_concurrency.py::test_threads_and_forked_children_are_covered",
-    "tests/sandbox/test_sandbox_concurrency.py::test_a_slow_connect_does_not_stall_other_threads",
-]
-
-
-def test_the_sandbox_thread_tests_pass_on_debians_kernel(kernel: Kernel) -> None:
-    # Linux 6.1 has no PIDFD_THREAD (6.9): a connect from a second thread
-    # used to fail with ESRCH there. The same tests as on the host, on the
-    # kernel Debian 12 runs (issue 11, item 7).
-    root = Path(__file__).resolve().parents[2]
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "--timeout=900", *THREAD_TESTS]
-    ran = run_in_vm(argv, kernel=kernel, cwd=root, env={"CI": "true"}, timeout=1500)
-    assert ran.status == 0, ran.console
-    # The leader-pidfd variants run; the PIDFD_THREAD one skips, saying why.
-    assert "2 passed, 1 skipped" in ran.console, ran.console
-
