@@ -320,3 +320,55 @@ def test_a_host_with_default_sigpipe_survives_its_guests_epipe(tcp_server: Liste
     result = subprocess.run([sys.executable, "-c", host, code], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).parents[2])
     assert (result.returncode, result.stdout.strip()) == (0, "host alive, guest 0")
+
+
+DISCONNECT_A_WAITING_CONNECT = '''
+import signal
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a C program has it
+addr = ("127.0.0.1", PORT)
+first = socket.socket()
+first.setblocking(False)
+first.connect_ex(addr)  # the destination's first use: decided, and remembered as allowed
+first.close()
+s = socket.socket()
+done = threading.Event()
+def disconnect():
+    unspec = struct.pack("=H", socket.AF_UNSPEC) + bytes(14)
+    deadline = time.monotonic() + 30
+    while not done.is_set() and time.monotonic() < deadline:
+        libc.connect(s.fileno(), unspec, len(unspec))  # until it lands while the connect waits
+        time.sleep(0.02)
+threading.Thread(target=disconnect, daemon=True).start()
+try:
+    s.connect(addr)  # the listener's queue is full: this waits for a SYN-ACK that never comes
+    out["connect"] = "connected"
+except OSError as e:
+    out["connect"] = errno.errorcode[e.errno]
+done.set()
+'''
+
+
+def test_a_connect_another_thread_disconnects_fails_as_bare_and_raises_no_sigpipe() -> None:
+    """A blocking connect interrupted by connect(AF_UNSPEC) from another
+    thread fails (EPIPE on kernels that count disconnects); the kernel never
+    signals a connect's EPIPE, so neither may the supervisor (its fast path
+    once raised SIGPIPE for it and killed the hostile race guest)."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            # Fill the accept queue; the kernel then drops the guest's SYNs.
+            for _ in range(8):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            code = DISCONNECT_A_WAITING_CONNECT.replace("PORT", str(port))
+            bare = run_bare(code, timeout=120)
+            assert bare["connect"] != "connected", bare
+            assert run_sandboxed(code, allow=[f"tcp://127.0.0.1:{port}"], timeout=120) == bare
+        finally:
+            for filler in fillers:
+                filler.close()

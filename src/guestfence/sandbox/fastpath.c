@@ -534,7 +534,9 @@ static int act(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n, int 
         result = sendmsg(sock, &m, own_flags(flags));
     }
     int error = result < 0 ? errno : 0;
-    rc = error == EPIPE && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
+    /* The kernel signals only a send's EPIPE; a connect can fail with EPIPE
+     * (a reset left in sk_err) and never raises SIGPIPE. */
+    rc = error == EPIPE && n->data.nr != SYS_connect && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
     answer(gf, n->id, result < 0 ? 0 : result, error, rc == GF_DONE && held && !*receiver);
 out:
     close(sock);
