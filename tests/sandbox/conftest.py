@@ -4,10 +4,14 @@
 port, so a destination the sandbox refuses is one a bare run reaches;
 the TCP one accepts, counts and closes in a thread, the UDP one records
 what it got. ``denied_ports`` is both at one port, for counting arrivals.
+``full_listener`` is a listener whose queue is full, so a connect to it
+waits (the kernel drops its SYNs) until the test accepts from it, which
+``drain_once_received`` does once the sends a test waits for have arrived.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -124,3 +128,48 @@ def denied_ports() -> Iterator[DeniedPorts]:
     ports = DeniedPorts()
     yield ports
     ports.close()
+
+
+@pytest.fixture
+def full_listener() -> Iterator[socket.socket]:
+    """A listener on 127.0.0.1 with ``listen(0)`` and a connection in its
+    queue (which is then full): a further connect waits until the caller
+    accepts from it. Waits for the queued connection rather than a time."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        for _ in range(2):  # the first fills the queue; the second's SYNs are dropped
+            filler = socket.socket()
+            fillers.append(filler)
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+        _, writable, _ = select.select([], fillers[:1], [], 30)
+        assert writable, "the queue-filling connection never completed"
+        yield listener
+    finally:
+        for sock in (listener, *fillers):
+            sock.close()
+
+
+def drain_once_received(listener: socket.socket, receiver: Listener, count: int, accepts: int) -> threading.Thread:
+    """A started thread that, once ``receiver`` has ``count`` datagrams (or
+    after 60 s), accepts up to ``accepts`` connections waiting on ``listener``.
+    Draining on arrival, not after a fixed time, keeps a test the same on a
+    slow machine; a connect that never comes fails the test on its result."""
+
+    def drain() -> None:
+        deadline = time.monotonic() + 60
+        while len(receiver.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listener.settimeout(30)
+        try:
+            for _ in range(accepts):
+                listener.accept()[0].close()
+        except TimeoutError:
+            pass
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    return thread

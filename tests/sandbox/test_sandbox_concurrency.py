@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from guestfence.sandbox import kernel, supervisor
-from tests.sandbox.conftest import DeniedPorts, Listener
+from tests.sandbox.conftest import DeniedPorts, Listener, drain_once_received
 from tests.sandbox.guest import guest_argv, run_bare, run_sandboxed
 
 
@@ -112,34 +112,15 @@ out["wrong"] = wrong[:5]
     assert got == {"wrong": []}
 
 
-def test_a_slow_connect_does_not_stall_other_threads(udp_server: Listener) -> None:
+def test_a_slow_connect_does_not_stall_other_threads(udp_server: Listener, full_listener: socket.socket) -> None:
     """The listener's accept queue is full, so the kernel drops the SYN and
     the guest's blocking connect waits for a retransmit; the queue is
     drained once the 200 sends of another thread have arrived (or after 60 s,
     when they are stalled behind the connect). The sends must come first.
     Draining on arrival, not after a fixed time, keeps the test the same on
     a slow machine (a VM under TCG takes seconds to start the guest)."""
-    slow = socket.socket()
-    slow.bind(("127.0.0.1", 0))
-    slow.listen(0)
-    fillers = []
-    for _ in range(2):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(slow.getsockname())
-        fillers.append(filler)
-    time.sleep(0.2)
-    def drain_when_sent() -> None:
-        deadline = time.monotonic() + 60
-        while len(udp_server.received) < 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        slow.settimeout(30)  # the guest's connect may never come (the test then fails on its result)
-        with contextlib.suppress(TimeoutError):
-            for _ in range(3):
-                slow.accept()[0].close()
-
-    drain = threading.Thread(target=drain_when_sent)
-    drain.start()
+    slow = full_listener
+    drain = drain_once_received(slow, udp_server, 200, accepts=3)
     code = f'''
 done = {{}}
 def slow():
@@ -160,8 +141,6 @@ out["sends_first"] = done["sends"] < done["connect"]
                                          f"udp://127.0.0.1:{udp_server.port}"], timeout=120)
     finally:
         drain.join()
-        for sock in (slow, *fillers):
-            sock.close()
     assert got == {"sends_first": True}
 
 

@@ -12,7 +12,6 @@ the deny errno EACCES so that an allowed connect to a closed port
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import json
@@ -20,8 +19,6 @@ import os
 import random
 import socket
 import subprocess
-import threading
-import time
 
 import pytest
 
@@ -30,7 +27,7 @@ from guestfence.policy.decide import decide
 from guestfence.policy.model import Flow, Proto
 from guestfence.sandbox import kernel
 from guestfence.sandbox.supervisor import Denial
-from tests.sandbox.conftest import Listener
+from tests.sandbox.conftest import Listener, drain_once_received
 from tests.sandbox.guest import guest_argv, run_sandboxed
 
 PORTS = range(61000, 61004)
@@ -233,8 +230,8 @@ def test_processes_sharing_a_pidfd_slot_are_served_with_their_own_sockets(pidfds
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"own sockets": [True] * 12}
 
 
-def test_slow_connects_after_the_pool_grew_do_not_stall_other_threads(tcp_server: Listener,
-                                                                      udp_server: Listener) -> None:
+def test_slow_connects_after_the_pool_grew_do_not_stall_other_threads(
+        tcp_server: Listener, udp_server: Listener, full_listener: socket.socket) -> None:  # fmt: skip
     """First 8 threads connect at once, again and again: more blocking calls
     than idle threads, so the pool starts threads and some calls are handled
     by them (gf_handle). Then 6 threads block in connects to a full accept
@@ -242,28 +239,9 @@ def test_slow_connects_after_the_pool_grew_do_not_stall_other_threads(tcp_server
     again, so 200 sends of another thread arrive before the connects end
     (the queue is drained once they have, or after 60 s). A pool that
     miscounted the first phase's threads as about to come back started none."""
-    slow = socket.socket()
-    slow.bind(("127.0.0.1", 0))
-    slow.listen(0)
-    fillers = []
-    for _ in range(2):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(slow.getsockname())
-        fillers.append(filler)
-    time.sleep(0.2)
+    slow = full_listener
 
-    def drain_when_sent() -> None:
-        deadline = time.monotonic() + 60
-        while len(udp_server.received) < 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        slow.settimeout(30)  # the guest's connects may never come (the test then fails on its result)
-        with contextlib.suppress(TimeoutError):
-            for _ in range(8):
-                slow.accept()[0].close()
-
-    drain = threading.Thread(target=drain_when_sent)
-    drain.start()
+    drain = drain_once_received(slow, udp_server, 200, accepts=8)
     code = f'''
 def burst():
     for _ in range(20):
@@ -291,6 +269,4 @@ out["sends_first"] = done["sends"] < done["connect"]
                                          f"udp://127.0.0.1:{udp_server.port}"], timeout=150)
     finally:
         drain.join()
-        for sock in (slow, *fillers):
-            sock.close()
     assert got == {"sends_first": True}
