@@ -153,7 +153,8 @@ while not os.path.exists({str(go)!r}):
     time.sleep(0.01)
 out["after"] = connect("127.0.0.1", {tcp_server.port})
 out["after_udp"] = sendto("127.0.0.1", {tcp_server.port})
-open({str(result)!r}, "w").write(json.dumps(out))
+open({str(result)!r} + ".part", "w").write(json.dumps(out))
+os.replace({str(result)!r} + ".part", {str(result)!r})  # whole when it appears: the test reads it then
 '''
     cli = subprocess.Popen(
         [sys.executable, "-c", "import sys; from guestfence.cli import main; sys.exit(main())", "run", "--net-allow", f"tcp://127.0.0.1:{tcp_server.port}",
