@@ -28,9 +28,13 @@ def collect_drop_count(nft: NftHandle) -> int | None:
 
 def sum_drop_counters(items: Iterable[dict[str, Any]]) -> int:
     """The packets of every counter on a rule whose verdict is drop, anonymous
-    (``{"counter": {"packets": N}}``) or named (``{"counter": "name"}``)."""
+    (``{"counter": {"packets": N}}``), named (``{"counter": "name"}``) or
+    named through a map (``{"counter": {"map": {"data": "@m"}}}``: every
+    counter the map names)."""
     items = list(items)
     named = {c["name"]: c.get("packets", 0) for item in items if isinstance(c := item.get("counter"), dict)}
+    mapped = {m["name"]: [e[1] for e in m.get("elem", []) if isinstance(e, list) and len(e) == 2]
+              for item in items if isinstance(m := item.get("map"), dict) and m.get("map") == "counter"}  # fmt: skip
     total = 0
     for item in items:
         expr = item.get("rule", {}).get("expr", [])
@@ -38,7 +42,10 @@ def sum_drop_counters(items: Iterable[dict[str, Any]]) -> int:
             continue
         for stmt in expr:
             counter = stmt.get("counter")
-            if isinstance(counter, dict):
+            if isinstance(counter, dict) and isinstance(counter.get("map"), dict):
+                data = str(counter["map"].get("data", "")).removeprefix("@")
+                total += sum(int(named.get(name, 0)) for name in mapped.get(data, []))
+            elif isinstance(counter, dict):
                 total += int(counter.get("packets", 0))
             elif isinstance(counter, str):
                 total += int(named.get(counter, 0))

@@ -1,19 +1,25 @@
 """Anti-spoofing rules: what a guest may claim to be. Pure.
 
-Every rule here ends in the guest's drop chain (counted, logged): a frame
+Every rule here ends in a drop chain (counted per guest, logged): a frame
 or packet that does not come from the guest's own MAC and addresses is
-dropped before any other rule sees it. The ``bridge`` table (bridge ports)
-and the ``arp`` table (routed guests) hold these rules in each guest's own
-chain (``antispoof_rules``), the bridge table adding the L2 checks only it
-can see: ethertypes and ARP. The ``inet`` table, where every packet of every
-guest is decided, holds them once for all guests in the shared chains
-``screen`` and ``screen_bridged`` (``screen_rules``): a guest's own
-addresses are elements of the sets ``sources4``/``sources6`` keyed by
-interface (``bridge . MAC`` for bridge ports), and a packet that fails is
-sent to the guest's drop chain through the verdict map ``drops``
-(``bridged_drops``). Only what is the guest's own and cannot be a set key
-stays a rule in its chain (``guest_antispoof_rules``): its MAC, and the
-target of its neighbour advertisements.
+dropped before any other rule sees it. No rule here is a guest's own: the
+checks are written once, in shared chains, and read each guest's values
+from set and map elements keyed by its interface (``source_keys`` and the
+other element builders here):
+
+- ``inet``: the dispatch itself checks the source. A packet reaches a
+  guest's policy only through ``iifname . ip saddr vmap @dispatch4`` (and
+  IPv6, and ``iifname . ether saddr . ip saddr`` for bridge ports), whose
+  elements are the guest's own addresses; a packet of a registered
+  interface the dispatch misses goes to ``drop``. What the source cannot
+  say is checked in ``screen`` (``screen_rules``): ``::`` outside DAD and
+  MLD, neighbour advertisement targets (through the per-guest chain
+  ``guest.NAME.nd``: nft 1.0.6 can key no set by the raw ND target),
+  router advertisements and redirects; and, for routed guests given a MAC,
+  in their profile (``mac_rule``).
+- ``arp`` (routed guests) and ``bridge`` (bridge ports, with the L2 checks
+  only it can see: MAC, ethertypes, ARP): one ``screen`` chain each
+  (``arp_screen_rules``, ``bridge_screen_rules``).
 
 What a guest may claim:
 - source MAC: the guest's ``mac``, when one is given (bridged guests must);
@@ -27,10 +33,6 @@ What a guest may claim:
 - never router advertisements or redirects;
 - ARP (bridge and arp tables): sender MAC and IPv4 its own (0.0.0.0 for
   address probes).
-
-"Not one of these values" is written as one ``!=`` match per value in the
-same rule, not as an anonymous set: the values are few, and anonymous sets
-would make every later change slower (see names.py on constant sets).
 """
 
 from __future__ import annotations
@@ -51,125 +53,101 @@ from guestfence.nftables.build import (
 )
 from guestfence.guests.guest import Guest
 from guestfence.guests.names import (
-    ARP,
-    BRIDGE,
-    BRIDGED_DROPS_MAP,
-    BRIDGED_SOURCES,
-    DROPS_MAP,
+    DROP,
     ETHERTYPES,
+    MACS,
+    ND_TARGETS,
     SOURCES,
     SPOOF_ICMPV6,
     UNSPECIFIED_SOURCE_ICMPV6,
-    guest_chain,
+    WITH_MAC,
 )
 
 LINK_LOCAL = ipaddress.IPv6Network("fe80::/64")
 _ND_TARGET_BITS = 64
 """The target address of a neighbour advertisement starts 64 bits into the ICMPv6 header."""
+_LINK_LOCAL_BITS = hex(int(LINK_LOCAL.network_address) >> 64)
 
 
-def antispoof_rules(guest: Guest, family: str) -> list[list[Expr]]:
-    """The anti-spoofing rules of ``guest`` in its own chain of ``family`` (bridge or arp)."""
-    drop = goto(guest_chain(guest.name, "drop"))
-    if family == ARP:
-        return _arp_rules(guest, drop)
-    rules: list[list[Expr]] = []
-    if guest.mac is not None:
-        rules.append([match(payload("ether", "saddr"), guest.mac, "!="), drop])
-    if family == BRIDGE:
-        rules.append([match(payload("ether", "type"), f"@{ETHERTYPES}", "!="), drop])
-        rules.extend(_arp_rules(guest, drop))
-    own4, own6 = guest.own(4), guest.own(6)
-    if own4:
-        rules.append([*_none_of(payload("ip", "saddr"), [str(a) for a in own4]), drop])
-    else:
-        rules.append([match(meta("protocol"), "ip"), drop])
-    allowed6 = [str(a) for a in own6] + [net_value(LINK_LOCAL), "::"]
-    rules.append([*_none_of(payload("ip6", "saddr"), allowed6), drop])
-    # Source ``::`` only for DAD and MLD: two rules, because a match on the
-    # ICMPv6 type implies "is ICMPv6" and so can never drop a UDP or TCP packet.
-    rules.append([match(payload("ip6", "saddr"), "::"), match(meta("l4proto"), "ipv6-icmp", "!="), drop])
-    rules.append(
-        [
-            match(payload("ip6", "saddr"), "::"),
-            match(payload("icmpv6", "type"), f"@{UNSPECIFIED_SOURCE_ICMPV6}", "!="),
-            drop,
-        ]
-    )
-    rules.append(_advert_rule(own6, drop))
-    rules.append([match(payload("icmpv6", "type"), f"@{SPOOF_ICMPV6}"), drop])
-    rules.append([match(payload("icmp", "type"), "redirect"), drop])
-    return rules
-
-
-def screen_rules(*, bridged: bool) -> list[list[Expr]]:
-    """The source checks every guest's packets pass in ``inet``, keyed by
-    ``iifname`` (routed guests) or ``iifname . ether saddr`` (bridge ports:
-    the inet hooks see the bridge, and the bridge table has checked the MAC)."""
-    who = _who(bridged=bridged)
-    sources = BRIDGED_SOURCES if bridged else SOURCES
-    drop = screen_drop(bridged=bridged)
-    return [
-        [match(concat(*who, payload("ip", "saddr")), f"@{sources[4]}", "!="), drop],
-        [*_none_of(payload("ip6", "saddr"), [net_value(LINK_LOCAL), "::"]),
-         match(concat(*who, payload("ip6", "saddr")), f"@{sources[6]}", "!="), drop],
+def screen_rules(drop: Expr, *, nd_targets: bool) -> list[list[Expr]]:
+    """The source checks the dispatch cannot make, for every guest: ``::``
+    only in DAD and MLD, advertised targets (``nd_targets``: through the
+    ``nd_targets`` map; bridge ports are checked in the bridge table),
+    router advertisements and redirects. ``drop``: the verdict of a failed check."""
+    rules = [
         # Source ``::`` only for DAD and MLD: two rules, because a match on the
         # ICMPv6 type implies "is ICMPv6" and so can never drop a UDP or TCP packet.
         [match(payload("ip6", "saddr"), "::"), match(meta("l4proto"), "ipv6-icmp", "!="), drop],
         [match(payload("ip6", "saddr"), "::"), match(payload("icmpv6", "type"), f"@{UNSPECIFIED_SOURCE_ICMPV6}", "!="), drop],
+    ]  # fmt: skip
+    if nd_targets:
+        rules.append(_advert_dispatch())
+    rules += [
         [match(payload("icmpv6", "type"), f"@{SPOOF_ICMPV6}"), drop],
         [match(payload("icmp", "type"), "redirect"), drop],
+    ]
+    return rules
+
+
+def _advert_dispatch() -> list[Expr]:
+    """Advertisements of a target that is not link-local go to the sender's ``guest.NAME.nd``."""
+    return [
+        match(payload("icmpv6", "type"), "nd-neighbor-advert"),
+        match(raw_th(_ND_TARGET_BITS, 64), _LINK_LOCAL_BITS, "!="),
+        vmap(meta("iifname"), ND_TARGETS),
+    ]
+
+
+def mac_rule(drop: Expr) -> list[Expr]:
+    """A routed guest given a MAC: the frame's source MAC must be it (in its profile)."""
+    return [match(concat(meta("iifname"), payload("ether", "saddr")), f"@{MACS}", "!="), drop]
+
+
+def nd_rule(guest: Guest, drop: Expr) -> list[Expr]:
+    """The one rule of ``guest.NAME.nd``: an advertised target (not link-local,
+    checked before) must be one of the guest's IPv6 addresses."""
+    return [*_none_of(raw_th(_ND_TARGET_BITS, 128), [hex(int(a)) for a in guest.own(6)]), drop]
+
+
+def arp_screen_rules() -> list[list[Expr]]:
+    """The arp table's ``screen``: sender MAC (guests given one) and sender IPv4."""
+    drop = goto(DROP)
+    iifname = meta("iifname")
+    return [
+        [match(iifname, f"@{WITH_MAC}"), match(concat(iifname, payload("arp", "saddr ether")), f"@{MACS}", "!="), drop],
+        _arp_sender_rule(drop),
+    ]
+
+
+def bridge_screen_rules() -> list[list[Expr]]:
+    """The bridge table's ``screen``, for every bridge port: MAC, ethertypes,
+    ARP, IP sources, then what ``screen_rules`` checks, advertised targets included."""
+    drop = goto(DROP)
+    iifname = meta("iifname")
+    return [
+        [match(concat(iifname, payload("ether", "saddr")), f"@{MACS}", "!="), drop],
+        [match(payload("ether", "type"), f"@{ETHERTYPES}", "!="), drop],
+        [match(concat(iifname, payload("arp", "saddr ether")), f"@{MACS}", "!="), drop],
+        _arp_sender_rule(drop),
+        [match(concat(iifname, payload("ip", "saddr")), f"@{SOURCES[4]}", "!="), drop],
+        [*_none_of(payload("ip6", "saddr"), [net_value(LINK_LOCAL), "::"]),
+         match(concat(iifname, payload("ip6", "saddr")), f"@{SOURCES[6]}", "!="), drop],
+        *screen_rules(drop, nd_targets=True),
     ]  # fmt: skip
 
 
-def _who(*, bridged: bool) -> list[Expr]:
-    return [meta("iifname"), payload("ether", "saddr")] if bridged else [meta("iifname")]
+def _arp_sender_rule(drop: Expr) -> list[Expr]:
+    """ARP sender IPv4: the guest's own, or 0.0.0.0 (address probes)."""
+    return [match(payload("arp", "saddr ip"), "0.0.0.0", "!="),
+            match(concat(meta("iifname"), payload("arp", "saddr ip")), f"@{SOURCES[4]}", "!="), drop]  # fmt: skip
 
 
-def screen_drop(*, bridged: bool) -> Expr:
-    """The verdict of a failed shared check: the guest's drop chain, looked up by who sent."""
-    who = _who(bridged=bridged)
-    return vmap(concat(*who) if bridged else who[0], BRIDGED_DROPS_MAP if bridged else DROPS_MAP)
-
-
-def source_keys(guest: Guest, version: int) -> list[object]:
-    """The guest's elements of ``sources4``/``sources6`` (or the bridged sets)."""
-    who = [guest.bridge, guest.mac] if guest.bridge is not None else [guest.iface]
-    return [concat(*who, str(a)) for a in guest.own(version)]
-
-
-def guest_antispoof_rules(guest: Guest) -> list[list[Expr]]:
-    """What stays in the guest's own inet chain: its MAC (a routed guest
-    given one; a bridge port's MAC is part of its dispatch key) and the
-    targets its neighbour advertisements may claim."""
-    drop = goto(guest_chain(guest.name, "drop"))
-    rules: list[list[Expr]] = []
-    if guest.mac is not None and guest.bridge is None:
-        rules.append([match(payload("ether", "saddr"), guest.mac, "!="), drop])
-    rules.append(_advert_rule(guest.own(6), drop))
-    return rules
-
-
-def _arp_rules(guest: Guest, drop: Expr) -> list[list[Expr]]:
-    rules = []
-    if guest.mac is not None:
-        rules.append([match(payload("arp", "saddr ether"), guest.mac, "!="), drop])
-    senders = [str(a) for a in guest.own(4)] + ["0.0.0.0"]
-    rules.append([*_none_of(payload("arp", "saddr ip"), senders), drop])
-    return rules
+def source_keys(who: Sequence[str], addresses: Sequence[object]) -> list[object]:
+    """Elements ``who . address`` (``who``: interface, or bridge and MAC)."""
+    return [concat(*who, str(a)) for a in addresses]
 
 
 def _none_of(left: Expr, values: Sequence[object]) -> list[Expr]:
+    """"Not one of these values" as one ``!=`` per value in the same rule: the
+    values are few, and an anonymous set would make every later change slower."""
     return [match(left, value, "!=") for value in values]
-
-
-def _advert_rule(own6: Sequence[ipaddress.IPv6Address], drop: Expr) -> list[Expr]:
-    """Drop neighbour advertisements for targets that are neither link-local nor the guest's."""
-    link_local_bits = hex(int(LINK_LOCAL.network_address) >> 64)
-    exprs = [
-        match(payload("icmpv6", "type"), "nd-neighbor-advert"),
-        match(raw_th(_ND_TARGET_BITS, 64), link_local_bits, "!="),
-    ]
-    exprs += _none_of(raw_th(_ND_TARGET_BITS, 128), [hex(int(a)) for a in own6])
-    return [*exprs, drop]
-

@@ -145,8 +145,14 @@ def _canon(value: Any) -> str:
 # Comparing.
 
 
-def compare_listings(expected: Iterable[Item], live: Iterable[Item]) -> list[Drift]:
-    """Every difference between two listings, in words. Pure."""
+Owner = Callable[[Any], "str | None"]
+
+
+def compare_listings(expected: Iterable[Item], live: Iterable[Item], *, element_owner: Owner | None = None) -> list[Drift]:
+    """Every difference between two listings, in words. Pure. ``element_owner``:
+    the guest a set or map element belongs to (default: the guest whose chain a
+    verdict-map element goes to, if any)."""
+    element_owner = element_owner or _element_owner
     want, have = normalise(expected), normalise(live)
     drifts: list[Drift] = []
     # A table missing on one side is one difference, not one per object in it.
@@ -169,7 +175,8 @@ def compare_listings(expected: Iterable[Item], live: Iterable[Item]) -> list[Dri
             drifts += _rule_drift(key, [_canon(r) for r in want.rules[key]], [_canon(r) for r in have.rules[key]])
     for key in sorted(set(want.elements) & set(have.elements)):
         if want.elements[key] != have.elements[key]:
-            drifts += _element_drift(key, sorted(_canon(e) for e in want.elements[key]), sorted(_canon(e) for e in have.elements[key]))
+            drifts += _element_drift(key, sorted(_canon(e) for e in want.elements[key]), sorted(_canon(e) for e in have.elements[key]),
+                                     element_owner)  # fmt: skip
     return drifts
 
 
@@ -189,13 +196,13 @@ def _rule_drift(key: tuple[str, str], want: Sequence[str], have: Sequence[str]) 
     return drifts
 
 
-def _element_drift(key: tuple[str, str, str], want: Sequence[str], have: Sequence[str]) -> list[Drift]:
+def _element_drift(key: tuple[str, str, str], want: Sequence[str], have: Sequence[str], owner: Owner) -> list[Drift]:
     kind, family, name = key
     drifts = []
     for text, elements in (("is missing", set(want) - set(have)), ("is not part of what guestfence installs", set(have) - set(want))):
         for element in sorted(elements):
             value = json.loads(element)
-            drifts.append(Drift(_element_owner(value) or n.guest_of(name), f"{kind} {family} {name}: element {describe_value(value)} {text}"))
+            drifts.append(Drift(owner(value) or n.guest_of(name), f"{kind} {family} {name}: element {describe_value(value)} {text}"))
     return drifts
 
 

@@ -38,7 +38,8 @@ and drops the bad member's interface like an unregistered one.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, final
 
@@ -48,6 +49,7 @@ from guestfence.nftables.apply import NftHandle, apply_nft, open_nft
 from guestfence.guests.binding import Binding, binding_from_json, binding_to_json, collect_link_indexes, drop_stale
 from guestfence.guests.compile import (
     NftPlan,
+    Profiles,
     Settings,
     compile_add,
     compile_flush,
@@ -248,7 +250,8 @@ def plan_add(registry: Registry, added: Registered) -> tuple[NftPlan, Registry]:
     old = registry.find(guest.name)
     others = [m for m in registry.members if m.guest.name != guest.name]
     settings = _next(registry.settings)
-    plan = compile_add(guest, settings, added.names, others=[m.guest for m in others],
+    names = {**registry.all_names(), **added.names}
+    plan = compile_add(guest, settings, names, others=[m.guest for m in others],
                        replaces=None if old is None else old.guest)  # fmt: skip
     return plan, replace(registry, settings=settings, members=(*others, added))
 
@@ -268,7 +271,8 @@ def plan_remove(registry: Registry, name: str) -> tuple[NftPlan, Registry]:
         known = ", ".join(m.guest.name for m in registry.members) or "none"
         raise PolicyError(f"no guest named {name!r} is registered (registered: {known})")
     rest = tuple(m for m in registry.members if m.guest.name != name)
-    return compile_remove(old.guest, settings, others=[m.guest for m in rest]), replace(registry, settings=settings, members=rest)
+    plan = compile_remove(old.guest, settings, registry.all_names(), others=[m.guest for m in rest])
+    return plan, replace(registry, settings=settings, members=rest)
 
 
 def plan_replace(registry: Registry) -> NftPlan:
@@ -519,23 +523,34 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
     """The status of ``registry`` given what it compiles to and what is live. Pure."""
     from guestfence.guests.drift import compare_listings
 
-    drifts = [d for d in compare_listings(expected, live) if not d.text.startswith(f"set {n.INET} {n.GENERATION}:")]
-    registered = {m.guest.name for m in registry.members}
-    general = [d.text for d in drifts if d.guest not in registered]
-    general += _generation_drift(registry, expected, live)
-    general += registry.problems()
     # Everything per guest is gathered in one pass over each list and then
     # looked up by name: a scan per guest made status quadratic (5,000 guests: minutes).
+    profiles = Profiles(registry.all_names())
+    profile_of = {m.guest.name: profiles.of(m.guest) for m in registry.members}
+    users: dict[str, list[str]] = {}
+    for name, profile in profile_of.items():
+        users.setdefault(profile.name, []).append(name)
+    drifts = [d for d in compare_listings(expected, live, element_owner=_element_owners(registry))
+              if not d.text.startswith(f"set {n.INET} {n.GENERATION}:")]  # fmt: skip
+    registered = {m.guest.name for m in registry.members}
+    general = [_shared_drift(d.text, users) for d in drifts if d.guest not in registered]
+    general += _generation_drift(registry, expected, live)
+    general += registry.problems()
     counters = _counters(live)
     dropped_by_name: dict[str, list[tuple[int, int]]] = {}
     for (_, counter), values in counters.items():
         dropped_by_name.setdefault(counter, []).append(values)
-    rules_of: dict[str | None, int] = {}
+    rules_in: dict[str, int] = {}
     for item in expected:
         rule = item.get("rule")
         if isinstance(rule, dict):
-            owner = n.guest_of(str(rule.get("chain", "")))
-            rules_of[owner] = rules_of.get(owner, 0) + 1
+            chain = str(rule.get("chain", ""))
+            rules_in[chain] = rules_in.get(chain, 0) + 1
+    rules_of: dict[str, int] = {}
+    for chain, count in rules_in.items():
+        owner = n.guest_of(chain)
+        if owner is not None:
+            rules_of[owner] = rules_of.get(owner, 0) + count
     drift_of: dict[str | None, list[str]] = {}
     for drift in drifts:
         drift_of.setdefault(drift.guest, []).append(drift.text)
@@ -546,7 +561,7 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
         dropped = dropped_by_name.get(n.guest_counter(name, "dropped"), [])
         statuses.append(GuestStatus(
             name=name, iface=member.guest.iface,
-            rules=rules_of.get(name, 0),
+            rules=rules_of.get(name, 0) + sum(rules_in.get(chain, 0) for chain, _ in profile_of[name].chains),
             accepted_packets=None if accepted is None else accepted[0],
             accepted_bytes=None if accepted is None else accepted[1],
             dropped_packets=sum(v[0] for v in dropped) if dropped else None,
@@ -554,6 +569,52 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
             drift=tuple(drift_of.get(name, ())),
         ))  # fmt: skip
     return StatusReport(guests=tuple(statuses), drift=tuple(general))
+
+
+_PROFILE_NAME = re.compile(rf"\b{n.PROFILE}\.[0-9a-f]+")
+
+
+def _shared_drift(text: str, users: Mapping[str, list[str]]) -> str:
+    """A difference in a profile's chains concerns every guest using it: say which."""
+    found = _PROFILE_NAME.search(text)
+    if found is None:
+        return text
+    names = users.get(found.group(0), [])
+    if not names:
+        return f"unused policy profile: {text}"
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"policy of guest{'s' if len(names) > 1 else ''} {shown}: {text}"
+
+
+def _element_owners(registry: Registry) -> Callable[[Any], str | None]:
+    """The guest a listed set or map element belongs to: by its key (interface,
+    bridge . MAC, address) or by the per-guest object it maps to."""
+    by_key: dict[Any, str] = {}
+    for member in registry.members:
+        guest = member.guest
+        by_key[guest.iface] = guest.name
+        by_key.update({str(a.ip): guest.name for a in guest.addresses})
+        if guest.bridge is not None:
+            by_key[(guest.bridge, guest.mac)] = guest.name
+
+    def owner(element: Any) -> str | None:
+        if isinstance(element, list) and len(element) == 2:
+            value = element[1]
+            target = value.get("goto", value.get("jump")) if isinstance(value, dict) else None
+            named = n.guest_of(value) if isinstance(value, str) else n.guest_of(str(target.get("target", ""))) if isinstance(target, dict) else None
+            if named is not None:
+                return named
+            element = element[0]
+        if isinstance(element, dict) and isinstance(element.get("elem"), dict):
+            element = element["elem"].get("val")
+        if isinstance(element, dict) and isinstance(element.get("concat"), list):
+            parts = element["concat"]
+            if len(parts) >= 2 and isinstance(parts[0], str) and isinstance(parts[1], str) and (parts[0], parts[1]) in by_key:
+                return by_key[(parts[0], parts[1])]
+            element = parts[0] if parts else None
+        return by_key.get(element) if isinstance(element, str) else None
+
+    return owner
 
 
 def _generation_drift(registry: Registry, expected: Sequence[Item], live: Sequence[Item]) -> list[str]:

@@ -5,7 +5,7 @@ Our objects live in tables called ``TABLE`` in three families: ``inet``
 ``bridge`` (anti-spoofing for guests whose interface is a bridge port).
 Nothing outside these tables is ever created, changed or deleted.
 
-Per-guest names join parts with ``SEPARATOR``, a character ``GUEST_NAME``
+Per-guest names (its counters, its limit, its ND chain) join parts with ``SEPARATOR``, a character ``GUEST_NAME``
 does not allow, so guest ``a`` can never own guest ``a.x``'s objects and no
 per-guest name equals a base chain's. Guest names are checked with
 ``GUEST_NAME`` once, where they enter (command line, TOML file, state file).
@@ -29,35 +29,68 @@ DEFAULT_PATTERN = "vmtap*"
 """Interfaces of unregistered guests: traffic from them is dropped (``guest_pattern``)."""
 GUEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 
-# Base chains, maps and sets, one of each per table that has them.
+# Base chains, maps and sets, one of each per table that has them. Per-guest
+# data is only ever an element of these (keyed by the guest's interface, or
+# by ``bridge . MAC`` in inet for a bridge port), never a rule.
 PREROUTING = "prerouting"
 POSTROUTING = "postrouting"
 INPUT = "input"
 FORWARD = "forward"
 UNREGISTERED = "unregistered"
-GUESTS_MAP = "guests"
-"""Interface name -> goto the guest's chain (inet, arp, bridge)."""
-BRIDGED_MAP = "bridged"
-"""inet: bridge name . source MAC -> goto the chain of a guest behind that bridge."""
-PORTS_MAP = "ports"
-"""bridge: port name -> goto the guest's drop chain, for frames bridged to other ports."""
-DROPS_MAP = "drops"
-"""inet: interface name -> goto the guest's drop chain (what the shared checks drop)."""
-BRIDGED_DROPS_MAP = "bridged_drops"
-"""inet: bridge name . source MAC -> goto the drop chain of a guest behind that bridge."""
-SOURCES = {4: "sources4", 6: "sources6"}
-"""inet: interface name . source address, every routed guest's own addresses (anti-spoofing)."""
-BRIDGED_SOURCES = {4: "bridged_sources4", 6: "bridged_sources6"}
-"""inet: bridge name . MAC . source address of the guests behind bridges."""
 SCREEN = "screen"
+"""The checks every guest's packets pass (inet: the shared part of the profile;
+arp, bridge: all of anti-spoofing), one chain for all guests."""
 SCREEN_BRIDGED = "screen_bridged"
-"""inet: the checks every guest's packets pass first (antispoof.screen_rules), one chain for all guests."""
+"""inet: the same for guests behind a bridge."""
+DROP = "drop"
+"""The drop of every guest: the log (rate-limited per guest), its counter, drop."""
+DROP_BRIDGED = "drop_bridged"
+"""inet: the same for guests behind a bridge (keyed by bridge . MAC)."""
+DISPATCH = {4: "dispatch4", 6: "dispatch6"}
+"""inet: interface . source address -> goto the guest's policy profile: the
+dispatch is the anti-spoofing check (a source not the guest's own misses)."""
+BRIDGED_DISPATCH = {4: "bridged_dispatch4", 6: "bridged_dispatch6"}
+"""inet: bridge . MAC . source address -> goto the profile of a guest behind that bridge."""
+GUESTS_MAP = "guests"
+"""inet: interface -> goto the profile, for IPv6 link-local and ``::`` sources;
+arp and bridge: interface -> goto ``screen``. Every family: closed interfaces -> ``unregistered``."""
+BRIDGED_MAP = "bridged"
+"""inet: bridge . MAC -> goto the profile, for IPv6 link-local and ``::`` sources."""
+DROPS_MAP = "drops"
+"""inet: interface -> goto ``drop``: the packets of a guest the dispatch missed (spoofed sources)."""
+BRIDGED_DROPS_MAP = "bridged_drops"
+"""inet: bridge . MAC -> goto ``drop_bridged``."""
+PORTS_MAP = "ports"
+"""bridge: port -> goto ``drop``, for frames bridged to other ports."""
+ND_TARGETS = "nd_targets"
+"""inet (routed guests), bridge: interface -> jump the guest's ``guest.NAME.nd`` chain
+(the targets its neighbour advertisements may claim), or goto ``drop`` for a guest
+without IPv6 addresses. nft 1.0.6 can key no set by the raw ND target."""
+SOURCES = {4: "sources4", 6: "sources6"}
+"""arp (IPv4), bridge: interface . source address, every guest's own addresses."""
+WITH_MAC = "with_mac"
+"""arp: interfaces of routed guests given a MAC."""
+MACS = "macs"
+"""inet, arp: interface . MAC of routed guests given one; bridge: port . MAC."""
+GATEWAYS = {4: "gateways4", 6: "gateways6"}
+"""inet: interface . address, what ``@gateway`` stands for, per guest."""
+BRIDGED_GATEWAYS = {4: "bridged_gateways4", 6: "bridged_gateways6"}
+ACCEPTED_MAP = "accepted"
+"""inet: interface -> the guest's named counter of accepted packets."""
+DROPPED_MAP = "dropped"
+"""every family: interface -> the guest's named counter of dropped packets."""
+LOG_LIMITS_MAP = "log_limits"
+"""every family: interface -> the guest's named limit of drop log lines."""
+BRIDGED_ACCEPTED_MAP, BRIDGED_DROPPED_MAP, BRIDGED_LOG_LIMITS_MAP = "bridged_accepted", "bridged_dropped", "bridged_log_limits"
+"""inet: the same three keyed by bridge . MAC."""
 GUEST_ADDRS = {4: "guest_addrs4", 6: "guest_addrs6"}
 """Every registered guest's own addresses: only rules naming them reach another guest."""
 MASQUERADE = {4: "masquerade4", 6: "masquerade6"}
 """Source addresses of guests registered with masquerade."""
 GENERATION = "generation"
 """inet: one element, the recorded change the tables hold (see compile.Settings)."""
+PROFILE = "policy"
+"""Chains ``policy.DIGEST[.host|.out]``: a compiled policy, shared by every guest it compiles to the same rules for."""
 
 # Constant sets, shared by every guest's rules (compile.CONSTANT_SETS holds
 # their elements). Named, not anonymous: libnftables reads every set of the
@@ -77,8 +110,19 @@ def guest_chain(guest: str, part: str | None = None) -> str:
 
 
 def guest_counter(guest: str, what: str) -> str:
-    """``guest.NAME.accepted`` / ``guest.NAME.dropped``."""
+    """``guest.NAME.accepted`` / ``guest.NAME.dropped`` (counters), ``guest.NAME.log`` (the limit of its drop log)."""
     return guest_chain(guest, what)
+
+
+def profile_chain(digest: str, part: str | None = None) -> str:
+    """``policy.DIGEST`` (a profile's entry chain) or ``policy.DIGEST.PART``."""
+    return SEPARATOR.join((PROFILE, digest) if part is None else (PROFILE, digest, part))
+
+
+def profile_of(object_name: str) -> str | None:
+    """The profile entry chain a profile chain belongs to, or None."""
+    parts = object_name.split(SEPARATOR)
+    return SEPARATOR.join(parts[:2]) if len(parts) >= 2 and parts[0] == PROFILE else None
 
 
 def guest_of(object_name: str) -> str | None:
@@ -89,6 +133,6 @@ def guest_of(object_name: str) -> str | None:
     return None
 
 
-def log_prefix(guest: str) -> str:
-    """The kernel log prefix of a guest's dropped packets."""
-    return f"guestfence drop {guest}: "
+LOG_PREFIX = "guestfence drop: "
+"""The kernel log prefix of every guest's dropped packets: one shared drop chain
+cannot name the guest, the log line's ``IN=`` (and for a bridge port ``MAC=``) does."""

@@ -101,6 +101,17 @@ def counter() -> Expr:
     return {"counter": None}
 
 
+def counter_map(key: Expr, map_name: str) -> Expr:
+    """Count into the named counter that the map ``map_name`` gives for ``key``
+    (no element: the rule stops there, so never put a verdict after it alone)."""
+    return {"counter": {"map": {"key": key, "data": f"@{map_name}"}}}
+
+
+def limit_map(key: Expr, map_name: str) -> Expr:
+    """Pass while the named limit that ``map_name`` gives for ``key`` allows."""
+    return {"limit": {"map": {"key": key, "data": f"@{map_name}"}}}
+
+
 def limit(rate: int, per: str, burst: int) -> Expr:
     return {"limit": {"rate": rate, "per": per, "burst": burst}}
 
@@ -155,6 +166,12 @@ class Table:
     def delete_counter(self, family: str, name: str) -> Command:
         return {"delete": {"counter": self._obj(family, name=name)}}
 
+    def add_limit(self, family: str, name: str, *, rate: int, per: str, burst: int) -> Command:
+        return {"add": {"limit": self._obj(family, name=name, rate=rate, per=per, burst=burst)}}
+
+    def delete_limit(self, family: str, name: str) -> Command:
+        return {"delete": {"limit": self._obj(family, name=name)}}
+
     def add_set(self, family: str, name: str, key_type: str | Sequence[str], elements: Sequence[Any] = ()) -> Command:
         """A named set (a list of types: concatenated keys); with ``elements``,
         created holding them (re-adding is a no-op)."""
@@ -167,8 +184,12 @@ class Table:
         return {"flush": {"set": self._obj(family, name=name)}}
 
     def add_verdict_map(self, family: str, name: str, key_type: str | Sequence[str]) -> Command:
+        return self.add_map(family, name, key_type, "verdict")
+
+    def add_map(self, family: str, name: str, key_type: str | Sequence[str], data: str) -> Command:
+        """A named map to ``data``: ``verdict``, or ``counter``/``limit`` (named objects)."""
         key = key_type if isinstance(key_type, str) else list(key_type)
-        return {"add": {"map": self._obj(family, name=name, type=key, map="verdict")}}
+        return {"add": {"map": self._obj(family, name=name, type=key, map=data)}}
 
     def add_element(self, family: str, set_name: str, elements: Iterable[Any]) -> Command:
         return {"add": {"element": self._obj(family, name=set_name, elem=list(elements))}}

@@ -11,7 +11,7 @@ list is copied), and ``ICMP_PROTOS``, ICMP of either family.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from guestfence.nftables import build as b
 from guestfence.nftables.build import Command, Expr
@@ -34,11 +34,17 @@ def constant_sets(table: b.Table, family: str) -> list[Command]:
             table.add_set(family, ICMP_PROTOS, "inet_proto", ("icmp", "ipv6-icmp"))]  # fmt: skip
 
 
-def rule_matches(rule: Rule, names: Names, gateways: Iterable[Address], *, deny: bool) -> list[list[Expr]]:
+GatewayLookup = Callable[[int], Expr]
+"""IP version -> the match of ``@gateway`` as a lookup (e.g. ``iifname . ip
+daddr @gateways4``), for rules shared by guests whose gateways differ."""
+
+
+def rule_matches(rule: Rule, names: Names, gateways: Iterable[Address] | GatewayLookup, *, deny: bool) -> list[list[Expr]]:
     """The match expressions of one policy rule: one list per nft rule it
     becomes (one per address family where it names addresses), empty when it
     can match nothing. A name that did not resolve matches nothing in an allow, everything (of its protocol and
-    ports) in a deny."""
+    ports) in a deny. ``gateways``: the addresses ``@gateway`` stands for, or
+    a ``GatewayLookup`` (then ``@gateway`` becomes one rule per IP version)."""
     return [[*_proto_exprs(rule, version), *host_exprs]
             for version, host_exprs in _host_alternatives(rule, gateways, names, deny=deny)]
 
@@ -55,7 +61,7 @@ def _proto_exprs(rule: Rule, version: int | None) -> list[Expr]:
     return exprs
 
 
-def _host_alternatives(rule: Rule, gateways: Iterable[Address], names: Names, *,
+def _host_alternatives(rule: Rule, gateways: Iterable[Address] | GatewayLookup, names: Names, *,
                        deny: bool) -> list[tuple[int | None, list[Expr]]]:
     """(IP version or None for both, destination matches), one per nft rule;
     empty when the rule can match nothing."""
@@ -68,6 +74,8 @@ def _host_alternatives(rule: Rule, gateways: Iterable[Address], names: Names, *,
     if isinstance(host, SymbolHost) and host.symbol is Symbol.HOST:
         return [(None, [b.match(b.fib_daddr_type(), f"@{TO_HOST_TYPES}")])]
     if isinstance(host, SymbolHost):
+        if callable(gateways):
+            return [(version, [gateways(version)]) for version in (4, 6)]
         return _address_sets(gateways)
     assert isinstance(host, NameHost)
     resolved = names.get(host.name)

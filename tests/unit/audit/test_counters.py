@@ -31,3 +31,18 @@ def test_named_counters_are_looked_up() -> None:
 
 def test_a_drop_rule_without_a_counter_counts_nothing() -> None:
     assert sum_drop_counters([rule({"drop": None})]) == 0
+
+
+def test_counters_named_through_a_map_are_summed() -> None:
+    items = [
+        {"counter": {"family": "inet", "table": "guestfence", "name": "guest.a.dropped", "packets": 4, "bytes": 9}},
+        {"counter": {"family": "inet", "table": "guestfence", "name": "guest.b.dropped", "packets": 6, "bytes": 9}},
+        {"counter": {"family": "inet", "table": "guestfence", "name": "guest.a.accepted", "packets": 50, "bytes": 9}},
+        {"map": {"family": "inet", "table": "guestfence", "name": "dropped", "map": "counter",
+                 "elem": [["vmtap-a", "guest.a.dropped"], ["vmtap-b", "guest.b.dropped"]]}},
+        {"map": {"family": "inet", "table": "guestfence", "name": "accepted", "map": "counter",
+                 "elem": [["vmtap-a", "guest.a.accepted"]]}},
+        rule({"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@dropped"}}}, {"drop": None}),
+        rule({"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@accepted"}}}, {"accept": None}),
+    ]
+    assert sum_drop_counters(items) == 10

@@ -59,7 +59,7 @@ def test_golden_routed_guest_ruleset() -> None:
 def test_golden_bridged_guest_add_and_remove() -> None:
     vm = guest("br1", 2, mac="02:00:00:00:00:02", bridge="br0")
     check_golden("bridged_add", list(compile_add(vm, Settings(), {}, others=[], replaces=None).commands))
-    check_golden("bridged_remove", list(compile_remove(vm, Settings(), others=[]).commands))
+    check_golden("bridged_remove", list(compile_remove(vm, Settings(), {}, others=[]).commands))
 
 
 def test_golden_flush() -> None:
@@ -68,6 +68,13 @@ def test_golden_flush() -> None:
 
 def _rules(commands: tuple[dict, ...], chain: str) -> list[list[dict]]:
     return [c["add"]["rule"]["expr"] for c in commands if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain]
+
+
+def _profile(commands: tuple[dict, ...], part: str | None = None) -> str:
+    """The chain of the (only) profile in ``commands``."""
+    (entry,) = {c["add"]["chain"]["name"] for c in commands if c.get("add", {}).get("chain", {}).get("name", "").count(".") == 1
+                and c["add"]["chain"]["name"].startswith("policy.")}  # fmt: skip
+    return entry if part is None else f"{entry}.{part}"
 
 
 def _verdicts(rules: list[list[dict]]) -> list[str]:
@@ -91,17 +98,42 @@ def test_adding_a_guest_touches_only_its_own_objects_whatever_the_number_of_gues
     named = [c for c in large for body in c.values() for obj in body.values() if isinstance(obj, dict) and "name" in obj]
     owners = {guest_of(obj["name"]) for c in named for body in c.values() for obj in body.values()}
     assert owners <= {None, "vm1"}
+    for command in large:
+        for body in command.values():
+            for kind, obj in body.items():
+                if kind == "element":
+                    assert "vmtap-g" not in json.dumps(obj["elem"]), "no element of another guest"
+
+
+def test_guests_of_one_policy_share_one_profile_and_own_only_elements() -> None:
+    many = [guest(f"g{i}", i) for i in range(1, 40)]
+    commands = compile_ruleset(many, Settings(), {}).commands
+    chains = [c["add"]["chain"]["name"] for c in commands if "chain" in c.get("add", {})]
+    assert len([c for c in chains if c.startswith("policy.")]) == 3, "one profile: entry, host, out"
+    assert len([c for c in chains if c.startswith("guest.")]) == len(many), "one ND-target chain per guest with IPv6"
+    def rule_count(guests: list[Guest]) -> int:
+        return sum("rule" in c.get("add", {}) for c in compile_ruleset(guests, Settings(), {}).commands)
+
+    assert rule_count(many) == rule_count(many[:1]) + len(many) - 1, "a guest more: its ND-target rule, nothing else"
+
+
+def test_removing_the_last_guest_of_a_profile_removes_the_profile_and_only_then() -> None:
+    first, second = guest(), guest("vm2", 2)
+    deletes = {json.dumps(c) for c in compile_remove(first, Settings(), {}, others=[second]).commands if "delete" in c}
+    assert not any("policy." in d for d in deletes), "vm2 still uses it"
+    deletes = {json.dumps(c) for c in compile_remove(first, Settings(), {}, others=[]).commands if "delete" in c}
+    assert len([d for d in deletes if "policy." in d]) == 3
 
 
 def test_echo_is_the_policys_and_only_what_the_link_needs_is_accepted_before_it() -> None:
     commands = compile_ruleset([guest(allow=("tcp://@gateway:8080",), deny=("icmp://@host",))], Settings(), {}).commands
-    host = _rules(commands, "guest.vm1.host")
+    host = _rules(commands, _profile(commands, "host"))
     verdicts = _verdicts(host)
-    assert verdicts[-1] == "goto:guest.vm1.drop"
+    assert verdicts[-1] == "goto:drop"
     assert not any("echo-request" in json.dumps(r) for r in host), "no fixed accept of ping"
     assert json.dumps(host[0]).count("@link_icmpv6") == 1 and verdicts[0] == "accept"
     to_host = {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}}, "right": "@to_host"}}
-    assert to_host in host[1] and verdicts[1] == "goto:guest.vm1.drop"
+    assert to_host in host[1] and verdicts[1] == "goto:drop"
 
 
 def test_host_means_every_type_the_host_receives() -> None:
@@ -115,19 +147,22 @@ def test_translated_connections_are_dispatched_again_after_nat() -> None:
     for chain in ("input", "forward"):
         rules = [json.dumps(c["add"]["rule"]["expr"]) for c in commands
                  if c.get("add", {}).get("rule", {}).get("chain") == chain and c["add"]["rule"]["family"] == "inet"]
-        assert len(rules) == 2 and all('"dnat"' in r and '"new"' in r and '"vmap"' in r for r in rules), chain
+        prerouting = [json.dumps(c["add"]["rule"]["expr"]) for c in commands
+                      if c.get("add", {}).get("rule", {}).get("chain") == "prerouting" and c["add"]["rule"]["family"] == "inet"]
+        assert len(rules) == len(prerouting) - 1 == 10, "every dispatch rule but the unregistered interfaces'"
+        assert all('"dnat"' in r and '"new"' in r and '"vmap"' in r for r in rules), chain
 
 
 def test_default_allow_accepts_at_the_end_but_other_guests_stay_out_of_reach() -> None:
     commands = compile_ruleset([guest(allow=(), default="allow")], Settings(), {}).commands
-    out = _rules(commands, "guest.vm1.out")
+    out = _rules(commands, _profile(commands, "out"))
     assert _verdicts(out)[-1] == "accept"
     assert [r[0]["match"]["right"] for r in out[:2]] == [f"@{GUEST_ADDRS[4]}", f"@{GUEST_ADDRS[6]}"]
 
 
 def test_wildcard_allows_come_after_the_other_guests_drop_and_named_ones_before() -> None:
     commands = compile_ruleset([guest(allow=("tcp://*:80", "tcp://198.51.100.0/24:7000"))], Settings(), {}).commands
-    out = _rules(commands, "guest.vm1.out")
+    out = _rules(commands, _profile(commands, "out"))
     rights = [json.dumps(r) for r in out]
     named = next(i for i, r in enumerate(rights) if "198.51.100.0" in r)
     others = next(i for i, r in enumerate(rights) if "@guest_addrs4" in r)
@@ -137,15 +172,15 @@ def test_wildcard_allows_come_after_the_other_guests_drop_and_named_ones_before(
 
 def test_unresolved_names_decide_closed() -> None:
     commands = compile_ruleset([guest(allow=("nowhere.example:443",), deny=("gone.example:22",))], Settings(), {}).commands
-    host = json.dumps(_rules(commands, "guest.vm1.host"))
+    host = json.dumps(_rules(commands, _profile(commands, "host")))
     assert '"right": 443' not in host, "an allow about an unresolved name matches nothing"
-    deny = [r for r in _rules(commands, "guest.vm1.host") if '"right": 22' in json.dumps(r)]
+    deny = [r for r in _rules(commands, _profile(commands, "host")) if '"right": 22' in json.dumps(r)]
     assert len(deny) == 1 and "daddr" not in json.dumps(deny[0]), "a deny about it matches every destination"
 
 
 def test_resolved_names_become_one_rule_per_family() -> None:
     commands = compile_ruleset([guest(allow=("api.example.com:443",))], Settings(), NAMES).commands
-    rules = [json.dumps(r) for r in _rules(commands, "guest.vm1.out") if '"right": 443' in json.dumps(r)]
+    rules = [json.dumps(r) for r in _rules(commands, _profile(commands, "out")) if '"right": 443' in json.dumps(r)]
     assert len(rules) == 2 and "203.0.113.7" in rules[0] and "2001:db8::7" in rules[1]
 
 
@@ -180,9 +215,9 @@ def test_pattern_can_be_turned_off() -> None:
 
 
 def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
-    from guestfence.guests.antispoof import antispoof_rules, screen_rules
+    from guestfence.guests.antispoof import bridge_screen_rules, screen_rules
 
-    for rules in ([json.dumps(r) for r in screen_rules(bridged=False)], [json.dumps(r) for r in antispoof_rules(guest(), "bridge")]):
+    for rules in ([json.dumps(r) for r in screen_rules({"drop": None}, nd_targets=True)], [json.dumps(r) for r in bridge_screen_rules()]):
         unspecified = [r for r in rules if '"right": "::"' in r]
         assert any('"l4proto"' in r and '"op": "!="' in r and "ipv6-icmp" in r for r in unspecified), "UDP/TCP from :: drop"
         assert any("@unspecified_source_icmpv6" in r for r in unspecified), "ICMPv6 from :: only for DAD and MLD"
@@ -190,12 +225,12 @@ def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
 
 def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
     commands = compile_ruleset([guest()], Settings(), {}).commands
-    entry = [json.dumps(r) for r in _rules(commands, "guest.vm1")]
+    entry = [json.dumps(r) for r in _rules(commands, _profile(commands))]
     assert entry[0] == json.dumps([{"jump": {"target": "screen"}}]), "the shared checks come first"
     assert not any('"established"' in r for r in entry[:1])
     screen = [json.dumps(r) for r in _rules(commands, "screen")]
     state = next(i for i, r in enumerate(screen) if '"invalid"' in r)
-    martians = [i for i, r in enumerate(screen) if '"daddr"' in r and '"@drops"' in r]
+    martians = [i for i, r in enumerate(screen) if '"daddr"' in r and '"goto": {"target": "drop"}' in r]
     assert len(martians) == 5 and max(martians) < state
     listed = " ".join(screen[i] for i in martians)
     assert all(net in listed for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"'))
@@ -211,5 +246,5 @@ def test_the_nat_chain_exists_only_while_a_guest_masquerades() -> None:
     assert {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in compile_ruleset([plain], Settings(), {}).commands
     assert nat_rules(compile_ruleset([plain, masked], Settings(), {}).commands) == 2
     assert nat_rules(compile_add(plain, Settings(), {}, others=[masked], replaces=None).commands) == 2
-    removal = compile_remove(masked, Settings(), others=[plain]).commands
+    removal = compile_remove(masked, Settings(), {}, others=[plain]).commands
     assert nat_rules(removal) == 0 and {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in removal
