@@ -33,14 +33,24 @@ def nft(scene: Scene, *argv: str) -> str:
     return sh("nft", *argv, netns=scene.host).stdout
 
 
-def last_rule_handle(scene: Scene, chain: str) -> int:
+def rule_handle(scene: Scene, chain: str, position: int) -> int:
     listed = json.loads(nft(scene, "-a", "-j", "list", "chain", "inet", "guestfence", chain))["nftables"]
-    return [item["rule"]["handle"] for item in listed if "rule" in item][-1]
+    return [item["rule"]["handle"] for item in listed if "rule" in item][position]
 
 
-def replace_last_rule_with_accept(chain: str) -> Callable[[Scene, GuestLink], None]:
+def profile_of(scene: Scene, link: GuestLink) -> str:
+    """The policy profile chain the guest's interface is dispatched to."""
+    listed = json.loads(nft(scene, "-j", "list", "map", "inet", "guestfence", "guests"))["nftables"]
+    (entry,) = [e for item in listed if "map" in item for e in item["map"]["elem"]
+                if (e[0]["elem"]["val"] if isinstance(e[0], dict) else e[0]) == link.iface]  # fmt: skip
+    return str(entry[1]["goto"]["target"])
+
+
+def replace_rule_with_accept(chain: str, position: int) -> Callable[[Scene, GuestLink], None]:
+    """``chain`` may name ``{profile}``, the guest's policy profile."""
     def edit(scene: Scene, link: GuestLink) -> None:
-        nft(scene, "replace", "rule", "inet", "guestfence", chain, "handle", str(last_rule_handle(scene, chain)), "accept")
+        name = chain.format(profile=profile_of(scene, link))
+        nft(scene, "replace", "rule", "inet", "guestfence", name, "handle", str(rule_handle(scene, name, position)), "accept")
 
     return edit
 
@@ -51,20 +61,23 @@ def recreate_prerouting_empty(scene: Scene, link: GuestLink) -> None:
 
 
 EDITS: dict[str, tuple[Callable[[Scene, GuestLink], None], str]] = {
-    "prerouting flushed and re-added empty": (recreate_prerouting_empty, "chain inet prerouting: rule 1 `meta iifname vmap @guests` is missing"),
+    "prerouting flushed and re-added empty": (
+        recreate_prerouting_empty, "chain inet prerouting: rule 1 `meta iifname . ip saddr vmap @dispatch4` is missing"),
     "accept inserted before the dispatch": (
         lambda scene, link: nft(scene, "insert", "rule", "inet", "guestfence", "prerouting", "accept"),
         "chain inet prerouting: unexpected rule at position 1: `accept`",
     ),
-    "guest's final drop replaced by accept": (replace_last_rule_with_accept("guest.g1.host"), "guest g1: chain inet guest.g1.host: rule"),
-    "drop chain's drop replaced by accept": (replace_last_rule_with_accept("guest.g1.drop"), "guest g1: chain inet guest.g1.drop: rule 2"),
+    "policy's final drop replaced by accept": (
+        replace_rule_with_accept("{profile}.host", -1), "policy of guest g1: chain inet {profile}.host: rule"),
+    "drop chain's counted drop replaced by accept": (
+        replace_rule_with_accept("guest_drop", 1), "chain inet guest_drop: rule 2 `counter name meta iifname map @dropped drop`"),
     "local removed from to_host": (
         lambda scene, link: nft(scene, "delete", "element", "inet", "guestfence", "to_host", "{ local }"),
         "set inet to_host: element local is missing",
     ),
     "drop chain flushed": (
-        lambda scene, link: nft(scene, "flush", "chain", "inet", "guestfence", "guest.g1.drop"),
-        "guest g1: chain inet guest.g1.drop: rule 1",
+        lambda scene, link: nft(scene, "flush", "chain", "inet", "guestfence", "guest_drop"),
+        "chain inet guest_drop: rule 1",
     ),
 }  # fmt: skip
 
@@ -81,6 +94,7 @@ def test_a_hand_edit_that_opens_a_denied_port_is_drift_until_restore(scene: Scen
     assert scene.reachable(link.netns, targets(link)) == allowed
     assert scene.gf("status").returncode == 0
     change, named = EDITS[edit]
+    named = named.format(profile=profile_of(scene, link))
     change(scene, link)
     opened = scene.reachable(link.netns, targets(link), timeout=3.0) - allowed
     assert opened, f"control: {edit} should open a denied port"

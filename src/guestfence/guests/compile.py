@@ -7,8 +7,8 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
           iifname . ip saddr vmap @dispatch4       -> goto policy.P   (the guest's own source)
           iifname . ip6 saddr vmap @dispatch6      -> goto policy.P
           ip6 saddr fe80::/64 | :: : iifname vmap @guests -> goto policy.P
-          iifname vmap @drops                      -> goto drop       (a guest's spoofed source)
-          the same five keyed by iifname . ether saddr (bridge ports) -> drop_bridged
+          iifname vmap @drops                      -> goto guest_drop (a guest's spoofed source)
+          the same five keyed by iifname . ether saddr (bridge ports) -> guest_drop_bridged
           iifname "vmtap*" goto unregistered
       input, forward  hook input / forward, priority filter (0), policy accept
           ct status dnat ct state new, then the same dispatch: a connection
@@ -17,21 +17,23 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
                         it compiles to the same rules for: [its MAC: iifname .
                         ether saddr @macs]; jump screen; ct established,related
                         accept; fib daddr type @to_host goto policy.P.host;
-                        goto policy.P.out (or drop when it would accept nothing)
+                        goto policy.P.out (or guest_drop when it would accept nothing)
       policy.P.host     what the link needs (ND, MLD); deny rules; allow rules; default
       policy.P.out      deny rules; allow rules naming addresses; other guests'
                         addresses drop; allow rules for *; default
       screen            ``::`` only in DAD/MLD, advertised ND targets (iifname vmap
                         @nd_targets -> jump guest.NAME.nd), RA, redirects, martian
-                        destinations, ct invalid: each goto drop; else return
-      drop              limit name iifname map @log_limits log prefix "guestfence drop: ";
-                        counter name iifname map @dropped drop; drop
+                        destinations, ct invalid: each goto guest_drop; else return
+      guest_drop        limit name iifname map @log_limits log prefix "guestfence drop: ";
+                        counter name iifname map @dropped drop; drop (guest_drop_bridged:
+                        the same keyed by iifname . ether saddr)
       guest.NAME.nd     the only per-guest chain, for guests with IPv6 addresses
       postrouting       hook postrouting (nat): ip saddr @masquerade4 masquerade (and IPv6),
                         only while a guest masquerades (a nat chain costs every packet)
-    arp guestfence      input: iifname vmap @guests -> goto screen (sender MAC and IPv4)
+    arp guestfence      input: iifname vmap @guests -> goto screen (sender MAC and IPv4);
+                        guest_drop as in inet
     bridge guestfence   prerouting: iifname vmap @guests -> goto screen (L2 anti-spoofing);
-                        forward: iifname vmap @ports -> goto drop (no L2 forwarding)
+                        forward: iifname vmap @ports -> goto guest_drop (no L2 forwarding)
 
 A guest is elements only: its addresses in the dispatch maps (and in arp,
 bridge ``sources4``/``sources6``), its gateways in ``gateways4/6``
@@ -84,7 +86,8 @@ Rules of the compiler:
 7. A verdict never follows a lookup that can miss in the same rule unless a
    miss is safe: ``counter name ... map`` stops the rule when the key is
    missing, so ``drop`` ends with a plain drop, and an accept after it
-   only fails closed.
+   only fails closed. A chain may not be named like an nft keyword (``drop``):
+   what ``nft list ruleset`` prints must load back.
 """
 
 from __future__ import annotations

@@ -237,6 +237,8 @@ def describe_expr(expr: Any) -> str:
         return f"{kind} {body['target']}"
     if kind == "vmap":
         return f"{describe_value(body['key'])} vmap {describe_value(body['data'])}"
+    if kind in ("counter", "limit") and isinstance(body, dict) and isinstance(body.get("map"), dict):
+        return f"{kind} name {describe_value(body['map'].get('key'))} map {describe_value(body['map'].get('data'))}"
     if kind == "counter":
         return "counter" if body is None else f"counter name {describe_value(body)}"
     if kind == "log":

@@ -42,9 +42,10 @@ SCREEN = "screen"
 arp, bridge: all of anti-spoofing), one chain for all guests."""
 SCREEN_BRIDGED = "screen_bridged"
 """inet: the same for guests behind a bridge."""
-DROP = "drop"
-"""The drop of every guest: the log (rate-limited per guest), its counter, drop."""
-DROP_BRIDGED = "drop_bridged"
+DROP = "guest_drop"
+"""The drop of every guest: the log (rate-limited per guest), its counter, drop.
+(Not "drop": a chain named like a keyword would not load back from ``nft list``.)"""
+DROP_BRIDGED = "guest_drop_bridged"
 """inet: the same for guests behind a bridge (keyed by bridge . MAC)."""
 DISPATCH = {4: "dispatch4", 6: "dispatch6"}
 """inet: interface . source address -> goto the guest's policy profile: the

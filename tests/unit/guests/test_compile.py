@@ -129,11 +129,11 @@ def test_echo_is_the_policys_and_only_what_the_link_needs_is_accepted_before_it(
     commands = compile_ruleset([guest(allow=("tcp://@gateway:8080",), deny=("icmp://@host",))], Settings(), {}).commands
     host = _rules(commands, _profile(commands, "host"))
     verdicts = _verdicts(host)
-    assert verdicts[-1] == "goto:drop"
+    assert verdicts[-1] == "goto:guest_drop"
     assert not any("echo-request" in json.dumps(r) for r in host), "no fixed accept of ping"
     assert json.dumps(host[0]).count("@link_icmpv6") == 1 and verdicts[0] == "accept"
     to_host = {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}}, "right": "@to_host"}}
-    assert to_host in host[1] and verdicts[1] == "goto:drop"
+    assert to_host in host[1] and verdicts[1] == "goto:guest_drop"
 
 
 def test_host_means_every_type_the_host_receives() -> None:
@@ -230,7 +230,7 @@ def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
     assert not any('"established"' in r for r in entry[:1])
     screen = [json.dumps(r) for r in _rules(commands, "screen")]
     state = next(i for i, r in enumerate(screen) if '"invalid"' in r)
-    martians = [i for i, r in enumerate(screen) if '"daddr"' in r and '"goto": {"target": "drop"}' in r]
+    martians = [i for i, r in enumerate(screen) if '"daddr"' in r and '"goto": {"target": "guest_drop"}' in r]
     assert len(martians) == 5 and max(martians) < state
     listed = " ".join(screen[i] for i in martians)
     assert all(net in listed for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"'))
