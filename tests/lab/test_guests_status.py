@@ -68,7 +68,7 @@ EDITS: dict[str, tuple[Callable[[Scene, GuestLink], None], str]] = {
         "chain inet prerouting: unexpected rule at position 1: `accept`",
     ),
     "policy's final drop replaced by accept": (
-        replace_rule_with_accept("{profile}.host", -1), "policy of guest g1: chain inet {profile}.host: rule"),
+        replace_rule_with_accept("{profile}.host", -1), "guest g1: chain inet {profile}.host: rule"),
     "drop chain's counted drop replaced by accept": (
         replace_rule_with_accept("guest_drop", 1), "chain inet guest_drop: rule 2 `counter name meta iifname map @dropped drop`"),
     "local removed from to_host": (

@@ -50,7 +50,8 @@ def map_keys(scene: Scene) -> set[str]:
     """The interface names the live ``guests`` map dispatches (``iifname vmap @guests``)."""
     done = sh("nft", "-j", "list", "map", "inet", "guestfence", "guests", netns=scene.host)
     body = next(item["map"] for item in json.loads(done.stdout)["nftables"] if "map" in item)
-    return {str(entry[0]) for entry in body.get("elem", [])}
+    # An element with a comment (every guest's) is listed as {"elem": {"val": ..., "comment": ...}}.
+    return {str(entry[0]["elem"]["val"] if isinstance(entry[0], dict) else entry[0]) for entry in body.get("elem", [])}
 
 
 def start_qemu(lab: Lab, scene: Scene, guests: Path, tap: str, name: str = "q1") -> subprocess.Popen[bytes]:

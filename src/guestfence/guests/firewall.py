@@ -69,7 +69,7 @@ from guestfence.resolve import Resolution, Resolver, resolve_names
 from guestfence.state import FeaturePlan
 
 if TYPE_CHECKING:  # drift (difflib, threading, ctypes) is imported by status and restore only: start-up of guest add
-    from guestfence.guests.drift import Item
+    from guestfence.guests.drift import Drift, Item
 
 GUESTS_KEY = "guests"
 
@@ -532,8 +532,10 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
         users.setdefault(profile.name, []).append(name)
     drifts = [d for d in compare_listings(expected, live, element_owner=_element_owners(registry))
               if not d.text.startswith(f"set {n.INET} {n.GENERATION}:")]  # fmt: skip
+    # A difference in a profile's chains is a difference of every guest using it.
+    drifts = [shared for d in drifts for shared in _shared_drift(d, users)]
     registered = {m.guest.name for m in registry.members}
-    general = [_shared_drift(d.text, users) for d in drifts if d.guest not in registered]
+    general = [d.text for d in drifts if d.guest not in registered]
     general += _generation_drift(registry, expected, live)
     general += registry.problems()
     counters = _counters(live)
@@ -574,16 +576,12 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
 _PROFILE_NAME = re.compile(rf"\b{n.PROFILE}\.[0-9a-f]+")
 
 
-def _shared_drift(text: str, users: Mapping[str, list[str]]) -> str:
-    """A difference in a profile's chains concerns every guest using it: say which."""
-    found = _PROFILE_NAME.search(text)
+def _shared_drift(drift: Drift, users: Mapping[str, list[str]]) -> list[Drift]:
+    """``drift`` as the drift of each guest using the profile it concerns, if any."""
+    found = _PROFILE_NAME.search(drift.text) if drift.guest is None else None
     if found is None:
-        return text
-    names = users.get(found.group(0), [])
-    if not names:
-        return f"unused policy profile: {text}"
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return f"policy of guest{'s' if len(names) > 1 else ''} {shown}: {text}"
+        return [drift]
+    return [replace(drift, guest=name) for name in users.get(found.group(0), [])] or [drift]
 
 
 def _element_owners(registry: Registry) -> Callable[[Any], str | None]:
