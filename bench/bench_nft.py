@@ -168,7 +168,7 @@ def churn(count: int, rounds: int) -> dict[str, float]:
         apply_nft(nft, list(compile_add(newcomer, Settings(), {}, others=existing, replaces=None).commands), step="add")
         added.append(time.perf_counter() - start)
         start = time.perf_counter()
-        apply_nft(nft, list(compile_remove(newcomer, Settings(), others=existing).commands), step="remove")
+        apply_nft(nft, list(compile_remove(newcomer, Settings(), {}, others=existing).commands), step="remove")
         removed.append(time.perf_counter() - start)
     return {"add_s": statistics.median(added), "remove_s": statistics.median(removed)}
 

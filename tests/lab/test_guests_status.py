@@ -8,6 +8,7 @@ same way, and ``restore`` with a bad record installs every good guest."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -253,3 +254,34 @@ def test_restore_with_an_unreadable_lockdown_record_still_installs_the_guests(sc
     assert restored.returncode == 2 and "not done: lockdown" in restored.stderr and "Traceback" not in restored.stderr
     assert scene.reachable(link.netns, targets(link)) == {f"tcp://{link.gateway4}:8080"}
     assert json.loads(path.read_text())["lockdown"] == {"patterns": 7}, "left for a human, not rewritten"
+
+
+def test_what_status_does_not_build_twice_is_listed_as_the_kernel_lists_it(scene: Scene) -> None:
+    """``status`` takes the counters and set elements of the expected ruleset
+    from the batch itself (drift.split_direct), not from the scratch
+    namespace: for guests of every kind, that equals what the kernel lists
+    when the whole batch is applied."""
+    from guestfence.guests.compile import Settings, compile_ruleset
+    from guestfence.guests.drift import compare_listings, expected_listing, split_direct
+    from guestfence.guests.guest import parse_guest
+    from guestfence.policy.model import Policy
+
+    policy = Policy.parse(allow=["tcp://@gateway:8080", "api.example:443", "icmp://*"], deny=["tcp://@host:22"])
+    names = {"api.example": frozenset({ipaddress.ip_address("203.0.113.7"), ipaddress.ip_address("2001:db8::7")})}
+    guests = [
+        parse_guest(name="r1", iface="vmtap-r1", addresses=["192.0.2.2/30", "2001:db8:1::2/64", "2001:db8:1::a:b/64"],
+                    gateways=["192.0.2.1", "2001:db8:1::1"], policy=policy, mac="02:00:00:00:00:01", masquerade=True,
+                    comment="rack 4, é"),
+        parse_guest(name="r2", iface="vmtap-r2", addresses=["192.0.2.6/30"], gateways=["192.0.2.5"], policy=policy),
+        parse_guest(name="b1", iface="vmtap-b1", addresses=["203.0.113.11/24", "2001:db8:2::11/64"], gateways=["203.0.113.1"],
+                    policy=policy, mac="02:00:00:00:00:b1", bridge="br0"),
+    ]  # fmt: skip
+    commands = list(compile_ruleset(guests, Settings(generation=3, closed=("vmtap-x",)), names).commands)
+    built, direct = split_direct(commands)
+    assert len(direct) > 20 and len(built) < len(commands), "control: the bulk is taken directly"
+    sh("nft", "-j", "-f", "-", netns=scene.host, input=json.dumps({"nftables": commands}))
+    listed = [item for family in ("inet", "arp", "bridge")
+              for item in json.loads(nft(scene, "-j", "list", "table", family, "guestfence"))["nftables"]]  # fmt: skip
+    expected, _ = expected_listing(commands, meanwhile=lambda: None)
+    assert compare_listings(expected, listed) == []
+    assert compare_listings(expected, [i for i in listed if i.get("counter", {}).get("name") != "guest.r2.dropped"]), "control"

@@ -142,9 +142,9 @@ def _arp_sender_rule(drop: Expr) -> list[Expr]:
             match(concat(meta("iifname"), payload("arp", "saddr ip")), f"@{SOURCES[4]}", "!="), drop]  # fmt: skip
 
 
-def source_keys(who: Sequence[str], addresses: Sequence[object]) -> list[object]:
-    """Elements ``who . address`` (``who``: interface, or bridge and MAC)."""
-    return [concat(*who, str(a)) for a in addresses]
+def source_keys(who: Sequence[str], addresses: Sequence[str]) -> list[object]:
+    """Elements ``who . address`` (``who``: interface, or bridge and MAC; addresses as text)."""
+    return [concat(*who, a) for a in addresses]
 
 
 def _none_of(left: Expr, values: Sequence[object]) -> list[Expr]:

@@ -24,7 +24,7 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       screen            ``::`` only in DAD/MLD, advertised ND targets (iifname vmap
                         @nd_targets -> jump guest.NAME.nd), RA, redirects, martian
                         destinations, ct invalid: each goto guest_drop; else return
-      guest_drop        limit name iifname map @log_limits log prefix "guestfence drop: ";
+      guest_drop        meter log_rate { iifname limit rate 5/second } log prefix "guestfence drop: ";
                         counter name iifname map @dropped drop; drop (guest_drop_bridged:
                         the same keyed by iifname . ether saddr)
       guest.NAME.nd     the only per-guest chain, for guests with IPv6 addresses
@@ -38,8 +38,9 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
 A guest is elements only: its addresses in the dispatch maps (and in arp,
 bridge ``sources4``/``sources6``), its gateways in ``gateways4/6``
 (``@gateway`` is ``iifname . ip daddr @gateways4``), its named counters
-``guest.NAME.accepted``/``.dropped`` and log limit ``guest.NAME.log``
-reached through the maps ``accepted``, ``dropped``, ``log_limits``, its
+``guest.NAME.accepted``/``.dropped`` reached through the maps
+``accepted`` and ``dropped`` (its drop log is limited per interface by a
+meter, whose elements appear as guests drop), its
 MAC in ``macs``; plus ``guest.NAME.nd`` when it has IPv6 addresses. Its
 policy is the profile ``policy.P``, where P is a digest of the profile's
 compiled rules: guests whose rules compile the same (same policy, same
@@ -78,7 +79,7 @@ Rules of the compiler:
    that names an address (a CIDR or a DNS name); ``*`` and the default do
    not cover it, as ``decide`` says with ``Context.guests``.
 6. ``compile_add``/``compile_remove`` touch only one guest's elements,
-   counters, limit and ND chain, its profile (re-created; deleted with its
+   counters and ND chain, its profile (re-created; deleted with its
    last guest), plus re-creating the constant base rules (the nat chain
    among them while any guest masquerades, so they are told the other
    guests), so the transaction is the same with 1 guest or 10,000. Removal
@@ -124,7 +125,6 @@ from guestfence.guests.names import (
     BRIDGED_DROPPED_MAP,
     BRIDGED_DROPS_MAP,
     BRIDGED_GATEWAYS,
-    BRIDGED_LOG_LIMITS_MAP,
     BRIDGED_MAP,
     DISPATCH,
     DROP,
@@ -138,7 +138,8 @@ from guestfence.guests.names import (
     GUESTS_MAP,
     INET,
     INPUT,
-    LOG_LIMITS_MAP,
+    BRIDGED_LOG_RATE_METER,
+    LOG_RATE_METER,
     LOG_PREFIX,
     MACS,
     MASQUERADE,
@@ -271,20 +272,27 @@ class Profiles:
 
     def __init__(self, names: Names) -> None:
         self._names = names
-        self._by_policy: dict[tuple[int, str], tuple[object, dict[tuple[Any, ...], Profile]]] = {}
+        self._policies: dict[int, tuple[Any, int, tuple[str, ...]]] = {}
+        self._distinct: dict[Any, int] = {}
+        self._compiled: dict[tuple[Any, ...], Profile] = {}
         self.used: dict[str, Profile] = {}
         """Every profile asked for, by name, in the order first asked."""
 
     def of(self, guest: Guest) -> Profile:
         kind = "bridged" if guest.bridge is not None else "mac" if guest.mac is not None else "routed"
+        # Guests parsed from one file or record mostly share one Policy
+        # object (config, guest._recorded_policy): it is hashed once per
+        # object, not once per guest (a policy's hash walks all its rules).
         policy = guest.policy
-        # Keyed by identity: recorded guests share their Policy objects
-        # (guest._recorded_policy); the entry keeps the policy alive.
-        _, compiled = self._by_policy.setdefault((id(policy), kind), (policy, {}))
-        resolved = tuple((name, self._names.get(name)) for name in sorted(policy.names()))
-        profile = compiled.get(resolved)
+        known = self._policies.get(id(policy))
+        if known is None or known[0] is not policy:
+            index = self._distinct.setdefault(policy, len(self._distinct))
+            known = self._policies[id(policy)] = (policy, index, tuple(sorted(policy.names())))
+        _, index, names = known
+        key = (index, kind, *((name, self._names.get(name)) for name in names))
+        profile = self._compiled.get(key)
         if profile is None:
-            profile = compiled[resolved] = _compile_profile(guest, kind, self._names)
+            profile = self._compiled[key] = _compile_profile(guest, kind, self._names)
         self.used.setdefault(profile.name, profile)
         return profile
 
@@ -373,17 +381,14 @@ def _maps(family: str) -> list[Command]:
             OURS.add_set(INET, MACS, bridged),
             OURS.add_map(INET, ACCEPTED_MAP, "ifname", "counter"),
             OURS.add_map(INET, DROPPED_MAP, "ifname", "counter"),
-            OURS.add_map(INET, LOG_LIMITS_MAP, "ifname", "limit"),
             OURS.add_map(INET, BRIDGED_ACCEPTED_MAP, bridged, "counter"),
             OURS.add_map(INET, BRIDGED_DROPPED_MAP, bridged, "counter"),
-            OURS.add_map(INET, BRIDGED_LOG_LIMITS_MAP, bridged, "limit"),
         ]
     commands = [
         OURS.add_verdict_map(family, GUESTS_MAP, "ifname"),
         OURS.add_set(family, MACS, ["ifname", "ether_addr"]),
         OURS.add_set(family, SOURCES[4], ["ifname", "ipv4_addr"]),
         OURS.add_map(family, DROPPED_MAP, "ifname", "counter"),
-        OURS.add_map(family, LOG_LIMITS_MAP, "ifname", "limit"),
     ]
     if family == ARP:
         return [*commands, OURS.add_set(ARP, WITH_MAC, "ifname")]
@@ -395,21 +400,22 @@ def _shared_chains() -> dict[tuple[str, str], list[list[Expr]]]:
     """(family, chain) -> rules of the chains every guest shares."""
     drop, drop_bridged = b.goto(DROP), b.goto(DROP_BRIDGED)
     return {
-        (INET, DROP): _drop_rules(_IIFNAME, LOG_LIMITS_MAP, DROPPED_MAP),
-        (INET, DROP_BRIDGED): _drop_rules(_BRIDGED_KEY, BRIDGED_LOG_LIMITS_MAP, BRIDGED_DROPPED_MAP),
+        (INET, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED_MAP),
+        (INET, DROP_BRIDGED): _drop_rules(_BRIDGED_KEY, BRIDGED_LOG_RATE_METER, BRIDGED_DROPPED_MAP),
         (INET, SCREEN): _screen(drop, nd_targets=True),
         (INET, SCREEN_BRIDGED): _screen(drop_bridged, nd_targets=False),
-        (ARP, DROP): _drop_rules(_IIFNAME, LOG_LIMITS_MAP, DROPPED_MAP),
+        (ARP, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED_MAP),
         (ARP, SCREEN): arp_screen_rules(),
-        (BRIDGE, DROP): _drop_rules(_IIFNAME, LOG_LIMITS_MAP, DROPPED_MAP),
+        (BRIDGE, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED_MAP),
         (BRIDGE, SCREEN): bridge_screen_rules(),
     }
 
 
-def _drop_rules(key: Expr, limits: str, counters: str) -> list[list[Expr]]:
-    """Log (rate-limited per guest), count, drop: the final plain ``drop``
-    holds even for a key some map lacks (rule 7)."""
-    return [[b.limit_map(key, limits), b.log(LOG_PREFIX)], [b.counter_map(key, counters), b.DROP], [b.DROP]]
+def _drop_rules(key: Expr, meter: str, counters: str) -> list[list[Expr]]:
+    """Log (rate-limited per guest: one guest's flood never silences another's
+    log), count, drop: the final plain ``drop`` holds even for a key the
+    counter map lacks (rule 7)."""
+    return [[b.meter_limit(meter, key, *LOG_RATE), b.log(LOG_PREFIX)], [b.counter_map(key, counters), b.DROP], [b.DROP]]
 
 
 def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
@@ -596,11 +602,10 @@ def _nd_chain_family(guest: Guest) -> str | None:
 
 
 def _guest_objects(guest: Guest) -> list[Command]:
-    """The guest's named counters and log limits, and its ND-target chain."""
+    """The guest's named counters and its ND-target chain."""
     commands: list[Command] = []
     for family in _tables_of(guest):
         commands += [OURS.add_counter(family, counter) for counter in _counters_of(guest, family)]
-        commands.append(OURS.add_limit(family, guest_counter(guest.name, "log"), rate=LOG_RATE[0], per=LOG_RATE[1], burst=LOG_RATE[2]))
     family = _nd_chain_family(guest)
     if family is not None:
         chain = guest_chain(guest.name, "nd")
@@ -612,24 +617,25 @@ def _guest_objects(guest: Guest) -> list[Command]:
 def _elements_of(guest: Guest, profile: Profile) -> list[tuple[str, str, list[object]]]:
     """(family, map or set, elements) the guest owns."""
     label = f"guest {guest.name}" + (f": {guest.comment}" if guest.comment else "")
-    counters = {what: guest_counter(guest.name, what) for what in ("accepted", "dropped", "log")}
-    nd = guest_chain(guest.name, "nd")
+    accepted, dropped = guest_counter(guest.name, "accepted"), guest_counter(guest.name, "dropped")
+    # Each address as text once: this runs for every guest of apply and status.
+    own = {v: [str(a.ip) for a in guest.addresses if a.version == v] for v in (4, 6)}
+    gateways = {v: [str(g) for g in guest.gateways if g.version == v] for v in (4, 6)}
+    nd = [b.jump(guest_chain(guest.name, "nd"))] if own[6] else [b.goto(DROP)]
     owned: list[tuple[str, str, list[object]]] = []
     if guest.bridge is None:
         iface = guest.iface
-        owned += [(INET, DISPATCH[v], [b.map_entry(key, profile.name) for key in source_keys([iface], guest.own(v))]) for v in (4, 6)]
+        owned += [(INET, DISPATCH[v], [b.map_entry(key, profile.name) for key in source_keys([iface], own[v])]) for v in (4, 6)]
         owned += [
             (INET, GUESTS_MAP, [b.map_entry(iface, profile.name, label)]),
             (INET, DROPS_MAP, [b.map_entry(iface, DROP)]),
-            (INET, ND_TARGETS, [[iface, b.jump(nd)] if guest.own(6) else b.map_entry(iface, DROP)]),
-            *((INET, GATEWAYS[v], source_keys([iface], guest.gateways_of(v))) for v in (4, 6)),
-            (INET, ACCEPTED_MAP, [[iface, counters["accepted"]]]),
-            (INET, DROPPED_MAP, [[iface, counters["dropped"]]]),
-            (INET, LOG_LIMITS_MAP, [[iface, counters["log"]]]),
+            (INET, ND_TARGETS, [[iface, *nd]]),
+            *((INET, GATEWAYS[v], source_keys([iface], gateways[v])) for v in (4, 6)),
+            (INET, ACCEPTED_MAP, [[iface, accepted]]),
+            (INET, DROPPED_MAP, [[iface, dropped]]),
             (ARP, GUESTS_MAP, [b.map_entry(iface, SCREEN)]),
-            (ARP, SOURCES[4], source_keys([iface], guest.own(4))),
-            (ARP, DROPPED_MAP, [[iface, counters["dropped"]]]),
-            (ARP, LOG_LIMITS_MAP, [[iface, counters["log"]]]),
+            (ARP, SOURCES[4], source_keys([iface], own[4])),
+            (ARP, DROPPED_MAP, [[iface, dropped]]),
         ]
         if guest.mac is not None:
             owned += [(family, MACS, [b.concat(iface, guest.mac)]) for family in (INET, ARP)]
@@ -637,27 +643,24 @@ def _elements_of(guest: Guest, profile: Profile) -> list[tuple[str, str, list[ob
     else:
         port, who = guest.iface, [guest.bridge, guest.mac]
         key = b.concat(*who)
-        owned += [(INET, BRIDGED_DISPATCH[v], [b.map_entry(k, profile.name) for k in source_keys(who, guest.own(v))]) for v in (4, 6)]
+        owned += [(INET, BRIDGED_DISPATCH[v], [b.map_entry(k, profile.name) for k in source_keys(who, own[v])]) for v in (4, 6)]
         owned += [
             (INET, BRIDGED_MAP, [b.map_entry(key, profile.name, label)]),
             (INET, BRIDGED_DROPS_MAP, [b.map_entry(key, DROP_BRIDGED)]),
-            *((INET, BRIDGED_GATEWAYS[v], source_keys(who, guest.gateways_of(v))) for v in (4, 6)),
-            (INET, BRIDGED_ACCEPTED_MAP, [[key, counters["accepted"]]]),
-            (INET, BRIDGED_DROPPED_MAP, [[key, counters["dropped"]]]),
-            (INET, BRIDGED_LOG_LIMITS_MAP, [[key, counters["log"]]]),
+            *((INET, BRIDGED_GATEWAYS[v], source_keys(who, gateways[v])) for v in (4, 6)),
+            (INET, BRIDGED_ACCEPTED_MAP, [[key, accepted]]),
+            (INET, BRIDGED_DROPPED_MAP, [[key, dropped]]),
             (BRIDGE, GUESTS_MAP, [b.map_entry(port, SCREEN)]),
             (BRIDGE, PORTS_MAP, [b.map_entry(port, DROP)]),
-            (BRIDGE, ND_TARGETS, [[port, b.jump(nd)] if guest.own(6) else b.map_entry(port, DROP)]),
+            (BRIDGE, ND_TARGETS, [[port, *nd]]),
             (BRIDGE, MACS, [b.concat(port, guest.mac)]),
-            *((BRIDGE, SOURCES[v], source_keys([port], guest.own(v))) for v in (4, 6)),
-            (BRIDGE, DROPPED_MAP, [[port, counters["dropped"]]]),
-            (BRIDGE, LOG_LIMITS_MAP, [[port, counters["log"]]]),
+            *((BRIDGE, SOURCES[v], source_keys([port], own[v])) for v in (4, 6)),
+            (BRIDGE, DROPPED_MAP, [[port, dropped]]),
         ]
     for v in (4, 6):
-        own = [str(a) for a in guest.own(v)]
-        owned.append((INET, GUEST_ADDRS[v], own))
+        owned.append((INET, GUEST_ADDRS[v], own[v]))
         if guest.masquerade:
-            owned.append((INET, MASQUERADE[v], own))
+            owned.append((INET, MASQUERADE[v], own[v]))
     return [(family, name, elements) for family, name, elements in owned if elements]
 
 
@@ -665,12 +668,10 @@ def _guest_removal(guest: Guest, profile: Profile, *, last: bool) -> list[Comman
     """Delete the guest's objects, and its ``profile`` when it was the ``last``
     guest using it (else the profile is re-created in place, as by
     ``compile_add``); each object is added first, so a missing one is no
-    error. Elements go first: they refer to the counters, limits and chains."""
+    error. Elements go first: they refer to the counters and chains."""
     commands: list[Command] = []
-    limit = guest_counter(guest.name, "log")
     for family in _tables_of(guest):
         commands += [OURS.add_counter(family, counter) for counter in _counters_of(guest, family)]
-        commands.append(OURS.add_limit(family, limit, rate=LOG_RATE[0], per=LOG_RATE[1], burst=LOG_RATE[2]))
     nd_family = _nd_chain_family(guest)
     nd = guest_chain(guest.name, "nd")
     if nd_family is not None:
@@ -685,7 +686,6 @@ def _guest_removal(guest: Guest, profile: Profile, *, last: bool) -> list[Comman
         commands += [OURS.delete_chain(INET, chain) for chain, _ in profile.chains]
     for family in _tables_of(guest):
         commands += [OURS.delete_counter(family, counter) for counter in _counters_of(guest, family)]
-        commands.append(OURS.delete_limit(family, limit))
     return commands
 
 

@@ -5,7 +5,7 @@ Our objects live in tables called ``TABLE`` in three families: ``inet``
 ``bridge`` (anti-spoofing for guests whose interface is a bridge port).
 Nothing outside these tables is ever created, changed or deleted.
 
-Per-guest names (its counters, its limit, its ND chain) join parts with ``SEPARATOR``, a character ``GUEST_NAME``
+Per-guest names (its counters, its ND chain) join parts with ``SEPARATOR``, a character ``GUEST_NAME``
 does not allow, so guest ``a`` can never own guest ``a.x``'s objects and no
 per-guest name equals a base chain's. Guest names are checked with
 ``GUEST_NAME`` once, where they enter (command line, TOML file, state file).
@@ -80,10 +80,12 @@ ACCEPTED_MAP = "accepted"
 """inet: interface -> the guest's named counter of accepted packets."""
 DROPPED_MAP = "dropped"
 """every family: interface -> the guest's named counter of dropped packets."""
-LOG_LIMITS_MAP = "log_limits"
-"""every family: interface -> the guest's named limit of drop log lines."""
-BRIDGED_ACCEPTED_MAP, BRIDGED_DROPPED_MAP, BRIDGED_LOG_LIMITS_MAP = "bridged_accepted", "bridged_dropped", "bridged_log_limits"
-"""inet: the same three keyed by bridge . MAC."""
+BRIDGED_ACCEPTED_MAP, BRIDGED_DROPPED_MAP = "bridged_accepted", "bridged_dropped"
+"""inet: the same two keyed by bridge . MAC."""
+LOG_RATE_METER = "log_rate"
+"""every family: the meter (a dynamic set the drop chain fills) limiting each
+interface's drop log lines; ``log_rate_bridged``: by bridge . MAC in inet."""
+BRIDGED_LOG_RATE_METER = "log_rate_bridged"
 GUEST_ADDRS = {4: "guest_addrs4", 6: "guest_addrs6"}
 """Every registered guest's own addresses: only rules naming them reach another guest."""
 MASQUERADE = {4: "masquerade4", 6: "masquerade6"}
@@ -111,7 +113,7 @@ def guest_chain(guest: str, part: str | None = None) -> str:
 
 
 def guest_counter(guest: str, what: str) -> str:
-    """``guest.NAME.accepted`` / ``guest.NAME.dropped`` (counters), ``guest.NAME.log`` (the limit of its drop log)."""
+    """``guest.NAME.accepted`` / ``guest.NAME.dropped``."""
     return guest_chain(guest, what)
 
 

@@ -107,9 +107,11 @@ def counter_map(key: Expr, map_name: str) -> Expr:
     return {"counter": {"map": {"key": key, "data": f"@{map_name}"}}}
 
 
-def limit_map(key: Expr, map_name: str) -> Expr:
-    """Pass while the named limit that ``map_name`` gives for ``key`` allows."""
-    return {"limit": {"map": {"key": key, "data": f"@{map_name}"}}}
+def meter_limit(name: str, key: Expr, rate: int, per: str, burst: int) -> Expr:
+    """Pass while the rate of packets of each ``key`` allows: a limit per key,
+    kept in the dynamic set ``name`` (elements appear as keys are seen; a
+    table listing does not show them)."""
+    return {"meter": {"name": name, "key": key, "stmt": limit(rate, per, burst)}}
 
 
 def limit(rate: int, per: str, burst: int) -> Expr:
@@ -166,12 +168,6 @@ class Table:
     def delete_counter(self, family: str, name: str) -> Command:
         return {"delete": {"counter": self._obj(family, name=name)}}
 
-    def add_limit(self, family: str, name: str, *, rate: int, per: str, burst: int) -> Command:
-        return {"add": {"limit": self._obj(family, name=name, rate=rate, per=per, burst=burst)}}
-
-    def delete_limit(self, family: str, name: str) -> Command:
-        return {"delete": {"limit": self._obj(family, name=name)}}
-
     def add_set(self, family: str, name: str, key_type: str | Sequence[str], elements: Sequence[Any] = ()) -> Command:
         """A named set (a list of types: concatenated keys); with ``elements``,
         created holding them (re-adding is a no-op)."""
@@ -187,7 +183,7 @@ class Table:
         return self.add_map(family, name, key_type, "verdict")
 
     def add_map(self, family: str, name: str, key_type: str | Sequence[str], data: str) -> Command:
-        """A named map to ``data``: ``verdict``, or ``counter``/``limit`` (named objects)."""
+        """A named map to ``data``: ``verdict``, or ``counter`` (named counters)."""
         key = key_type if isinstance(key_type, str) else list(key_type)
         return {"add": {"map": self._obj(family, name=name, type=key, map=data)}}
 
