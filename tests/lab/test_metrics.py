@@ -35,9 +35,10 @@ def metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
-def nft_counter(scene: Scene, family: str, name: str) -> tuple[int, int]:
-    listed = json.loads(sh("nft", "-j", "list", "counter", family, "guestfence", name, netns=scene.host).stdout)["nftables"]
-    body = next(item["counter"] for item in listed if "counter" in item)
+def nft_counter(scene: Scene, family: str, counting: str, iface: str) -> tuple[int, int]:
+    """The counter of ``iface``'s element of the counting set ``counting``."""
+    listed = json.loads(sh("nft", "-j", "list", "set", family, "guestfence", counting, netns=scene.host).stdout)["nftables"]
+    body = next(e["elem"]["counter"] for item in listed if "set" in item for e in item["set"]["elem"] if e["elem"]["val"] == iface)
     return int(body["packets"]), int(body["bytes"])
 
 
@@ -56,7 +57,7 @@ def test_counters_follow_the_packets_and_drift_shows(scene: Scene, tmp_path: Pat
     assert dropped_packets >= len(denied), "every denied probe was dropped and counted"
     assert values["guestfence_guest_dropped_bytes_total"][labels] >= 28 * len(denied)
     assert values["guestfence_guest_accepted_packets_total"][labels] >= 1
-    late_packets, _ = nft_counter(scene, "inet", "guest.m1.dropped")
+    late_packets, _ = nft_counter(scene, "inet", "dropped", link.iface)
     assert dropped_packets <= late_packets, "never more than the kernel counted"
     assert values["guestfence_guest_rules"][labels] > 0
     assert values["guestfence_drift"][()] == 0

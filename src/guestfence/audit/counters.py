@@ -29,23 +29,24 @@ def collect_drop_count(nft: NftHandle) -> int | None:
 def sum_drop_counters(items: Iterable[dict[str, Any]]) -> int:
     """The packets of every counter on a rule whose verdict is drop, anonymous
     (``{"counter": {"packets": N}}``), named (``{"counter": "name"}``) or
-    named through a map (``{"counter": {"map": {"data": "@m"}}}``: every
-    counter the map names)."""
+    the elements of a set the rule looks up whose elements count (a set
+    with a counter per element: the lookup counts into the element found)."""
     items = list(items)
     named = {c["name"]: c.get("packets", 0) for item in items if isinstance(c := item.get("counter"), dict)}
-    mapped = {m["name"]: [e[1] for e in m.get("elem", []) if isinstance(e, list) and len(e) == 2]
-              for item in items if isinstance(m := item.get("map"), dict) and m.get("map") == "counter"}  # fmt: skip
+    counting = {f"@{body['name']}": sum(int(e["elem"]["counter"].get("packets", 0)) for e in body.get("elem", [])
+                                       if isinstance(e, dict) and isinstance(e.get("elem"), dict) and isinstance(e["elem"].get("counter"), dict))
+                for item in items if isinstance(body := item.get("set"), dict)}  # fmt: skip
     total = 0
     for item in items:
         expr = item.get("rule", {}).get("expr", [])
         if not any("drop" in stmt for stmt in expr):
             continue
         for stmt in expr:
+            lookup = stmt.get("match")
+            if isinstance(lookup, dict) and lookup.get("op") in ("==", "in") and isinstance(lookup.get("right"), str):
+                total += counting.get(lookup["right"], 0)
             counter = stmt.get("counter")
-            if isinstance(counter, dict) and isinstance(counter.get("map"), dict):
-                data = str(counter["map"].get("data", "")).removeprefix("@")
-                total += sum(int(named.get(name, 0)) for name in mapped.get(data, []))
-            elif isinstance(counter, dict):
+            if isinstance(counter, dict):
                 total += int(counter.get("packets", 0))
             elif isinstance(counter, str):
                 total += int(named.get(counter, 0))

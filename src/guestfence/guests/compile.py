@@ -16,7 +16,7 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       policy.P          one per compiled policy ("profile"), shared by every guest
                         it compiles to the same rules for: [its MAC: iifname .
                         ether saddr @macs]; jump screen; ct established,related
-                        accept; fib daddr type @to_host goto policy.P.host;
+                        iifname @accepted accept; fib daddr type @to_host goto policy.P.host;
                         goto policy.P.out (or guest_drop when it would accept nothing)
       policy.P.host     what the link needs (ND, MLD); deny rules; allow rules; default
       policy.P.out      deny rules; allow rules naming addresses; other guests'
@@ -25,8 +25,10 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
                         @nd_targets -> jump guest.NAME.nd), RA, redirects, martian
                         destinations, ct invalid: each goto guest_drop; else return
       guest_drop        meter log_rate { iifname limit rate 5/second } log prefix "guestfence drop: ";
-                        counter name iifname map @dropped drop; drop (guest_drop_bridged:
-                        the same keyed by iifname . ether saddr)
+                        iifname @dropped drop; drop (guest_drop_bridged: the same keyed
+                        by iifname . ether saddr)
+      accepted, dropped sets of interfaces with a counter per element: the lookup
+                        counts into the guest's element (its accepted, dropped packets)
       guest.NAME.nd     the only per-guest chain, for guests with IPv6 addresses
       postrouting       hook postrouting (nat): ip saddr @masquerade4 masquerade (and IPv6),
                         only while a guest masquerades (a nat chain costs every packet)
@@ -37,18 +39,18 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
 
 A guest is elements only: its addresses in the dispatch maps (and in arp,
 bridge ``sources4``/``sources6``), its gateways in ``gateways4/6``
-(``@gateway`` is ``iifname . ip daddr @gateways4``), its named counters
-``guest.NAME.accepted``/``.dropped`` reached through the maps
-``accepted`` and ``dropped`` (its drop log is limited per interface by a
-meter, whose elements appear as guests drop), its
-MAC in ``macs``; plus ``guest.NAME.nd`` when it has IPv6 addresses. Its
+(``@gateway`` is ``iifname . ip daddr @gateways4``), its counters as
+its elements of ``accepted`` and ``dropped`` (its drop log is limited per
+interface by a meter, whose elements appear as guests drop), its MAC in
+``macs``; plus ``guest.NAME.nd`` when it has IPv6 addresses. Its
 policy is the profile ``policy.P``, where P is a digest of the profile's
 compiled rules: guests whose rules compile the same (same policy, same
 resolved names, same kind: routed, routed with a MAC, bridged) share it.
 Why: libnftables 1.0.6 spends about 45 µs of CPU and 7 KB per rule it
-adds and a few µs per element; 5,000 guests of one policy were ~75,000
-rules and 30,000 chains (apply 13 s, 960 MB) and are now ~30 rules,
-12 chains and ~60,000 elements and named objects.
+adds and a few µs per element, and lists a named counter object ten
+times slower than an element; 5,000 guests of one policy were ~75,000
+rules, 30,000 chains and 15,000 counters (apply 13 s, 960 MB) and are
+now ~60 rules, 16 chains and ~55,000 elements.
 
 Rules of the compiler:
 
@@ -61,8 +63,8 @@ Rules of the compiler:
    policy allows both (``policy.decide.decide_translated``).
 2. Per packet the cost is one map lookup to reach the guest's profile
    whatever the number of guests, and that lookup is the source check; a
-   guest's accepted packets cost one more (its counter). No rule is a
-   guest's own but its ND-target check.
+   guest's accepted packets cost one more (its counting element). No rule
+   is a guest's own but its ND-target check.
 3. A rule becomes one nft rule per address family it can match; a DNS name
    becomes the addresses it resolved to (``names``); one that did not
    resolve makes an allow match nothing and a deny match every destination.
@@ -78,16 +80,16 @@ Rules of the compiler:
 5. Guest-to-guest: another guest's address is reached only through a rule
    that names an address (a CIDR or a DNS name); ``*`` and the default do
    not cover it, as ``decide`` says with ``Context.guests``.
-6. ``compile_add``/``compile_remove`` touch only one guest's elements,
-   counters and ND chain, its profile (re-created; deleted with its
+6. ``compile_add``/``compile_remove`` touch only one guest's elements
+   and ND chain, its profile (re-created; deleted with its
    last guest), plus re-creating the constant base rules (the nat chain
    among them while any guest masquerades, so they are told the other
    guests), so the transaction is the same with 1 guest or 10,000. Removal
    is idempotent (each object is added, then deleted, in the same transaction).
 7. A verdict never follows a lookup that can miss in the same rule unless a
-   miss is safe: ``counter name ... map`` stops the rule when the key is
-   missing, so ``drop`` ends with a plain drop, and an accept after it
-   only fails closed. A chain may not be named like an nft keyword (``drop``):
+   miss is safe: ``iifname @dropped drop`` does nothing for an interface
+   the set lacks, so ``guest_drop`` ends with a plain drop; an accept
+   after ``iifname @accepted`` only fails closed. A chain may not be named like an nft keyword (``drop``):
    what ``nft list ruleset`` prints must load back.
 """
 
@@ -117,19 +119,19 @@ from guestfence.guests.antispoof import (
 from guestfence.nftables.build import ACCEPT, Command, Expr
 from guestfence.guests.guest import DEFAULT_PATTERN, Guest
 from guestfence.guests.names import (
-    ACCEPTED_MAP,
+    ACCEPTED,
     ARP,
     BRIDGE,
-    BRIDGED_ACCEPTED_MAP,
+    BRIDGED_ACCEPTED,
     BRIDGED_DISPATCH,
-    BRIDGED_DROPPED_MAP,
+    BRIDGED_DROPPED,
     BRIDGED_DROPS_MAP,
     BRIDGED_GATEWAYS,
     BRIDGED_MAP,
     DISPATCH,
     DROP,
     DROP_BRIDGED,
-    DROPPED_MAP,
+    DROPPED,
     DROPS_MAP,
     FAMILIES,
     FORWARD,
@@ -153,7 +155,6 @@ from guestfence.guests.names import (
     UNREGISTERED,
     WITH_MAC,
     guest_chain,
-    guest_counter,
     profile_chain,
 )
 from guestfence.policy.model import Action, AnyHost, Rule, Symbol, SymbolHost
@@ -379,16 +380,16 @@ def _maps(family: str) -> list[Command]:
             OURS.add_verdict_map(INET, BRIDGED_DROPS_MAP, bridged),
             OURS.add_verdict_map(INET, ND_TARGETS, "ifname"),
             OURS.add_set(INET, MACS, bridged),
-            OURS.add_map(INET, ACCEPTED_MAP, "ifname", "counter"),
-            OURS.add_map(INET, DROPPED_MAP, "ifname", "counter"),
-            OURS.add_map(INET, BRIDGED_ACCEPTED_MAP, bridged, "counter"),
-            OURS.add_map(INET, BRIDGED_DROPPED_MAP, bridged, "counter"),
+            OURS.add_set(INET, ACCEPTED, "ifname", counters=True),
+            OURS.add_set(INET, DROPPED, "ifname", counters=True),
+            OURS.add_set(INET, BRIDGED_ACCEPTED, bridged, counters=True),
+            OURS.add_set(INET, BRIDGED_DROPPED, bridged, counters=True),
         ]
     commands = [
         OURS.add_verdict_map(family, GUESTS_MAP, "ifname"),
         OURS.add_set(family, MACS, ["ifname", "ether_addr"]),
         OURS.add_set(family, SOURCES[4], ["ifname", "ipv4_addr"]),
-        OURS.add_map(family, DROPPED_MAP, "ifname", "counter"),
+        OURS.add_set(family, DROPPED, "ifname", counters=True),
     ]
     if family == ARP:
         return [*commands, OURS.add_set(ARP, WITH_MAC, "ifname")]
@@ -400,22 +401,22 @@ def _shared_chains() -> dict[tuple[str, str], list[list[Expr]]]:
     """(family, chain) -> rules of the chains every guest shares."""
     drop, drop_bridged = b.goto(DROP), b.goto(DROP_BRIDGED)
     return {
-        (INET, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED_MAP),
-        (INET, DROP_BRIDGED): _drop_rules(_BRIDGED_KEY, BRIDGED_LOG_RATE_METER, BRIDGED_DROPPED_MAP),
+        (INET, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
+        (INET, DROP_BRIDGED): _drop_rules(_BRIDGED_KEY, BRIDGED_LOG_RATE_METER, BRIDGED_DROPPED),
         (INET, SCREEN): _screen(drop, nd_targets=True),
         (INET, SCREEN_BRIDGED): _screen(drop_bridged, nd_targets=False),
-        (ARP, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED_MAP),
+        (ARP, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
         (ARP, SCREEN): arp_screen_rules(),
-        (BRIDGE, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED_MAP),
+        (BRIDGE, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
         (BRIDGE, SCREEN): bridge_screen_rules(),
     }
 
 
 def _drop_rules(key: Expr, meter: str, counters: str) -> list[list[Expr]]:
     """Log (rate-limited per guest: one guest's flood never silences another's
-    log), count, drop: the final plain ``drop`` holds even for a key the
-    counter map lacks (rule 7)."""
-    return [[b.meter_limit(meter, key, *LOG_RATE), b.log(LOG_PREFIX)], [b.counter_map(key, counters), b.DROP], [b.DROP]]
+    log), count (the lookup counts into the guest's element), drop: the final
+    plain ``drop`` holds even for a key the set lacks (rule 7)."""
+    return [[b.meter_limit(meter, key, *LOG_RATE), b.log(LOG_PREFIX)], [b.match(key, f"@{counters}"), b.DROP], [b.DROP]]
 
 
 def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
@@ -515,7 +516,7 @@ def _compile_profile(guest: Guest, kind: str, names: Names) -> Profile:
     bridged = kind == "bridged"
     who = _BRIDGED_KEY if bridged else _IIFNAME
     drop = b.goto(DROP_BRIDGED if bridged else DROP)
-    accept = [b.counter_map(who, BRIDGED_ACCEPTED_MAP if bridged else ACCEPTED_MAP), ACCEPT]
+    accept = [b.match(who, f"@{BRIDGED_ACCEPTED if bridged else ACCEPTED}"), ACCEPT]
     gateway_sets = BRIDGED_GATEWAYS if bridged else GATEWAYS
 
     def gateway(version: int) -> Expr:
@@ -589,11 +590,6 @@ def _tables_of(guest: Guest) -> tuple[str, ...]:
     return (INET, BRIDGE) if guest.bridge is not None else (INET, ARP)
 
 
-def _counters_of(guest: Guest, family: str) -> tuple[str, ...]:
-    whats = ("accepted", "dropped") if family == INET else ("dropped",)
-    return tuple(guest_counter(guest.name, what) for what in whats)
-
-
 def _nd_chain_family(guest: Guest) -> str | None:
     """Where the guest's ``guest.NAME.nd`` chain is (None: it has no IPv6 address)."""
     if not guest.own(6):
@@ -602,10 +598,8 @@ def _nd_chain_family(guest: Guest) -> str | None:
 
 
 def _guest_objects(guest: Guest) -> list[Command]:
-    """The guest's named counters and its ND-target chain."""
+    """The guest's ND-target chain (its only object but elements)."""
     commands: list[Command] = []
-    for family in _tables_of(guest):
-        commands += [OURS.add_counter(family, counter) for counter in _counters_of(guest, family)]
     family = _nd_chain_family(guest)
     if family is not None:
         chain = guest_chain(guest.name, "nd")
@@ -617,7 +611,6 @@ def _guest_objects(guest: Guest) -> list[Command]:
 def _elements_of(guest: Guest, profile: Profile) -> list[tuple[str, str, list[object]]]:
     """(family, map or set, elements) the guest owns."""
     label = f"guest {guest.name}" + (f": {guest.comment}" if guest.comment else "")
-    accepted, dropped = guest_counter(guest.name, "accepted"), guest_counter(guest.name, "dropped")
     # Each address as text once: this runs for every guest of apply and status.
     own = {v: [str(a.ip) for a in guest.addresses if a.version == v] for v in (4, 6)}
     gateways = {v: [str(g) for g in guest.gateways if g.version == v] for v in (4, 6)}
@@ -631,11 +624,11 @@ def _elements_of(guest: Guest, profile: Profile) -> list[tuple[str, str, list[ob
             (INET, DROPS_MAP, [b.map_entry(iface, DROP)]),
             (INET, ND_TARGETS, [[iface, *nd]]),
             *((INET, GATEWAYS[v], source_keys([iface], gateways[v])) for v in (4, 6)),
-            (INET, ACCEPTED_MAP, [[iface, accepted]]),
-            (INET, DROPPED_MAP, [[iface, dropped]]),
+            (INET, ACCEPTED, [iface]),
+            (INET, DROPPED, [iface]),
             (ARP, GUESTS_MAP, [b.map_entry(iface, SCREEN)]),
             (ARP, SOURCES[4], source_keys([iface], own[4])),
-            (ARP, DROPPED_MAP, [[iface, dropped]]),
+            (ARP, DROPPED, [iface]),
         ]
         if guest.mac is not None:
             owned += [(family, MACS, [b.concat(iface, guest.mac)]) for family in (INET, ARP)]
@@ -648,14 +641,14 @@ def _elements_of(guest: Guest, profile: Profile) -> list[tuple[str, str, list[ob
             (INET, BRIDGED_MAP, [b.map_entry(key, profile.name, label)]),
             (INET, BRIDGED_DROPS_MAP, [b.map_entry(key, DROP_BRIDGED)]),
             *((INET, BRIDGED_GATEWAYS[v], source_keys(who, gateways[v])) for v in (4, 6)),
-            (INET, BRIDGED_ACCEPTED_MAP, [[key, accepted]]),
-            (INET, BRIDGED_DROPPED_MAP, [[key, dropped]]),
+            (INET, BRIDGED_ACCEPTED, [key]),
+            (INET, BRIDGED_DROPPED, [key]),
             (BRIDGE, GUESTS_MAP, [b.map_entry(port, SCREEN)]),
             (BRIDGE, PORTS_MAP, [b.map_entry(port, DROP)]),
             (BRIDGE, ND_TARGETS, [[port, *nd]]),
             (BRIDGE, MACS, [b.concat(port, guest.mac)]),
             *((BRIDGE, SOURCES[v], source_keys([port], own[v])) for v in (4, 6)),
-            (BRIDGE, DROPPED_MAP, [[port, dropped]]),
+            (BRIDGE, DROPPED, [port]),
         ]
     for v in (4, 6):
         owned.append((INET, GUEST_ADDRS[v], own[v]))
@@ -668,10 +661,8 @@ def _guest_removal(guest: Guest, profile: Profile, *, last: bool) -> list[Comman
     """Delete the guest's objects, and its ``profile`` when it was the ``last``
     guest using it (else the profile is re-created in place, as by
     ``compile_add``); each object is added first, so a missing one is no
-    error. Elements go first: they refer to the counters and chains."""
+    error. Elements go first: they refer to the chains."""
     commands: list[Command] = []
-    for family in _tables_of(guest):
-        commands += [OURS.add_counter(family, counter) for counter in _counters_of(guest, family)]
     nd_family = _nd_chain_family(guest)
     nd = guest_chain(guest.name, "nd")
     if nd_family is not None:
@@ -684,8 +675,6 @@ def _guest_removal(guest: Guest, profile: Profile, *, last: bool) -> list[Comman
     if last:
         commands += [OURS.flush_chain(INET, chain) for chain, _ in profile.chains]
         commands += [OURS.delete_chain(INET, chain) for chain, _ in profile.chains]
-    for family in _tables_of(guest):
-        commands += [OURS.delete_counter(family, counter) for counter in _counters_of(guest, family)]
     return commands
 
 

@@ -4,7 +4,8 @@ The contract: ``status`` reports a difference for every object of our
 tables whose content is not what the recorded state compiles to — tables,
 chains (type, hook, priority, policy), every rule in order, sets and maps
 with their elements, named counters (their identity, not their values).
-Counter values and handles are the only things ignored.
+Counter values (of named counters, anonymous ones and set elements') and
+handles are the only things ignored.
 
 How "what we would install" is known without a second description of the
 ruleset: ``expected_listing`` applies the very batch ``restore`` would
@@ -13,8 +14,7 @@ that exists only for the call, and lists it back. Both sides then come
 from the same kernel and libnftables in the same listing form, so the
 comparison is generic: a new rule shape in compile.py needs no change here.
 Only the bulk of the batch skips the scratch namespace (``split_direct``):
-the named counters and the set and map elements, whose listed form is
-their form in the batch (names, interface names, addresses as
+the set and map elements, whose listed form is their form in the batch (names, interface names, addresses as
 ``inet_ntop`` prints them, concatenations and verdicts of those). At 5,000
 guests they are nearly all of the batch, and building them a second time
 cost more than the rest of ``status``; what they are compared with is
@@ -100,21 +100,18 @@ def expected_listing(commands: Sequence[Command], *, meanwhile: Callable[[], T])
 
 def split_direct(commands: Sequence[Command]) -> tuple[list[Command], list[Item]]:
     """(the commands to build in the scratch namespace, listing items of the
-    rest): ``add counter`` as the counter listed without its values, ``add
-    element`` of plain values as an ``element`` item (``normalise`` puts its
-    elements in their set). A set flushed or an element or counter deleted
-    in the batch keeps the whole batch in the scratch namespace. Pure."""
-    if any(kind in ("delete", "destroy") and next(iter(body)) in ("element", "counter") for c in commands for kind, body in c.items()):
+    rest): ``add element`` of plain values as an ``element`` item
+    (``normalise`` puts its elements in their set). A set flushed or an
+    element deleted in the batch keeps the whole batch in the scratch
+    namespace. Pure."""
+    if any(kind in ("delete", "destroy") and next(iter(body)) == "element" for c in commands for kind, body in c.items()):
         return list(commands), []
     flushed = {(b["set"]["family"], b["set"]["name"]) for c in commands if isinstance(b := c.get("flush"), dict) and "set" in b}
     built: list[Command] = []
     direct: list[Item] = []
     for command in commands:
         added = command.get("add")
-        if isinstance(added, dict) and "counter" in added:
-            body = added["counter"]
-            direct.append({"counter": {"family": body["family"], "name": body["name"], "table": body["table"]}})
-        elif (isinstance(added, dict) and "element" in added and (added["element"]["family"], added["element"]["name"]) not in flushed
+        if (isinstance(added, dict) and "element" in added and (added["element"]["family"], added["element"]["name"]) not in flushed
               and all(_plain_element(e) for e in added["element"]["elem"])):  # fmt: skip
             direct.append({"element": added["element"]})
         else:
@@ -124,24 +121,27 @@ def split_direct(commands: Sequence[Command]) -> tuple[list[Command], list[Item]
 
 def _plain_element(element: Any) -> bool:
     """Whether nft lists ``element`` exactly as it was given."""
-    if isinstance(element, list):
-        return len(element) == 2 and _plain_key(element[0]) and (isinstance(element[1], str) or _plain_verdict(element[1]))
+    if type(element) is list:
+        return len(element) == 2 and _plain_key(element[0]) and (type(element[1]) is str or _plain_verdict(element[1]))
     return _plain_key(element)
 
 
 def _plain_key(key: Any) -> bool:
-    if isinstance(key, str):
+    if type(key) is str:
         return _listed_as_given(key)
-    if isinstance(key, dict) and isinstance(key.get("elem"), dict) and set(key["elem"]) <= {"val", "comment"}:
-        return _plain_key(key["elem"].get("val"))
-    if isinstance(key, dict) and len(key) == 1 and isinstance(key.get("concat"), list):
-        return all(isinstance(part, str) and _listed_as_given(part) for part in key["concat"])
-    return False
+    if type(key) is not dict or len(key) != 1:
+        return False
+    if type(elem := key.get("elem")) is dict:
+        return elem.keys() <= {"val", "comment"} and _plain_key(elem.get("val"))
+    parts = key.get("concat")
+    return type(parts) is list and all(type(part) is str and _listed_as_given(part) for part in parts)
 
 
 def _plain_verdict(value: Any) -> bool:
-    return (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("goto", "jump")
-            and isinstance(target := next(iter(value.values())), dict) and isinstance(target.get("target"), str))  # fmt: skip
+    if type(value) is not dict or len(value) != 1:
+        return False
+    target = value.get("goto") or value.get("jump")
+    return type(target) is dict and type(target.get("target")) is str
 
 
 def _listed_as_given(text: str) -> bool:
@@ -196,7 +196,7 @@ def normalise(items: Iterable[Item]) -> Objects:
         kept = {k: v for k, v in body.items() if k not in _VOLATILE}
         name = str(kept.get("name"))
         if kind in ("set", "map"):
-            elements[(kind, family, name)] = kept.pop("elem", [])
+            elements[(kind, family, name)] = [_uncounted(e) for e in kept.pop("elem", [])]
         if kind == "chain":
             rules.setdefault((family, name), [])
         attrs[(kind, family, name)] = kept
@@ -207,6 +207,28 @@ def normalise(items: Iterable[Item]) -> Objects:
     return Objects(attrs=attrs, rules=rules, elements=elements)
 
 
+def _uncounted(element: Any) -> Any:
+    """A set element without its counter's values (a set with a counter per element)."""
+    if type(element) is dict and type(elem := element.get("elem")) is dict and "counter" in elem:
+        rest = {k: v for k, v in elem.items() if k != "counter"}
+        return rest["val"] if rest.keys() == {"val"} else {"elem": rest}
+    return element
+
+
+def element_counts(items: Iterable[Item], sets: Mapping[tuple[str, str], str]) -> list[tuple[str, Any, int, int]]:
+    """(what, key, packets, bytes) of every element of the counting ``sets``
+    ((family, name) -> what they count) in a listing. Pure."""
+    found = []
+    for item in items:
+        body = item.get("set")
+        if isinstance(body, dict) and (what := sets.get((str(body.get("family")), str(body.get("name"))))) is not None:
+            for element in body.get("elem", []):
+                elem = element.get("elem") if isinstance(element, dict) else None
+                if isinstance(elem, dict) and isinstance(counter := elem.get("counter"), dict):
+                    found.append((what, elem.get("val"), int(counter.get("packets", 0)), int(counter.get("bytes", 0))))
+    return found
+
+
 def _stable_expr(expr: Any) -> Any:
     """An anonymous counter's values change with traffic; its presence does not."""
     if isinstance(expr, dict) and isinstance(expr.get("counter"), dict) and "packets" in expr["counter"]:
@@ -214,8 +236,11 @@ def _stable_expr(expr: Any) -> Any:
     return expr
 
 
+_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return _CANON.encode(value)
 
 
 # Comparing.
@@ -251,7 +276,7 @@ def compare_listings(expected: Iterable[Item], live: Iterable[Item], *, element_
             drifts += _rule_drift(key, [_canon(r) for r in want.rules[key]], [_canon(r) for r in have.rules[key]])
     for key in sorted(set(want.elements) & set(have.elements)):
         if want.elements[key] != have.elements[key]:
-            drifts += _element_drift(key, sorted(_canon(e) for e in want.elements[key]), sorted(_canon(e) for e in have.elements[key]),
+            drifts += _element_drift(key, sorted(map(_canon, want.elements[key])), sorted(map(_canon, have.elements[key])),
                                      element_owner)  # fmt: skip
     return drifts
 

@@ -521,7 +521,7 @@ def collect_status(section: Mapping[str, Any] | None, *, where: str, nft: NftHan
 
 def status_from_listings(registry: Registry, expected: Sequence[Item], live: Sequence[Item]) -> StatusReport:
     """The status of ``registry`` given what it compiles to and what is live. Pure."""
-    from guestfence.guests.drift import compare_listings
+    from guestfence.guests.drift import compare_listings, element_counts
 
     # Everything per guest is gathered in one pass over each list and then
     # looked up by name: a scan per guest made status quadratic (5,000 guests: minutes).
@@ -530,7 +530,8 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
     users: dict[str, list[str]] = {}
     for name, profile in profile_of.items():
         users.setdefault(profile.name, []).append(name)
-    drifts = [d for d in compare_listings(expected, live, element_owner=_element_owners(registry))
+    owner = _element_owners(registry)
+    drifts = [d for d in compare_listings(expected, live, element_owner=owner)
               if not d.text.startswith(f"set {n.INET} {n.GENERATION}:")]  # fmt: skip
     # A difference in a profile's chains is a difference of every guest using it.
     drifts = [shared for d in drifts for shared in _shared_drift(d, users)]
@@ -538,10 +539,15 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
     general = [d.text for d in drifts if d.guest not in registered]
     general += _generation_drift(registry, expected, live)
     general += registry.problems()
-    counters = _counters(live)
-    dropped_by_name: dict[str, list[tuple[int, int]]] = {}
-    for (_, counter), values in counters.items():
-        dropped_by_name.setdefault(counter, []).append(values)
+    # Each guest's counters are its elements of the counting sets (dropped:
+    # one per table it has objects in, summed).
+    counted: dict[tuple[str, str], list[int]] = {}
+    for what, key, packets, octets in element_counts(live, n.COUNTING):
+        name = owner(key)
+        if name is not None:
+            total = counted.setdefault((name, what), [0, 0])
+            total[0] += packets
+            total[1] += octets
     rules_in: dict[str, int] = {}
     for item in expected:
         rule = item.get("rule")
@@ -550,24 +556,22 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
             rules_in[chain] = rules_in.get(chain, 0) + 1
     rules_of: dict[str, int] = {}
     for chain, count in rules_in.items():
-        owner = n.guest_of(chain)
-        if owner is not None:
-            rules_of[owner] = rules_of.get(owner, 0) + count
+        if (chain_owner := n.guest_of(chain)) is not None:
+            rules_of[chain_owner] = rules_of.get(chain_owner, 0) + count
     drift_of: dict[str | None, list[str]] = {}
     for drift in drifts:
         drift_of.setdefault(drift.guest, []).append(drift.text)
     statuses = []
     for member in registry.members:
         name = member.guest.name
-        accepted = counters.get((n.INET, n.guest_counter(name, "accepted")))
-        dropped = dropped_by_name.get(n.guest_counter(name, "dropped"), [])
+        accepted, dropped = counted.get((name, "accepted")), counted.get((name, "dropped"))
         statuses.append(GuestStatus(
             name=name, iface=member.guest.iface,
             rules=rules_of.get(name, 0) + sum(rules_in.get(chain, 0) for chain, _ in profile_of[name].chains),
             accepted_packets=None if accepted is None else accepted[0],
             accepted_bytes=None if accepted is None else accepted[1],
-            dropped_packets=sum(v[0] for v in dropped) if dropped else None,
-            dropped_bytes=sum(v[1] for v in dropped) if dropped else None,
+            dropped_packets=None if dropped is None else dropped[0],
+            dropped_bytes=None if dropped is None else dropped[1],
             drift=tuple(drift_of.get(name, ())),
         ))  # fmt: skip
     return StatusReport(guests=tuple(statuses), drift=tuple(general))
@@ -629,12 +633,3 @@ def _generation_drift(registry: Registry, expected: Sequence[Item], live: Sequen
     elif pending is not None and have != pending:
         lines.append(f"an interrupted change ({pending}) was recorded but never applied; `guestfence restore` drops it")
     return lines
-
-
-def _counters(items: Sequence[Item]) -> dict[tuple[str, str], tuple[int, int]]:
-    found = {}
-    for item in items:
-        body = item.get("counter")
-        if isinstance(body, dict) and "name" in body:
-            found[(str(body["family"]), str(body["name"]))] = (int(body.get("packets", 0)), int(body.get("bytes", 0)))
-    return found

@@ -5,7 +5,7 @@ Our objects live in tables called ``TABLE`` in three families: ``inet``
 ``bridge`` (anti-spoofing for guests whose interface is a bridge port).
 Nothing outside these tables is ever created, changed or deleted.
 
-Per-guest names (its counters, its ND chain) join parts with ``SEPARATOR``, a character ``GUEST_NAME``
+Per-guest names (its ND chain) join parts with ``SEPARATOR``, a character ``GUEST_NAME``
 does not allow, so guest ``a`` can never own guest ``a.x``'s objects and no
 per-guest name equals a base chain's. Guest names are checked with
 ``GUEST_NAME`` once, where they enter (command line, TOML file, state file).
@@ -76,12 +76,16 @@ MACS = "macs"
 GATEWAYS = {4: "gateways4", 6: "gateways6"}
 """inet: interface . address, what ``@gateway`` stands for, per guest."""
 BRIDGED_GATEWAYS = {4: "bridged_gateways4", 6: "bridged_gateways6"}
-ACCEPTED_MAP = "accepted"
-"""inet: interface -> the guest's named counter of accepted packets."""
-DROPPED_MAP = "dropped"
-"""every family: interface -> the guest's named counter of dropped packets."""
-BRIDGED_ACCEPTED_MAP, BRIDGED_DROPPED_MAP = "bridged_accepted", "bridged_dropped"
+ACCEPTED = "accepted"
+"""inet: interfaces, each element counting the packets of its guest accepted
+(a lookup that finds an element counts into it: the guest's counter is its element)."""
+DROPPED = "dropped"
+"""every family: interfaces, each element counting the packets of its guest dropped."""
+BRIDGED_ACCEPTED, BRIDGED_DROPPED = "bridged_accepted", "bridged_dropped"
 """inet: the same two keyed by bridge . MAC."""
+COUNTING = {(INET, ACCEPTED): "accepted", (INET, BRIDGED_ACCEPTED): "accepted", (INET, DROPPED): "dropped",
+            (INET, BRIDGED_DROPPED): "dropped", (ARP, DROPPED): "dropped", (BRIDGE, DROPPED): "dropped"}  # fmt: skip
+"""(family, set) -> what its elements count, for status."""
 LOG_RATE_METER = "log_rate"
 """every family: the meter (a dynamic set the drop chain fills) limiting each
 interface's drop log lines; ``log_rate_bridged``: by bridge . MAC in inet."""
@@ -111,10 +115,6 @@ def guest_chain(guest: str, part: str | None = None) -> str:
     """``guest.NAME`` (the guest's entry chain) or ``guest.NAME.PART``."""
     return SEPARATOR.join(("guest", guest) if part is None else ("guest", guest, part))
 
-
-def guest_counter(guest: str, what: str) -> str:
-    """``guest.NAME.accepted`` / ``guest.NAME.dropped``."""
-    return guest_chain(guest, what)
 
 
 def profile_chain(digest: str, part: str | None = None) -> str:

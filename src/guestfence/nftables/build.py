@@ -101,12 +101,6 @@ def counter() -> Expr:
     return {"counter": None}
 
 
-def counter_map(key: Expr, map_name: str) -> Expr:
-    """Count into the named counter that the map ``map_name`` gives for ``key``
-    (no element: the rule stops there, so never put a verdict after it alone)."""
-    return {"counter": {"map": {"key": key, "data": f"@{map_name}"}}}
-
-
 def meter_limit(name: str, key: Expr, rate: int, per: str, burst: int) -> Expr:
     """Pass while the rate of packets of each ``key`` allows: a limit per key,
     kept in the dynamic set ``name`` (elements appear as keys are seen; a
@@ -168,12 +162,16 @@ class Table:
     def delete_counter(self, family: str, name: str) -> Command:
         return {"delete": {"counter": self._obj(family, name=name)}}
 
-    def add_set(self, family: str, name: str, key_type: str | Sequence[str], elements: Sequence[Any] = ()) -> Command:
+    def add_set(self, family: str, name: str, key_type: str | Sequence[str], elements: Sequence[Any] = (), *,
+                counters: bool = False) -> Command:  # fmt: skip
         """A named set (a list of types: concatenated keys); with ``elements``,
-        created holding them (re-adding is a no-op)."""
+        created holding them (re-adding is a no-op). ``counters``: each element
+        counts the packets whose lookup found it."""
         body = self._obj(family, name=name, type=key_type if isinstance(key_type, str) else list(key_type))
         if elements:
             body["elem"] = list(elements)
+        if counters:
+            body["stmt"] = [counter()]
         return {"add": {"set": body}}
 
     def flush_set(self, family: str, name: str) -> Command:
@@ -183,7 +181,7 @@ class Table:
         return self.add_map(family, name, key_type, "verdict")
 
     def add_map(self, family: str, name: str, key_type: str | Sequence[str], data: str) -> Command:
-        """A named map to ``data``: ``verdict``, or ``counter`` (named counters)."""
+        """A named map to ``data`` (``verdict``: a verdict map)."""
         key = key_type if isinstance(key_type, str) else list(key_type)
         return {"add": {"map": self._obj(family, name=name, type=key, map=data)}}
 

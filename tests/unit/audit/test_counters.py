@@ -33,16 +33,14 @@ def test_a_drop_rule_without_a_counter_counts_nothing() -> None:
     assert sum_drop_counters([rule({"drop": None})]) == 0
 
 
-def test_counters_named_through_a_map_are_summed() -> None:
-    items = [
-        {"counter": {"family": "inet", "table": "guestfence", "name": "guest.a.dropped", "packets": 4, "bytes": 9}},
-        {"counter": {"family": "inet", "table": "guestfence", "name": "guest.b.dropped", "packets": 6, "bytes": 9}},
-        {"counter": {"family": "inet", "table": "guestfence", "name": "guest.a.accepted", "packets": 50, "bytes": 9}},
-        {"map": {"family": "inet", "table": "guestfence", "name": "dropped", "map": "counter",
-                 "elem": [["vmtap-a", "guest.a.dropped"], ["vmtap-b", "guest.b.dropped"]]}},
-        {"map": {"family": "inet", "table": "guestfence", "name": "accepted", "map": "counter",
-                 "elem": [["vmtap-a", "guest.a.accepted"]]}},
-        rule({"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@dropped"}}}, {"drop": None}),
-        rule({"counter": {"map": {"key": {"meta": {"key": "iifname"}}, "data": "@accepted"}}}, {"accept": None}),
-    ]
+def test_counting_elements_of_a_set_a_drop_rule_looks_up_are_summed() -> None:
+    def counting(name: str, *packets: int) -> dict:
+        return {"set": {"family": "inet", "table": "guestfence", "name": name, "type": "ifname", "stmt": [{"counter": None}],
+                        "elem": [{"elem": {"val": f"vmtap-{i}", "counter": {"packets": p, "bytes": 9}}} for i, p in enumerate(packets)]}}
+
+    def lookup(name: str) -> dict:
+        return {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": f"@{name}"}}
+
+    items = [counting("dropped", 4, 6), counting("accepted", 50), rule(lookup("dropped"), {"drop": None}),
+             rule(lookup("accepted"), {"accept": None})]  # fmt: skip
     assert sum_drop_counters(items) == 10

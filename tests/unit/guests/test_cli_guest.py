@@ -53,7 +53,7 @@ def test_dry_run_prints_the_batch_and_records_nothing(capsys: pytest.CaptureFixt
     assert code == 0
     batch = json.loads(out)["nftables"]
     assert batch[0] == {"metainfo": {"json_schema_version": 1}}
-    assert {"add": {"counter": {"family": "inet", "table": "guestfence", "name": "guest.vm1.accepted"}}} in batch
+    assert {"add": {"element": {"family": "inet", "table": "guestfence", "name": "accepted", "elem": ["vmtap-a"]}}} in batch
     assert not (tmp_path / "state.json").exists()
 
 

@@ -151,7 +151,7 @@ def _rule(chain: str, *exprs: Any) -> dict[str, Any]:
     return {"rule": {"family": "inet", "table": "guestfence", "chain": chain, "handle": 9, "expr": list(exprs)}}
 
 
-def _listing(*rules: dict[str, Any], generation: int = 1) -> list[dict[str, Any]]:
+def _listing(*rules: dict[str, Any], generation: int = 1, accepted: tuple[int, int] = (3, 180)) -> list[dict[str, Any]]:
     return [
         {"table": {"family": "inet", "name": "guestfence", "handle": 1}},
         {"chain": {"family": "inet", "table": "guestfence", "name": "prerouting", "handle": 2, "type": "filter",
@@ -160,7 +160,8 @@ def _listing(*rules: dict[str, Any], generation: int = 1) -> list[dict[str, Any]
         {"set": {"family": "inet", "table": "guestfence", "name": "generation", "type": "mark", "handle": 4, "elem": [generation]}},
         {"set": {"family": "inet", "table": "guestfence", "name": "to_host", "type": "fib_addrtype", "handle": 5,
                  "elem": ["local", "broadcast"]}},
-        {"counter": {"family": "inet", "table": "guestfence", "name": "guest.vm1.accepted", "handle": 6, "packets": 3, "bytes": 180}},
+        {"set": {"family": "inet", "table": "guestfence", "name": "accepted", "type": "ifname", "handle": 6, "stmt": [{"counter": None}],
+                 "elem": [{"elem": {"val": "vmtap-vm1", "counter": {"packets": accepted[0], "bytes": accepted[1]}}}]}},
         *rules,
     ]  # fmt: skip
 
@@ -173,6 +174,8 @@ def test_listings_that_differ_only_in_handles_and_counter_values_match() -> None
     expected = _listing(_rule("prerouting", DISPATCH), _rule("guest.vm1.host", {"counter": {"packets": 0, "bytes": 0}}, FINAL_DROP))
     live = json.loads(json.dumps(expected).replace('"packets": 0', '"packets": 7').replace('"handle": 9', '"handle": 44'))
     assert compare_listings(expected, live) == []
+    counted = _listing(_rule("prerouting", DISPATCH), accepted=(70, 9000))
+    assert compare_listings(_listing(_rule("prerouting", DISPATCH), accepted=(0, 0)), counted) == [], "a set element's counter"
 
 
 def test_every_hand_edit_is_a_drift_in_words() -> None:
