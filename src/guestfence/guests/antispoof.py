@@ -13,7 +13,7 @@ other element builders here):
   elements are the guest's own addresses; a packet of a registered
   interface the dispatch misses goes to ``drop``. What the source cannot
   say is checked in ``screen`` (``screen_rules``): ``::`` outside DAD and
-  MLD, neighbour advertisement targets (through the per-guest chain
+  MLD (checked in the dispatch), neighbour advertisement targets (through the per-guest chain
   ``guest.NAME.nd``: nft 1.0.6 can key no set by the raw ND target),
   router advertisements and redirects; and, for routed guests given a MAC,
   in their profile (``mac_rule``).
@@ -69,19 +69,21 @@ _ND_TARGET_BITS = 64
 _LINK_LOCAL_BITS = hex(int(LINK_LOCAL.network_address) >> 64)
 
 
-def screen_rules(drop: Expr, *, nd_targets: bool) -> list[list[Expr]]:
-    """The source checks the dispatch cannot make, for every guest: ``::``
-    only in DAD and MLD, advertised targets (``nd_targets``: through the
-    ``nd_targets`` map; bridge ports are checked in the bridge table),
-    router advertisements and redirects. ``drop``: the verdict of a failed check."""
-    rules = [
-        # Source ``::`` only for DAD and MLD: two rules, because a match on the
-        # ICMPv6 type implies "is ICMPv6" and so can never drop a UDP or TCP packet.
+def unspecified_source_rules(drop: Expr) -> list[list[Expr]]:
+    """Source ``::`` only for DAD and MLD. Two rules, because a match on the
+    ICMPv6 type implies "is ICMPv6" and so can never drop a UDP or TCP packet."""
+    return [
         [match(payload("ip6", "saddr"), "::"), match(meta("l4proto"), "ipv6-icmp", "!="), drop],
         [match(payload("ip6", "saddr"), "::"), match(payload("icmpv6", "type"), f"@{UNSPECIFIED_SOURCE_ICMPV6}", "!="), drop],
     ]  # fmt: skip
-    if nd_targets:
-        rules.append(_advert_dispatch())
+
+
+def screen_rules(drop: Expr, *, nd_targets: bool) -> list[list[Expr]]:
+    """The source checks the dispatch cannot make, for every guest:
+    advertised targets (``nd_targets``: through the ``nd_targets`` map;
+    bridge ports are checked in the bridge table), router advertisements and
+    redirects. ``drop``: the verdict of a failed check."""
+    rules = [_advert_dispatch()] if nd_targets else []
     rules += [
         [match(payload("icmpv6", "type"), f"@{SPOOF_ICMPV6}"), drop],
         [match(payload("icmp", "type"), "redirect"), drop],
@@ -132,6 +134,7 @@ def bridge_screen_rules() -> list[list[Expr]]:
         [match(concat(iifname, payload("ip", "saddr")), f"@{SOURCES[4]}", "!="), drop],
         [*_none_of(payload("ip6", "saddr"), [net_value(LINK_LOCAL), "::"]),
          match(concat(iifname, payload("ip6", "saddr")), f"@{SOURCES[6]}", "!="), drop],
+        *unspecified_source_rules(drop),
         *screen_rules(drop, nd_targets=True),
     ]  # fmt: skip
 

@@ -10,9 +10,11 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
           iifname vmap @drops                      -> goto guest_drop (a guest's spoofed source)
           the same five keyed by iifname . ether saddr (bridge ports) -> guest_drop_bridged
           iifname "vmtap*" goto unregistered
+          (and ``::`` outside DAD/MLD, iifname vmap @drops, before its dispatch)
       input, forward  hook input / forward, priority filter (0), policy accept
-          ct status dnat ct state new, then the same dispatch: a connection
-          the host translated is decided again for where it is delivered
+          ct status dnat ct state new goto redispatch: a connection the host
+          translated is decided again for where it is delivered
+      redispatch        the dispatch rules of prerouting
       policy.P          one per compiled policy ("profile"), shared by every guest
                         it compiles to the same rules for: [its MAC: iifname .
                         ether saddr @macs]; jump screen; ct established,related
@@ -21,7 +23,7 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       policy.P.host     what the link needs (ND, MLD); deny rules; allow rules; default
       policy.P.out      deny rules; allow rules naming addresses; other guests'
                         addresses drop; allow rules for *; default
-      screen            ``::`` only in DAD/MLD, advertised ND targets (iifname vmap
+      screen            advertised ND targets (iifname vmap
                         @nd_targets -> jump guest.NAME.nd), RA, redirects, martian
                         destinations, ct invalid: each goto guest_drop; else return
       guest_drop        meter log_rate { iifname limit rate 5/second } log prefix "guestfence drop: ";
@@ -115,6 +117,7 @@ from guestfence.guests.antispoof import (
     nd_rule,
     screen_rules,
     source_keys,
+    unspecified_source_rules,
 )
 from guestfence.nftables.build import ACCEPT, Command, Expr
 from guestfence.guests.guest import DEFAULT_PATTERN, Guest
@@ -149,6 +152,7 @@ from guestfence.guests.names import (
     PORTS_MAP,
     POSTROUTING,
     PREROUTING,
+    REDISPATCH,
     SCREEN,
     SCREEN_BRIDGED,
     SOURCES,
@@ -463,10 +467,12 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
     }  # fmt: skip
     # The second decision, after destination NAT: a new connection the host
     # translated runs through the guest's profile again with the destination
-    # it is delivered to.
-    translated = [b.match(b.ct("status"), "dnat", "in"), b.match(b.ct("state"), "new", "in")]
+    # it is delivered to. One rule in each hook, so other packets pay one test.
+    dispatch[(INET, REDISPATCH)] = dispatch[(INET, PREROUTING)]
+    translated = [b.match(b.ct("status"), "dnat", "in"), b.match(b.ct("state"), "new", "in"), b.goto(REDISPATCH)]
     for chain in (INPUT, FORWARD):
-        dispatch[(INET, chain)] = [[*translated, *exprs] for exprs in dispatch[(INET, PREROUTING)]]
+        dispatch[(INET, chain)] = [translated]
+    commands += [OURS.add_chain(INET, REDISPATCH), OURS.flush_chain(INET, REDISPATCH)]
     for (family, chain), rules in dispatch.items():
         for exprs in rules:
             commands.append(OURS.add_rule(family, chain, exprs))
@@ -486,13 +492,14 @@ def _dispatch(who: list[Expr], by_source: dict[int, str], by_link: str, drops: s
     """Who sent (``who``: its parts), with its source, -> the guest's profile:
     the source check is the lookup (one per packet). IPv6 link-local and
     ``::`` sources, which a guest may use whatever its addresses (``screen``
-    limits ``::``), by who sent alone; a registered sender the lookups missed
-    -> its drop chain."""
+    ``::`` only in DAD and MLD), by who sent alone; a registered sender the
+    lookups missed -> its drop chain."""
     sender = b.concat(*who) if len(who) > 1 else who[0]
     source6 = b.payload("ip6", "saddr")
     return [
         *([b.vmap(b.concat(*who, b.payload(_DADDR[v], "saddr")), by_source[v])] for v in (4, 6)),
         [b.match(source6, b.net_value(LINK_LOCAL)), b.vmap(sender, by_link)],
+        *unspecified_source_rules(b.vmap(sender, drops)),
         [b.match(source6, "::"), b.vmap(sender, by_link)],
         [b.vmap(sender, drops)],
     ]

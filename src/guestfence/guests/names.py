@@ -37,6 +37,8 @@ POSTROUTING = "postrouting"
 INPUT = "input"
 FORWARD = "forward"
 UNREGISTERED = "unregistered"
+REDISPATCH = "redispatch"
+"""inet: prerouting's dispatch, run again in input and forward for connections the host translated."""
 SCREEN = "screen"
 """The checks every guest's packets pass (inet: the shared part of the profile;
 arp, bridge: all of anti-spoofing), one chain for all guests."""

@@ -144,13 +144,15 @@ def test_host_means_every_type_the_host_receives() -> None:
 
 def test_translated_connections_are_dispatched_again_after_nat() -> None:
     commands = compile_ruleset([guest()], Settings(), {}).commands
-    for chain in ("input", "forward"):
-        rules = [json.dumps(c["add"]["rule"]["expr"]) for c in commands
-                 if c.get("add", {}).get("rule", {}).get("chain") == chain and c["add"]["rule"]["family"] == "inet"]
-        prerouting = [json.dumps(c["add"]["rule"]["expr"]) for c in commands
-                      if c.get("add", {}).get("rule", {}).get("chain") == "prerouting" and c["add"]["rule"]["family"] == "inet"]
-        assert len(rules) == len(prerouting) - 1 == 10, "every dispatch rule but the unregistered interfaces'"
-        assert all('"dnat"' in r and '"new"' in r and '"vmap"' in r for r in rules), chain
+
+    def chain(name: str) -> list[str]:
+        return [json.dumps(c["add"]["rule"]["expr"]) for c in commands
+                if c.get("add", {}).get("rule", {}).get("chain") == name and c["add"]["rule"]["family"] == "inet"]  # fmt: skip
+
+    for hook in ("input", "forward"):
+        (rule,) = chain(hook)
+        assert '"dnat"' in rule and '"new"' in rule and '"target": "redispatch"' in rule, hook
+    assert chain("redispatch") == chain("prerouting")[:-1], "every dispatch rule but the unregistered interfaces'"
 
 
 def test_default_allow_accepts_at_the_end_but_other_guests_stay_out_of_reach() -> None:
@@ -215,12 +217,16 @@ def test_pattern_can_be_turned_off() -> None:
 
 
 def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
-    from guestfence.guests.antispoof import bridge_screen_rules, screen_rules
+    from guestfence.guests.antispoof import bridge_screen_rules
 
-    for rules in ([json.dumps(r) for r in screen_rules({"drop": None}, nd_targets=True)], [json.dumps(r) for r in bridge_screen_rules()]):
+    prerouting = [json.dumps(r) for r in _rules(compile_ruleset([guest()], Settings(), {}).commands, "prerouting")]
+    for rules in (prerouting, [json.dumps(r) for r in bridge_screen_rules()]):
         unspecified = [r for r in rules if '"right": "::"' in r]
         assert any('"l4proto"' in r and '"op": "!="' in r and "ipv6-icmp" in r for r in unspecified), "UDP/TCP from :: drop"
         assert any("@unspecified_source_icmpv6" in r for r in unspecified), "ICMPv6 from :: only for DAD and MLD"
+    checks = [i for i, r in enumerate(prerouting) if '"right": "::"' in r and '"@drops"' in r]
+    dispatch = [i for i, r in enumerate(prerouting) if '"right": "::"' in r and '"@guests"' in r]
+    assert len(checks) == 2 and len(dispatch) == 1 and max(checks) < dispatch[0], "checked before it is dispatched"
 
 
 def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
