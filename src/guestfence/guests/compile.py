@@ -17,15 +17,17 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       redispatch        the dispatch rules of prerouting
       policy.P          one per compiled policy ("profile"), shared by every guest
                         it compiles to the same rules for: [its MAC: iifname .
-                        ether saddr @macs]; jump screen; ct established,related
-                        iifname @accepted accept; fib daddr type @to_host goto policy.P.host;
-                        goto policy.P.out (or guest_drop when it would accept nothing)
+                        ether saddr @macs]; ct established iifname @accepted accept;
+                        jump screen; ct related (counted) accept; fib daddr type
+                        @to_host goto policy.P.host; goto policy.P.out (or
+                        guest_drop when it would accept nothing)
       policy.P.host     what the link needs (ND, MLD); deny rules; allow rules; default
       policy.P.out      deny rules; allow rules naming addresses; other guests'
                         addresses drop; allow rules for *; default
-      screen            advertised ND targets (iifname vmap
-                        @nd_targets -> jump guest.NAME.nd), RA, redirects, martian
-                        destinations, ct invalid: each goto guest_drop; else return
+      screen            ICMP: jump screen_icmp (advertised ND targets: iifname vmap
+                        @nd_targets -> jump guest.NAME.nd; RA, redirects); martian
+                        destinations (@martians4, @martians6); ct invalid: each
+                        goto guest_drop; else return
       guest_drop        meter log_rate { iifname limit rate 5/second } log prefix "guestfence drop: ";
                         iifname @dropped drop; drop (guest_drop_bridged: the same keyed
                         by iifname . ether saddr)
@@ -66,7 +68,13 @@ Rules of the compiler:
 2. Per packet the cost is one map lookup to reach the guest's profile
    whatever the number of guests, and that lookup is the source check; a
    guest's accepted packets cost one more (its counting element). No rule
-   is a guest's own but its ND-target check.
+   is a guest's own but its ND-target check. A packet of an established
+   connection is accepted right after the source (and MAC) check: what
+   ``screen`` checks holds for a connection's first packet, and a
+   connection whose first packet was dropped is never established (ND and
+   RA are never tracked; ICMP errors, redirects among them, are
+   ``related`` and pass ``screen`` first). A UDP or TCP packet of a new
+   connection passes ``screen`` in four tests.
 3. A rule becomes one nft rule per address family it can match; a DNS name
    becomes the addresses it resolved to (``names``); one that did not
    resolve makes an allow match nothing and a deny match every destination.
@@ -155,6 +163,7 @@ from guestfence.guests.names import (
     REDISPATCH,
     SCREEN,
     SCREEN_BRIDGED,
+    SCREEN_ICMP,
     SOURCES,
     UNREGISTERED,
     WITH_MAC,
@@ -407,8 +416,10 @@ def _shared_chains() -> dict[tuple[str, str], list[list[Expr]]]:
     return {
         (INET, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
         (INET, DROP_BRIDGED): _drop_rules(_BRIDGED_KEY, BRIDGED_LOG_RATE_METER, BRIDGED_DROPPED),
-        (INET, SCREEN): _screen(drop, nd_targets=True),
-        (INET, SCREEN_BRIDGED): _screen(drop_bridged, nd_targets=False),
+        (INET, SCREEN): _screen(drop, SCREEN_ICMP[SCREEN]),
+        (INET, SCREEN_BRIDGED): _screen(drop_bridged, SCREEN_ICMP[SCREEN_BRIDGED]),
+        (INET, SCREEN_ICMP[SCREEN]): screen_rules(drop, nd_targets=True),
+        (INET, SCREEN_ICMP[SCREEN_BRIDGED]): screen_rules(drop_bridged, nd_targets=False),
         (ARP, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
         (ARP, SCREEN): arp_screen_rules(),
         (BRIDGE, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
@@ -429,6 +440,8 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
     every connection on the host, guests' or not."""
     commands = [OURS.add_table(family) for family in FAMILIES]
     commands += [OURS.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
+    commands += [OURS.add_set(INET, n.MARTIANS[v], _ADDR_TYPE[v], [b.net_value(net) for net in MARTIAN_DESTINATIONS if net.version == v],
+                              interval=True) for v in (4, 6)]  # fmt: skip
     for family in FAMILIES:
         commands += _maps(family)
     commands += [OURS.add_set(INET, n.GENERATION, "mark"), OURS.flush_set(INET, n.GENERATION),
@@ -505,13 +518,17 @@ def _dispatch(who: list[Expr], by_source: dict[int, str], by_link: str, drops: s
     ]
 
 
-def _screen(drop: Expr, *, nd_targets: bool) -> list[list[Expr]]:
-    """The checks every profile jumps to first: anti-spoofing the dispatch
-    cannot do (antispoof.screen_rules), martian destinations, ``ct state invalid``.
-    What fails goes to the drop chain; what passes returns to the profile."""
-    # One prefix match each: cheaper per packet than a lookup in an interval set.
-    martians = [[b.match(b.payload(_DADDR[net.version], "daddr"), b.net_value(net)), drop] for net in MARTIAN_DESTINATIONS]
-    return [*screen_rules(drop, nd_targets=nd_targets), *martians, [b.match(b.ct("state"), "invalid"), drop]]
+def _screen(drop: Expr, icmp: str) -> list[list[Expr]]:
+    """The checks a profile makes before its policy: anti-spoofing the
+    dispatch cannot do (antispoof.screen_rules: ICMP only, in the chain
+    ``icmp``), martian destinations, ``ct state invalid``. What fails goes
+    to the drop chain; what passes returns to the profile. Few expressions
+    for a UDP or TCP packet: each is work per packet."""
+    return [
+        [b.match(b.meta("l4proto"), f"@{n.ICMP_PROTOS}"), b.jump(icmp)],
+        *([b.match(b.payload(_DADDR[v], "daddr"), f"@{n.MARTIANS[v]}"), drop] for v in (4, 6)),
+        [b.match(b.ct("state"), "invalid"), drop],
+    ]
 
 
 # Profiles: a policy compiled once for every guest that shares it.
@@ -537,8 +554,9 @@ def _compile_profile(guest: Guest, kind: str, names: Names) -> Profile:
     name = profile_chain(digest)
     entry = [mac_rule(drop)] if kind == "mac" else []
     entry += [
+        [b.match(b.ct("state"), "established", "in"), *accept],
         [b.jump(SCREEN_BRIDGED if bridged else SCREEN)],
-        [b.match(b.ct("state"), ["established", "related"], "in"), *accept],
+        [b.match(b.ct("state"), "related", "in"), *accept],
         [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}"), b.goto(profile_chain(digest, "host"))],
         [b.goto(profile_chain(digest, "out")) if accepts_out else drop],
     ]

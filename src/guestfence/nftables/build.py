@@ -163,11 +163,13 @@ class Table:
         return {"delete": {"counter": self._obj(family, name=name)}}
 
     def add_set(self, family: str, name: str, key_type: str | Sequence[str], elements: Sequence[Any] = (), *,
-                counters: bool = False) -> Command:  # fmt: skip
+                counters: bool = False, interval: bool = False) -> Command:  # fmt: skip
         """A named set (a list of types: concatenated keys); with ``elements``,
         created holding them (re-adding is a no-op). ``counters``: each element
-        counts the packets whose lookup found it."""
+        counts the packets whose lookup found it; ``interval``: elements may be prefixes."""
         body = self._obj(family, name=name, type=key_type if isinstance(key_type, str) else list(key_type))
+        if interval:
+            body["flags"] = ["interval"]
         if elements:
             body["elem"] = list(elements)
         if counters:

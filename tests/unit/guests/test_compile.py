@@ -229,17 +229,20 @@ def test_unspecified_source_is_dropped_for_everything_but_icmpv6() -> None:
     assert len(checks) == 2 and len(dispatch) == 1 and max(checks) < dispatch[0], "checked before it is dispatched"
 
 
-def test_martian_destinations_are_dropped_before_state_and_policy() -> None:
+def test_martian_destinations_are_dropped_before_new_connections_are_decided() -> None:
     commands = compile_ruleset([guest()], Settings(), {}).commands
     entry = [json.dumps(r) for r in _rules(commands, _profile(commands))]
-    assert entry[0] == json.dumps([{"jump": {"target": "screen"}}]), "the shared checks come first"
-    assert not any('"established"' in r for r in entry[:1])
+    assert '"established"' in entry[0] and '"related"' not in entry[0], "established: past the source check, accepted"
+    assert entry[1] == json.dumps([{"jump": {"target": "screen"}}]), "the shared checks before anything else"
+    assert '"related"' in entry[2], "ICMP errors (redirects are errors) are screened first"
     screen = [json.dumps(r) for r in _rules(commands, "screen")]
     state = next(i for i, r in enumerate(screen) if '"invalid"' in r)
     martians = [i for i, r in enumerate(screen) if '"daddr"' in r and '"goto": {"target": "guest_drop"}' in r]
-    assert len(martians) == 5 and max(martians) < state
-    listed = " ".join(screen[i] for i in martians)
+    assert [screen[i].count("@martians") for i in martians] == [1, 1] and max(martians) < state
+    sets = {c["add"]["set"]["name"]: c["add"]["set"] for c in commands if "set" in c.get("add", {})}
+    listed = json.dumps([sets["martians4"]["elem"], sets["martians6"]["elem"]])
     assert all(net in listed for net in ('"0.0.0.0"', '"127.0.0.0"', '"::"', '"::1"', '"::ffff:0:0"'))
+    assert sets["martians4"]["flags"] == ["interval"]
 
 
 def test_the_nat_chain_exists_only_while_a_guest_masquerades() -> None:
