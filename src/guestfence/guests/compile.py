@@ -6,11 +6,12 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       prerouting  hook prerouting, priority dstnat - 10 (-110), policy accept
           iifname . ip saddr vmap @dispatch4       -> goto policy.P   (the guest's own source)
           iifname . ip6 saddr vmap @dispatch6      -> goto policy.P
-          ip6 saddr fe80::/64 | :: : iifname vmap @guests -> goto policy.P
+          ip6 saddr fe80::/64 iifname vmap @guests -> goto policy.P
+          ip6 saddr :: but not in DAD/MLD: iifname vmap @drops -> goto guest_drop
+          ip6 saddr :: iifname vmap @guests        -> goto policy.P
           iifname vmap @drops                      -> goto guest_drop (a guest's spoofed source)
-          the same five keyed by iifname . ether saddr (bridge ports) -> guest_drop_bridged
+          the same six keyed by iifname . ether saddr (bridge ports), @bridged_*
           iifname "vmtap*" goto unregistered
-          (and ``::`` outside DAD/MLD, iifname vmap @drops, before its dispatch)
       input, forward  hook input / forward, priority filter (0), policy accept
           ct status dnat ct state new goto redispatch: a connection the host
           translated is decided again for where it is delivered
@@ -18,12 +19,13 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       policy.P          one per compiled policy ("profile"), shared by every guest
                         it compiles to the same rules for: [its MAC: iifname .
                         ether saddr @macs]; ct established iifname @accepted accept;
-                        jump screen; ct related (counted) accept; fib daddr type
-                        @to_host goto policy.P.host; goto policy.P.out (or
-                        guest_drop when it would accept nothing)
-      policy.P.host     what the link needs (ND, MLD); deny rules; allow rules; default
-      policy.P.out      deny rules; allow rules naming addresses; other guests'
-                        addresses drop; allow rules for *; default
+                        jump screen; ct related (counted) accept; ND and MLD to the
+                        host accept; the deny rules; the allow rules of @gateway;
+                        fib daddr type @to_host goto policy.P.host; goto
+                        policy.P.out (either is guest_drop when it would accept nothing)
+      policy.P.host     the other allow rules; default
+      policy.P.out      allow rules naming addresses; other guests' addresses drop;
+                        allow rules for *; default
       screen            ICMP: jump screen_icmp (advertised ND targets: iifname vmap
                         @nd_targets -> jump guest.NAME.nd; RA, redirects); martian
                         destinations (@martians4, @martians6); ct invalid: each
@@ -86,7 +88,11 @@ Rules of the compiler:
    only fixed accepts are what a link needs: ``ct established,related``
    (which holds the ICMP errors and packet-too-big of the guest's own
    connections), and neighbour discovery and MLD reports to the host
-   (``LINK_ICMPV6``). ICMP echo is the policy's, like every flow.
+   (``LINK_ICMPV6``). ICMP echo is the policy's, like every flow. The
+   route lookup that tells host from elsewhere (``fib daddr type``) comes
+   after what does not need it: every deny (a deny of ``@host`` carries its
+   own), and the allows of ``@gateway``, which ``decide`` matches by address
+   (an allow of ``udp://@gateway:53`` costs no route lookup).
 5. Guest-to-guest: another guest's address is reached only through a rule
    that names an address (a CIDR or a DNS name); ``*`` and the default do
    not cover it, as ``decide`` says with ``Context.guests``.
@@ -547,20 +553,35 @@ def _compile_profile(guest: Guest, kind: str, names: Names) -> Profile:
         parts = _BRIDGED_WHO if bridged else [_IIFNAME]
         return b.match(b.concat(*parts, b.payload(_DADDR[version], "daddr")), f"@{gateway_sets[version]}")
 
+    policy = guest.policy
+    to_host = b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}")
+    # Decided before the host/elsewhere split (one route lookup less for
+    # what they decide): what the link needs (to the host only), every deny
+    # (a deny of @host names the host in its own match), and the allows of
+    # @gateway, which ``decide`` matches by address wherever it is.
+    decided = [
+        [b.match(b.payload("icmpv6", "type"), f"@{n.LINK_ICMPV6}"), to_host, *accept],
+        *_policy_rules(policy.deny, names, gateway, [drop]),
+        *_policy_rules([r for r in policy.allow if _is_gateway(r)], names, gateway, accept, deny=False),
+    ]
     host = _host_rules(guest, names, gateway, accept, drop)
     out = _out_rules(guest, names, gateway, accept, drop)
-    accepts_out = any(ACCEPT in exprs for exprs in out)
-    digest = hashlib.sha256(json.dumps([kind, host, out if accepts_out else []], sort_keys=True).encode()).hexdigest()[:16]
+    accepts_host, accepts_out = (any(ACCEPT in exprs for exprs in rules) for rules in (host, out))
+    digest = hashlib.sha256(json.dumps([kind, decided, host if accepts_host else [], out if accepts_out else []],
+                                       sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
     name = profile_chain(digest)
     entry = [mac_rule(drop)] if kind == "mac" else []
     entry += [
         [b.match(b.ct("state"), "established", "in"), *accept],
         [b.jump(SCREEN_BRIDGED if bridged else SCREEN)],
         [b.match(b.ct("state"), "related", "in"), *accept],
-        [b.match(b.fib_daddr_type(), f"@{n.TO_HOST_TYPES}"), b.goto(profile_chain(digest, "host"))],
-        [b.goto(profile_chain(digest, "out")) if accepts_out else drop],
+        *decided,
     ]
-    chains = ((name, entry), (profile_chain(digest, "host"), host), (profile_chain(digest, "out"), out if accepts_out else []))
+    if accepts_host or accepts_out:
+        entry.append([to_host, b.goto(profile_chain(digest, "host")) if accepts_host else drop])
+    entry.append([b.goto(profile_chain(digest, "out")) if accepts_out else drop])
+    chains = ((name, entry), (profile_chain(digest, "host"), host if accepts_host else []),
+              (profile_chain(digest, "out"), out if accepts_out else []))  # fmt: skip
     return Profile(name=name, chains=tuple((chain, tuple(tuple(r) for r in rules)) for chain, rules in chains))
 
 
@@ -574,32 +595,30 @@ def _profile_commands(profile: Profile) -> list[Command]:
 
 def _host_rules(guest: Guest, names: Names, gateway: Any, accept: list[Expr], drop: Expr) -> list[list[Expr]]:
     """Packets for the host itself (local, broadcast, multicast, anycast
-    destinations): what the link needs, then the policy; ICMP echo is the
-    policy's like any other flow."""
+    destinations), past what the profile decided before: the other allows,
+    then the default. ICMP echo is the policy's like any other flow."""
     policy = guest.policy
-    rules = [[b.match(b.payload("icmpv6", "type"), f"@{n.LINK_ICMPV6}"), *accept]]
-    rules += _policy_rules(policy.deny, names, gateway, [drop])
-    rules += _policy_rules(policy.allow, names, gateway, accept, deny=False)
+    rules = _policy_rules([r for r in policy.allow if not _is_gateway(r)], names, gateway, accept, deny=False)
     rules.append(accept if policy.default is Action.ALLOW else [drop])
     return rules
 
 
 def _out_rules(guest: Guest, names: Names, gateway: Any, accept: list[Expr], drop: Expr) -> list[list[Expr]]:
-    """Packets the host would forward elsewhere (other guests, other networks)."""
+    """Packets the host would forward elsewhere (other guests, other
+    networks), past what the profile decided before."""
     policy = guest.policy
     elsewhere = [r for r in policy.allow if not isinstance(r.host, SymbolHost)]
     named = [r for r in elsewhere if not isinstance(r.host, AnyHost)]
     wildcard = [r for r in elsewhere if isinstance(r.host, AnyHost)]
-    rules = _policy_rules([r for r in policy.deny if not _is_host(r)], names, gateway, [drop])
-    rules += _policy_rules(named, names, gateway, accept, deny=False)
+    rules = _policy_rules(named, names, gateway, accept, deny=False)
     rules += [[b.match(b.payload(_DADDR[v], "daddr"), f"@{GUEST_ADDRS[v]}"), drop] for v in (4, 6)]
     rules += _policy_rules(wildcard, names, gateway, accept, deny=False)
     rules.append(accept if policy.default is Action.ALLOW else [drop])
     return rules
 
 
-def _is_host(rule: Rule) -> bool:
-    return isinstance(rule.host, SymbolHost) and rule.host.symbol is Symbol.HOST
+def _is_gateway(rule: Rule) -> bool:
+    return isinstance(rule.host, SymbolHost) and rule.host.symbol is Symbol.GATEWAY
 
 
 def _policy_rules(rules: Iterable[Rule], names: Names, gateway: Any, verdict: list[Expr], *, deny: bool = True) -> list[list[Expr]]:

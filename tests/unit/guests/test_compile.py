@@ -126,14 +126,19 @@ def test_removing_the_last_guest_of_a_profile_removes_the_profile_and_only_then(
 
 
 def test_echo_is_the_policys_and_only_what_the_link_needs_is_accepted_before_it() -> None:
-    commands = compile_ruleset([guest(allow=("tcp://@gateway:8080",), deny=("icmp://@host",))], Settings(), {}).commands
-    host = _rules(commands, _profile(commands, "host"))
-    verdicts = _verdicts(host)
-    assert verdicts[-1] == "goto:guest_drop"
-    assert not any("echo-request" in json.dumps(r) for r in host), "no fixed accept of ping"
-    assert json.dumps(host[0]).count("@link_icmpv6") == 1 and verdicts[0] == "accept"
+    commands = compile_ruleset([guest(allow=("tcp://@gateway:8080", "udp://*:53"), deny=("icmp://@host",))], Settings(), {}).commands
+    entry = _rules(commands, _profile(commands))
+    verdicts = _verdicts(entry)
+    link = next(i for i, r in enumerate(entry) if "@link_icmpv6" in json.dumps(r))
     to_host = {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}}, "right": "@to_host"}}
-    assert to_host in host[1] and verdicts[1] == "goto:guest_drop"
+    assert to_host in entry[link] and verdicts[link] == "accept", "what the link needs, to the host only"
+    deny = link + 1
+    assert to_host in entry[deny] and '@icmp_protos' in json.dumps(entry[deny]) and verdicts[deny] == "goto:guest_drop"
+    gateway = [i for i, r in enumerate(entry) if "@gateways" in json.dumps(r)]
+    assert len(gateway) == 2 and min(gateway) > deny and all(verdicts[i] == "accept" for i in gateway), "@gateway: after every deny"
+    assert not any("echo-request" in json.dumps(r) for r in commands), "no fixed accept of ping"
+    host = _rules(commands, _profile(commands, "host"))
+    assert _verdicts(host)[-1] == "goto:guest_drop" and not any("@gateways" in json.dumps(r) for r in host)
 
 
 def test_host_means_every_type_the_host_receives() -> None:
@@ -176,7 +181,7 @@ def test_unresolved_names_decide_closed() -> None:
     commands = compile_ruleset([guest(allow=("nowhere.example:443",), deny=("gone.example:22",))], Settings(), {}).commands
     host = json.dumps(_rules(commands, _profile(commands, "host")))
     assert '"right": 443' not in host, "an allow about an unresolved name matches nothing"
-    deny = [r for r in _rules(commands, _profile(commands, "host")) if '"right": 22' in json.dumps(r)]
+    deny = [r for r in _rules(commands, _profile(commands)) if '"right": 22' in json.dumps(r)]
     assert len(deny) == 1 and "daddr" not in json.dumps(deny[0]), "a deny about it matches every destination"
 
 
