@@ -114,7 +114,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
 
@@ -286,12 +286,19 @@ def _shown(value: object) -> str:
     return " ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
+NamesOf = Callable[[Guest], Names]
+"""What a guest's DNS names resolved to when it was applied (its record)."""
+
+
 class Profiles:
     """Each guest's profile, each distinct one compiled once (5,000 guests of
-    one policy: one compilation). ``names``: what the rules' DNS names resolved to."""
+    one policy: one compilation). ``names``: what the rules' DNS names
+    resolved to, the same for every guest, or each guest's own (``NamesOf``):
+    a guest's profile is then a function of its record alone, so removing it
+    names the profile its elements point to."""
 
-    def __init__(self, names: Names) -> None:
-        self._names = names
+    def __init__(self, names: Names | NamesOf) -> None:
+        self._names_of: NamesOf = names if callable(names) else lambda guest: names
         self._policies: dict[int, tuple[Any, int, tuple[str, ...]]] = {}
         self._distinct: dict[Any, int] = {}
         self._compiled: dict[tuple[Any, ...], Profile] = {}
@@ -308,16 +315,17 @@ class Profiles:
         if known is None or known[0] is not policy:
             index = self._distinct.setdefault(policy, len(self._distinct))
             known = self._policies[id(policy)] = (policy, index, tuple(sorted(policy.names())))
-        _, index, names = known
-        key = (index, kind, *((name, self._names.get(name)) for name in names))
+        _, index, wanted = known
+        resolved = self._names_of(guest) if wanted else {}
+        key = (index, kind, *((name, resolved.get(name)) for name in wanted))
         profile = self._compiled.get(key)
         if profile is None:
-            profile = self._compiled[key] = _compile_profile(guest, kind, self._names)
+            profile = self._compiled[key] = _compile_profile(guest, kind, resolved)
         self.used.setdefault(profile.name, profile)
         return profile
 
 
-def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names) -> NftPlan:
+def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names | NamesOf) -> NftPlan:
     """Replace our tables whole with ``guests`` (apply, restore). Each set's
     elements are one command: libnftables pays per command as well as per element."""
     check_guests(guests)
@@ -339,9 +347,10 @@ def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names) -
     return NftPlan(step="replace the guestfence tables", commands=tuple(commands))
 
 
-def compile_add(guest: Guest, settings: Settings, names: Names, *, others: Sequence[Guest], replaces: Guest | None) -> NftPlan:
+def compile_add(guest: Guest, settings: Settings, names: Names | NamesOf, *, others: Sequence[Guest],
+                replaces: Guest | None) -> NftPlan:  # fmt: skip
     """Add ``guest`` (replacing its earlier record ``replaces``) next to ``others``.
-    ``names``: what the DNS names of every guest's rules resolved to (the
+    ``names``: what the DNS names of each guest's rules resolved to (the
     others' profiles tell whether one of them still uses the replaced profile)."""
     check_guests([*others, guest])
     profiles = Profiles(names)
@@ -357,7 +366,7 @@ def compile_add(guest: Guest, settings: Settings, names: Names, *, others: Seque
     return NftPlan(step=f"add guest {guest.name}", commands=tuple(commands))
 
 
-def compile_remove(guest: Guest, settings: Settings, names: Names, *, others: Sequence[Guest]) -> NftPlan:
+def compile_remove(guest: Guest, settings: Settings, names: Names | NamesOf, *, others: Sequence[Guest]) -> NftPlan:
     """Remove ``guest``; ``others`` are the guests that stay (its profile goes with its last guest)."""
     profiles = Profiles(names)
     profile = profiles.of(guest)

@@ -48,6 +48,7 @@ from guestfence.guests import names as n
 from guestfence.nftables.apply import NftHandle, apply_nft, open_nft
 from guestfence.guests.binding import Binding, binding_from_json, binding_to_json, collect_link_indexes, drop_stale
 from guestfence.guests.compile import (
+    NamesOf,
     NftPlan,
     Profiles,
     Settings,
@@ -116,8 +117,11 @@ class Registry:
     def guests(self) -> list[Guest]:
         return [m.guest for m in self.members]
 
-    def all_names(self) -> dict[str, frozenset[Address]]:
-        return {name: found for m in self.members for name, found in m.names.items()}
+    def names_of(self, *extra: Registered) -> NamesOf:
+        """Each guest's own resolved names (its record), by the guest value
+        (a guest and its replacement are told apart)."""
+        found = {id(m.guest): m.names for m in (*self.members, *extra)}
+        return lambda guest: found.get(id(guest), {})
 
     def to_json(self) -> dict[str, Any]:
         members = [member_to_json(m) for m in self.members] + [u.raw for u in self.unreadable]
@@ -250,8 +254,7 @@ def plan_add(registry: Registry, added: Registered) -> tuple[NftPlan, Registry]:
     old = registry.find(guest.name)
     others = [m for m in registry.members if m.guest.name != guest.name]
     settings = _next(registry.settings)
-    names = {**registry.all_names(), **added.names}
-    plan = compile_add(guest, settings, names, others=[m.guest for m in others],
+    plan = compile_add(guest, settings, registry.names_of(added), others=[m.guest for m in others],
                        replaces=None if old is None else old.guest)  # fmt: skip
     return plan, replace(registry, settings=settings, members=(*others, added))
 
@@ -264,20 +267,20 @@ def plan_remove(registry: Registry, name: str) -> tuple[NftPlan, Registry]:
         rest_bad = tuple(u for u in registry.unreadable if u.name != name)
         closed = tuple(i for i in settings.closed if i not in {u.iface for u in bad})
         settings = replace(settings, closed=closed)
-        plan = compile_ruleset(registry.guests(), settings, registry.all_names())
+        plan = compile_ruleset(registry.guests(), settings, registry.names_of())
         return plan, replace(registry, settings=settings, unreadable=rest_bad)
     old = registry.find(name)
     if old is None:
         known = ", ".join(m.guest.name for m in registry.members) or "none"
         raise PolicyError(f"no guest named {name!r} is registered (registered: {known})")
     rest = tuple(m for m in registry.members if m.guest.name != name)
-    plan = compile_remove(old.guest, settings, registry.all_names(), others=[m.guest for m in rest])
+    plan = compile_remove(old.guest, settings, registry.names_of(), others=[m.guest for m in rest])
     return plan, replace(registry, settings=settings, members=rest)
 
 
 def plan_replace(registry: Registry) -> NftPlan:
     """Make the live ruleset exactly ``registry`` (apply FILE, restore, and what status compares with)."""
-    return compile_ruleset(registry.guests(), registry.settings, registry.all_names())
+    return compile_ruleset(registry.guests(), registry.settings, registry.names_of())
 
 
 def apply_plan(plan: NftPlan, nft: NftHandle | None = None) -> None:
@@ -525,7 +528,7 @@ def status_from_listings(registry: Registry, expected: Sequence[Item], live: Seq
 
     # Everything per guest is gathered in one pass over each list and then
     # looked up by name: a scan per guest made status quadratic (5,000 guests: minutes).
-    profiles = Profiles(registry.all_names())
+    profiles = Profiles(registry.names_of())
     profile_of = {m.guest.name: profiles.of(m.guest) for m in registry.members}
     users: dict[str, list[str]] = {}
     for name, profile in profile_of.items():

@@ -262,3 +262,24 @@ def test_the_nat_chain_exists_only_while_a_guest_masquerades() -> None:
     assert nat_rules(compile_add(plain, Settings(), {}, others=[masked], replaces=None).commands) == 2
     removal = compile_remove(masked, Settings(), {}, others=[plain]).commands
     assert nat_rules(removal) == 0 and {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in removal
+
+
+def test_a_guest_is_removed_with_the_profile_its_own_names_compiled_to() -> None:
+    """Two guests resolved one name to different addresses (added at different
+    times): each profile follows its guest's record, so removing one re-adds
+    its elements (to delete them) with the verdicts they have; another
+    verdict would make the kernel refuse the whole transaction."""
+    first, second = guest("vm1", 1, allow=("api.example.com:443",)), guest("vm2", 2, allow=("api.example.com:443",))
+    own = {id(first): NAMES, id(second): {"api.example.com": frozenset({ipaddress.ip_address("203.0.113.99")})}}
+
+    def names_of(member: Guest) -> dict:
+        return own[id(member)]
+
+    def targets(commands: tuple[dict, ...], iface: str) -> set[str]:
+        return {e[1]["goto"]["target"] for c in commands if c.get("add", {}).get("element", {}).get("name") == "dispatch4"
+                for e in c["add"]["element"]["elem"] if e[0]["concat"][0] == iface}  # fmt: skip
+
+    installed = compile_ruleset([first, second], Settings(), names_of).commands
+    assert targets(installed, "vmtap-vm1") != targets(installed, "vmtap-vm2"), "control: two resolutions, two profiles"
+    removal = compile_remove(first, Settings(), names_of, others=[second]).commands
+    assert targets(removal, "vmtap-vm1") == targets(installed, "vmtap-vm1")
