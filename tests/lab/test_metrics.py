@@ -67,7 +67,7 @@ def test_counters_follow_the_packets_and_drift_shows(scene: Scene, tmp_path: Pat
     textfile.parent.mkdir()
     listed = json.loads(sh("nft", "-j", "list", "map", "inet", "guestfence", "guests", netns=scene.host).stdout)["nftables"]
     (profile,) = {e[1]["goto"]["target"] for item in listed if "map" in item for e in item["map"]["elem"]}
-    sh("nft", "flush", "chain", "inet", "guestfence", f"{profile}.host", netns=scene.host)
+    sh("nft", "flush", "chain", "inet", "guestfence", profile, netns=scene.host)
     done = scene.gf("status", "--prometheus-textfile", str(textfile), check=False)
     assert done.returncode == 1, "drift: the exit status says so too"
     assert os.listdir(textfile.parent) == ["guestfence.prom"], "written atomically: no temporary left"
