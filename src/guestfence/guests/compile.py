@@ -26,9 +26,9 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
       policy.P.host     the other allow rules; default
       policy.P.out      allow rules naming addresses; other guests' addresses drop;
                         allow rules for *; default
-      screen            ICMP: jump screen_icmp (advertised ND targets: iifname vmap
-                        @nd_targets -> jump guest.NAME.nd; RA, redirects); martian
-                        destinations (@martians4, @martians6); ct invalid: each
+      screen            advertised ND targets (iifname vmap @nd_targets -> jump
+                        guest.NAME.nd), RA, redirects; martian destinations
+                        (0.0.0.0/8, 127.0.0.0/8, @martians6); ct invalid: each
                         goto guest_drop; else return
       guest_drop        meter log_rate { iifname limit rate 5/second } log prefix "guestfence drop: ";
                         iifname @dropped drop; drop (guest_drop_bridged: the same keyed
@@ -75,8 +75,10 @@ Rules of the compiler:
    ``screen`` checks holds for a connection's first packet, and a
    connection whose first packet was dropped is never established (ND and
    RA are never tracked; ICMP errors, redirects among them, are
-   ``related`` and pass ``screen`` first). A UDP or TCP packet of a new
-   connection passes ``screen`` in four tests.
+   ``related`` and pass ``screen`` first). Set lookups are what a packet
+   of a new connection pays most for: a UDP packet to an allowed @gateway
+   port pays three (its dispatch, its gateway, its counter) and no route
+   lookup.
 3. A rule becomes one nft rule per address family it can match; a DNS name
    becomes the addresses it resolved to (``names``); one that did not
    resolve makes an allow match nothing and a deny match every destination.
@@ -169,7 +171,6 @@ from guestfence.guests.names import (
     REDISPATCH,
     SCREEN,
     SCREEN_BRIDGED,
-    SCREEN_ICMP,
     SOURCES,
     UNREGISTERED,
     WITH_MAC,
@@ -431,10 +432,8 @@ def _shared_chains() -> dict[tuple[str, str], list[list[Expr]]]:
     return {
         (INET, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
         (INET, DROP_BRIDGED): _drop_rules(_BRIDGED_KEY, BRIDGED_LOG_RATE_METER, BRIDGED_DROPPED),
-        (INET, SCREEN): _screen(drop, SCREEN_ICMP[SCREEN]),
-        (INET, SCREEN_BRIDGED): _screen(drop_bridged, SCREEN_ICMP[SCREEN_BRIDGED]),
-        (INET, SCREEN_ICMP[SCREEN]): screen_rules(drop, nd_targets=True),
-        (INET, SCREEN_ICMP[SCREEN_BRIDGED]): screen_rules(drop_bridged, nd_targets=False),
+        (INET, SCREEN): _screen(drop, nd_targets=True),
+        (INET, SCREEN_BRIDGED): _screen(drop_bridged, nd_targets=False),
         (ARP, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
         (ARP, SCREEN): arp_screen_rules(),
         (BRIDGE, DROP): _drop_rules(_IIFNAME, LOG_RATE_METER, DROPPED),
@@ -455,8 +454,8 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
     every connection on the host, guests' or not."""
     commands = [OURS.add_table(family) for family in FAMILIES]
     commands += [OURS.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
-    commands += [OURS.add_set(INET, n.MARTIANS[v], _ADDR_TYPE[v], [b.net_value(net) for net in MARTIAN_DESTINATIONS if net.version == v],
-                              interval=True) for v in (4, 6)]  # fmt: skip
+    commands.append(OURS.add_set(INET, n.MARTIANS6, "ipv6_addr", [b.net_value(net) for net in MARTIAN_DESTINATIONS if net.version == 6],
+                                 interval=True))  # fmt: skip
     for family in FAMILIES:
         commands += _maps(family)
     commands += [OURS.add_set(INET, n.GENERATION, "mark"), OURS.flush_set(INET, n.GENERATION),
@@ -533,15 +532,19 @@ def _dispatch(who: list[Expr], by_source: dict[int, str], by_link: str, drops: s
     ]
 
 
-def _screen(drop: Expr, icmp: str) -> list[list[Expr]]:
+def _screen(drop: Expr, *, nd_targets: bool) -> list[list[Expr]]:
     """The checks a profile makes before its policy: anti-spoofing the
-    dispatch cannot do (antispoof.screen_rules: ICMP only, in the chain
-    ``icmp``), martian destinations, ``ct state invalid``. What fails goes
-    to the drop chain; what passes returns to the profile. Few expressions
-    for a UDP or TCP packet: each is work per packet."""
+    dispatch cannot do (antispoof.screen_rules, ICMP only), martian
+    destinations, ``ct state invalid``. What fails goes to the drop chain;
+    what passes returns to the profile. A set lookup costs a UDP or TCP
+    packet more than a few failed tests (each protocol test fails at once),
+    so IPv4 martians are two prefix matches; the IPv6 ones are a set, which
+    IPv4 packets never reach."""
+    martians4 = [[b.match(b.payload("ip", "daddr"), b.net_value(net)), drop] for net in MARTIAN_DESTINATIONS if net.version == 4]
     return [
-        [b.match(b.meta("l4proto"), f"@{n.ICMP_PROTOS}"), b.jump(icmp)],
-        *([b.match(b.payload(_DADDR[v], "daddr"), f"@{n.MARTIANS[v]}"), drop] for v in (4, 6)),
+        *screen_rules(drop, nd_targets=nd_targets),
+        *martians4,
+        [b.match(b.payload("ip6", "daddr"), f"@{n.MARTIANS6}"), drop],
         [b.match(b.ct("state"), "invalid"), drop],
     ]
 

@@ -44,8 +44,6 @@ SCREEN = "screen"
 arp, bridge: all of anti-spoofing), one chain for all guests."""
 SCREEN_BRIDGED = "screen_bridged"
 """inet: the same for guests behind a bridge."""
-SCREEN_ICMP = {SCREEN: "screen_icmp", SCREEN_BRIDGED: "screen_icmp_bridged"}
-"""inet: the part of each screen only ICMP and ICMPv6 packets need (one test for the others)."""
 DROP = "guest_drop"
 """The drop of every guest: the log (rate-limited per guest), its counter, drop.
 (Not "drop": a chain named like a keyword would not load back from ``nft list``.)"""
@@ -110,7 +108,7 @@ PROFILE = "policy"
 # matches name two of them (TO_HOST_TYPES, ICMP_PROTOS, imported above from
 # the shared match compiler that names them).
 LINK_ICMPV6 = "link_icmpv6"
-MARTIANS = {4: "martians4", 6: "martians6"}
+MARTIANS6 = "martians6"
 UNSPECIFIED_SOURCE_ICMPV6 = "unspecified_source_icmpv6"
 SPOOF_ICMPV6 = "spoof_icmpv6"
 ETHERTYPES = "ethertypes"
