@@ -90,3 +90,15 @@ def test_lockdown_section_lists_interface_patterns_with_positions() -> None:
         parse_config('[lockdown]\ninterfaces = ["vl?n"]\nforce = "yes"\n', source="p.toml")
     assert "p.toml:2:18: '?' is not an nftables wildcard" in str(caught.value)
     assert "p.toml:3: 'force' in [lockdown] must be true or false" in str(caught.value)
+
+
+def test_guests_of_one_policy_text_share_one_policy_and_a_bad_rule_is_reported_for_each() -> None:
+    def guests(*allows: str) -> str:
+        return "\n".join(f'[[guest]]\nname = "g{i}"\niface = "vmtap-{i}"\naddress = "192.0.2.{i + 2}/32"\nnet_allow = ["{allow}"]\n'
+                         for i, allow in enumerate(allows))  # fmt: skip
+
+    a, b, c = parse_config(guests("tcp://@gateway:8080", "tcp://@gateway:8080", "udp://@gateway:53"), source="p.toml").guests
+    assert a.policy is b.policy and a.policy is not c.policy and [str(r) for r in c.policy.allow] == ["udp://@gateway:53"]
+    with pytest.raises(PolicyErrorGroup) as raised:
+        parse_config(guests("tcp://@gateway:0", "tcp://@gateway:0"), source="p.toml")
+    assert len(raised.value.errors) == 2, "each guest's bad rule is reported, not only the first"

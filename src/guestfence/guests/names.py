@@ -5,9 +5,10 @@ Our objects live in tables called ``TABLE`` in three families: ``inet``
 ``bridge`` (anti-spoofing for guests whose interface is a bridge port).
 Nothing outside these tables is ever created, changed or deleted.
 
-Per-guest names (its ND chain) join parts with ``SEPARATOR``, a character ``GUEST_NAME``
-does not allow, so guest ``a`` can never own guest ``a.x``'s objects and no
-per-guest name equals a base chain's. Guest names are checked with
+The one per-guest name (``guest.NAME.nd``) joins parts with ``SEPARATOR``,
+a character ``GUEST_NAME`` does not allow, so guest ``a`` can never own
+guest ``a.x``'s objects and no per-guest name equals a base chain's or a
+profile's (``policy.DIGEST``). Guest names are checked with
 ``GUEST_NAME`` once, where they enter (command line, TOML file, state file).
 """
 
@@ -60,14 +61,14 @@ arp and bridge: interface -> goto ``screen``. Every family: closed interfaces ->
 BRIDGED_MAP = "bridged"
 """inet: bridge . MAC -> goto the profile, for IPv6 link-local and ``::`` sources."""
 DROPS_MAP = "drops"
-"""inet: interface -> goto ``drop``: the packets of a guest the dispatch missed (spoofed sources)."""
+"""inet: interface -> goto ``guest_drop``: the packets of a guest the dispatch missed (spoofed sources)."""
 BRIDGED_DROPS_MAP = "bridged_drops"
-"""inet: bridge . MAC -> goto ``drop_bridged``."""
+"""inet: bridge . MAC -> goto ``guest_drop_bridged``."""
 PORTS_MAP = "ports"
-"""bridge: port -> goto ``drop``, for frames bridged to other ports."""
+"""bridge: port -> goto ``guest_drop``, for frames bridged to other ports."""
 ND_TARGETS = "nd_targets"
 """inet (routed guests), bridge: interface -> jump the guest's ``guest.NAME.nd`` chain
-(the targets its neighbour advertisements may claim), or goto ``drop`` for a guest
+(the targets its neighbour advertisements may claim), or goto ``guest_drop`` for a guest
 without IPv6 addresses. nft 1.0.6 can key no set by the raw ND target."""
 SOURCES = {4: "sources4", 6: "sources6"}
 """arp (IPv4), bridge: interface . source address, every guest's own addresses."""
@@ -119,16 +120,10 @@ def guest_chain(guest: str, part: str | None = None) -> str:
     return SEPARATOR.join(("guest", guest) if part is None else ("guest", guest, part))
 
 
-
 def profile_chain(digest: str, part: str | None = None) -> str:
     """``policy.DIGEST`` (a profile's entry chain) or ``policy.DIGEST.PART``."""
     return SEPARATOR.join((PROFILE, digest) if part is None else (PROFILE, digest, part))
 
-
-def profile_of(object_name: str) -> str | None:
-    """The profile entry chain a profile chain belongs to, or None."""
-    parts = object_name.split(SEPARATOR)
-    return SEPARATOR.join(parts[:2]) if len(parts) >= 2 and parts[0] == PROFILE else None
 
 
 def guest_of(object_name: str) -> str | None:

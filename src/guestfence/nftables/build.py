@@ -180,12 +180,8 @@ class Table:
         return {"flush": {"set": self._obj(family, name=name)}}
 
     def add_verdict_map(self, family: str, name: str, key_type: str | Sequence[str]) -> Command:
-        return self.add_map(family, name, key_type, "verdict")
-
-    def add_map(self, family: str, name: str, key_type: str | Sequence[str], data: str) -> Command:
-        """A named map to ``data`` (``verdict``: a verdict map)."""
         key = key_type if isinstance(key_type, str) else list(key_type)
-        return {"add": {"map": self._obj(family, name=name, type=key, map=data)}}
+        return {"add": {"map": self._obj(family, name=name, type=key, map="verdict")}}
 
     def add_element(self, family: str, set_name: str, elements: Iterable[Any]) -> Command:
         return {"add": {"element": self._obj(family, name=set_name, elem=list(elements))}}
