@@ -11,7 +11,7 @@ import pytest
 
 from guestfence.config import parse_config
 from guestfence.errors import HostError, PolicyError
-from guestfence.guests.compile import Settings
+from guestfence.guests.compile import Profiles, Settings
 from guestfence.guests.drift import compare_listings
 from guestfence.guests.firewall import (
     GUESTS,
@@ -344,3 +344,18 @@ def test_the_features_plans_resolve_nothing_the_caller_hands_the_addresses_in(mo
     (member,) = plan.record["members"]
     assert member["resolved"] == {"api.example.com": ["203.0.113.7"]} and member["unresolved"] == {"gone.example": "no addresses"}
     assert GUESTS.dns_names(None, plan.record) == {"api.example.com", "gone.example"}
+
+
+def test_a_difference_in_a_shared_profile_is_the_drift_of_every_guest_using_it() -> None:
+    registry = Registry()
+    for name in ("vm1", "vm2"):
+        guest = parse_guest(name=name, iface=f"vmtap-{name}", addresses=[f"192.0.2.{2 + 4 * (name == 'vm2')}/30"],
+                            gateways=["192.0.2.1"], policy=Policy.parse(allow=["tcp://@gateway:8080"]))  # fmt: skip
+        _, registry = plan_add(registry, resolve_guest(guest, resolver))
+    profiles = {Profiles(registry.names_of()).of(m.guest).name for m in registry.members}
+    (profile,) = profiles
+    expected = _listing(_rule(profile, FINAL_DROP))
+    live = _listing(_rule(profile, {"accept": None}))
+    report = status_from_listings(registry, expected, live)
+    assert [len(g.drift) for g in report.guests] == [2, 2] and report.drift == ()
+    assert all(f"chain inet {profile}: rule 1" in g.drift[0] for g in report.guests)
