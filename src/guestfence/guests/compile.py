@@ -10,7 +10,7 @@ The ruleset (docs/vm-guests.md explains why it is shaped so)::
           ip6 saddr :: but not in DAD/MLD: iifname vmap @drops -> goto guest_drop
           ip6 saddr :: iifname vmap @guests        -> goto policy.P
           iifname vmap @drops                      -> goto guest_drop (a guest's spoofed source)
-          the same six keyed by iifname . ether saddr (bridge ports), @bridged_*
+          the same six keyed by iifname . ether saddr, @bridged_* (only while a guest is a bridge port)
           iifname "vmtap*" goto unregistered
       input, forward  hook input / forward, priority filter (0), policy accept
           ct status dnat ct state new goto redispatch: a connection the host
@@ -333,7 +333,7 @@ def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names | 
     commands: list[Command] = []
     for family in FAMILIES:
         commands += [OURS.add_table(family), OURS.delete_table(family)]
-    commands += _skeleton(settings, masquerade=any(g.masquerade for g in guests))
+    commands += _skeleton(settings, guests)
     profiles = Profiles(names)
     elements: dict[tuple[str, str], list[object]] = {}
     objects: list[Command] = []
@@ -356,7 +356,7 @@ def compile_add(guest: Guest, settings: Settings, names: Names | NamesOf, *, oth
     check_guests([*others, guest])
     profiles = Profiles(names)
     profile = profiles.of(guest)
-    commands = _skeleton(settings, masquerade=guest.masquerade or any(g.masquerade for g in others))
+    commands = _skeleton(settings, [*others, guest])
     if replaces is not None:
         old = profiles.of(replaces)
         last = old.name != profile.name and old.name not in {profiles.of(g).name for g in others}
@@ -372,7 +372,7 @@ def compile_remove(guest: Guest, settings: Settings, names: Names | NamesOf, *, 
     profiles = Profiles(names)
     profile = profiles.of(guest)
     last = profile.name not in {profiles.of(g).name for g in others}
-    commands = _skeleton(settings, masquerade=any(g.masquerade for g in others))
+    commands = _skeleton(settings, others)
     commands += _guest_removal(guest, profile, last=last)
     return NftPlan(step=f"remove guest {guest.name}", commands=tuple(commands))
 
@@ -448,10 +448,15 @@ def _drop_rules(key: Expr, meter: str, counters: str) -> list[list[Expr]]:
     return [[b.meter_limit(meter, key, *LOG_RATE), b.log(LOG_PREFIX)], [b.match(key, f"@{counters}"), b.DROP], [b.DROP]]
 
 
-def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
-    """``masquerade``: whether a guest masquerades. The nat chain exists only
-    then: a nat chain makes the kernel run its NAT hooks for every packet of
-    every connection on the host, guests' or not."""
+def _skeleton(settings: Settings, guests: Sequence[Guest]) -> list[Command]:
+    """What the tables hold whatever the guests, and two things that depend
+    on all of them (``guests``: every guest there will be). The nat chain
+    exists only while a guest masquerades: a nat chain makes the kernel run
+    its NAT hooks for every packet of every connection on the host, guests'
+    or not. The dispatch of bridge ports exists only while a guest is one:
+    its lookups cost every packet of the host's own that reaches prerouting."""
+    masquerade = any(g.masquerade for g in guests)
+    bridged = any(g.bridge is not None for g in guests)
     commands = [OURS.add_table(family) for family in FAMILIES]
     commands += [OURS.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
     commands.append(OURS.add_set(INET, n.MARTIANS6, "ipv6_addr", [b.net_value(net) for net in MARTIAN_DESTINATIONS if net.version == 6],
@@ -487,7 +492,7 @@ def _skeleton(settings: Settings, *, masquerade: bool) -> list[Command]:
         commands.append(OURS.add_rule(family, UNREGISTERED, [b.counter(), b.DROP]))
     dispatch = {
         (INET, PREROUTING): [*_dispatch([_IIFNAME], DISPATCH, GUESTS_MAP, DROPS_MAP),
-                             *_dispatch(_BRIDGED_WHO, BRIDGED_DISPATCH, BRIDGED_MAP, BRIDGED_DROPS_MAP)],
+                             *(_dispatch(_BRIDGED_WHO, BRIDGED_DISPATCH, BRIDGED_MAP, BRIDGED_DROPS_MAP) if bridged else [])],
         (ARP, INPUT): [[b.vmap(_IIFNAME, GUESTS_MAP)]],
         (BRIDGE, PREROUTING): [[b.vmap(_IIFNAME, GUESTS_MAP)]],
         (BRIDGE, FORWARD): [[b.vmap(_IIFNAME, PORTS_MAP)]],

@@ -283,3 +283,15 @@ def test_a_guest_is_removed_with_the_profile_its_own_names_compiled_to() -> None
     assert targets(installed, "vmtap-vm1") != targets(installed, "vmtap-vm2"), "control: two resolutions, two profiles"
     removal = compile_remove(first, Settings(), names_of, others=[second]).commands
     assert targets(removal, "vmtap-vm1") == targets(installed, "vmtap-vm1")
+
+
+def test_the_dispatch_of_bridge_ports_exists_only_while_a_guest_is_one() -> None:
+    """Its lookups would cost every packet of the host's own that reaches prerouting."""
+    def bridged_lookups(commands: tuple[dict, ...]) -> int:
+        return sum("@bridged" in json.dumps(r) for r in _rules(commands, "prerouting"))
+
+    routed, port = guest(), guest("br1", 2, mac="02:00:00:00:00:02", bridge="br0")
+    assert bridged_lookups(compile_ruleset([routed], Settings(), {}).commands) == 0
+    assert bridged_lookups(compile_ruleset([routed, port], Settings(), {}).commands) == 7
+    assert bridged_lookups(compile_add(port, Settings(), {}, others=[routed], replaces=None).commands) == 7
+    assert bridged_lookups(compile_remove(port, Settings(), {}, others=[routed]).commands) == 0
