@@ -99,16 +99,19 @@ Rules of the compiler:
    that names an address (a CIDR or a DNS name); ``*`` and the default do
    not cover it, as ``decide`` says with ``Context.guests``.
 6. ``compile_add``/``compile_remove`` touch only one guest's elements
-   and ND chain, its profile (re-created; deleted with its
-   last guest), plus re-creating the constant base rules (the nat chain
-   among them while any guest masquerades, so they are told the other
-   guests), so the transaction is the same with 1 guest or 10,000. Removal
-   is idempotent (each object is added, then deleted, in the same transaction).
+   and ND chain and its profile (re-created in place; deleted with its last
+   guest), plus re-creating the constant base rules (the nat chain while
+   any guest masquerades, the bridge ports' dispatch while a guest is one,
+   so they are told the other guests), so the transaction is the same with
+   1 guest or 10,000. Removal is idempotent (each object is added, then
+   deleted, in the same transaction); each guest's profile is compiled
+   with its own recorded names (``NamesOf``), so its removal re-adds its
+   elements with the verdicts the kernel holds.
 7. A verdict never follows a lookup that can miss in the same rule unless a
    miss is safe: ``iifname @dropped drop`` does nothing for an interface
    the set lacks, so ``guest_drop`` ends with a plain drop; an accept
-   after ``iifname @accepted`` only fails closed. A chain may not be named like an nft keyword (``drop``):
-   what ``nft list ruleset`` prints must load back.
+   after ``iifname @accepted`` only fails closed. No chain is named like
+   an nft keyword (``drop``): what ``nft list ruleset`` prints must load back.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ from typing import Any, final
 
 from guestfence.errors import PlanError
 from guestfence.nftables import build as b
-from guestfence.nftables.match import HOST_TYPES, Names, rule_matches
+from guestfence.nftables.match import HOST_TYPES, GatewayLookup, Names, rule_matches
 from guestfence.guests import names as n
 from guestfence.guests.names import OURS
 from guestfence.guests.antispoof import (
@@ -177,7 +180,7 @@ from guestfence.guests.names import (
     guest_chain,
     profile_chain,
 )
-from guestfence.policy.model import Action, AnyHost, Rule, Symbol, SymbolHost
+from guestfence.policy.model import Action, AnyHost, Policy, Rule, Symbol, SymbolHost
 
 MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "::/128", "::1/128", "::ffff:0:0/96"))
 """Destinations no packet arriving on a link may have: unspecified, loopback
@@ -300,8 +303,8 @@ class Profiles:
 
     def __init__(self, names: Names | NamesOf) -> None:
         self._names_of: NamesOf = names if callable(names) else lambda guest: names
-        self._policies: dict[int, tuple[Any, int, tuple[str, ...]]] = {}
-        self._distinct: dict[Any, int] = {}
+        self._policies: dict[int, tuple[Policy, int, tuple[str, ...]]] = {}
+        self._distinct: dict[Policy, int] = {}
         self._compiled: dict[tuple[Any, ...], Profile] = {}
         self.used: dict[str, Profile] = {}
         """Every profile asked for, by name, in the order first asked."""
@@ -610,7 +613,7 @@ def _profile_commands(profile: Profile) -> list[Command]:
     return commands
 
 
-def _host_rules(guest: Guest, names: Names, gateway: Any, accept: list[Expr], drop: Expr) -> list[list[Expr]]:
+def _host_rules(guest: Guest, names: Names, gateway: GatewayLookup, accept: list[Expr], drop: Expr) -> list[list[Expr]]:
     """Packets for the host itself (local, broadcast, multicast, anycast
     destinations), past what the profile decided before: the other allows,
     then the default. ICMP echo is the policy's like any other flow."""
@@ -620,7 +623,7 @@ def _host_rules(guest: Guest, names: Names, gateway: Any, accept: list[Expr], dr
     return rules
 
 
-def _out_rules(guest: Guest, names: Names, gateway: Any, accept: list[Expr], drop: Expr) -> list[list[Expr]]:
+def _out_rules(guest: Guest, names: Names, gateway: GatewayLookup, accept: list[Expr], drop: Expr) -> list[list[Expr]]:
     """Packets the host would forward elsewhere (other guests, other
     networks), past what the profile decided before."""
     policy = guest.policy
@@ -638,7 +641,8 @@ def _is_gateway(rule: Rule) -> bool:
     return isinstance(rule.host, SymbolHost) and rule.host.symbol is Symbol.GATEWAY
 
 
-def _policy_rules(rules: Iterable[Rule], names: Names, gateway: Any, verdict: list[Expr], *, deny: bool = True) -> list[list[Expr]]:
+def _policy_rules(rules: Iterable[Rule], names: Names, gateway: GatewayLookup, verdict: list[Expr], *,
+                  deny: bool = True) -> list[list[Expr]]:  # fmt: skip
     return [[*matches, *verdict] for rule in rules for matches in rule_matches(rule, names, gateway, deny=deny)]
 
 
