@@ -11,12 +11,14 @@ other element builders here):
   guest's policy only through ``iifname . ip saddr vmap @dispatch4`` (and
   IPv6, and ``iifname . ether saddr . ip saddr`` for bridge ports), whose
   elements are the guest's own addresses; a packet of a registered
-  interface the dispatch misses goes to ``drop``. What the source cannot
-  say is checked in ``screen`` (``screen_rules``): ``::`` outside DAD and
-  MLD (checked in the dispatch), neighbour advertisement targets (through the per-guest chain
-  ``guest.NAME.nd``: nft 1.0.6 can key no set by the raw ND target),
-  router advertisements and redirects; and, for routed guests given a MAC,
-  in their profile (``mac_rule``).
+  interface the dispatch misses goes to ``guest_drop``, and so does ``::``
+  outside DAD and MLD (``unspecified_source_rules``, in the dispatch).
+  What the source cannot say is checked in ``screen`` (``screen_rules``):
+  neighbour advertisement targets (through the per-guest chain
+  ``guest.NAME.nd``: nft 1.0.6 can key no set by the raw ND target; a
+  bridge port's are checked in the bridge table), router advertisements
+  and redirects; and, for routed guests given a MAC, in their profile
+  (``mac_rule``).
 - ``arp`` (routed guests) and ``bridge`` (bridge ports, with the L2 checks
   only it can see: MAC, ethertypes, ARP): one ``screen`` chain each
   (``arp_screen_rules``, ``bridge_screen_rules``).
