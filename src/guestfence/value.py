@@ -22,17 +22,23 @@ A subclass
   take part in ``hash`` (default: ``COMPARED``; a mapping cannot), and
   ``HIDDEN``, the fields ``repr`` leaves out.
 
-A Value is never copied: ``copy.copy`` and ``copy.deepcopy`` give it back
-itself, as nothing in it can change.
+``replace(value, **changes)`` is ``dataclasses.replace`` for a Value and
+for a dataclass alike (modules hold both while some types stay
+dataclasses): a new value with some fields changed, made (and checked) by
+its ``__init__``. A Value is
+never copied: ``copy.copy`` and ``copy.deepcopy`` give it back itself, as
+nothing in it can change.
 """
 
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 init_field = object.__setattr__
 """Sets a field of a Value being made (its ``__init__`` only)."""
+
+V = TypeVar("V")
 
 
 def _key_getter(names: tuple[str, ...]) -> Any:
@@ -87,3 +93,16 @@ class Value:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Value:
         return self
+
+
+def replace(value: V, **changes: Any) -> V:
+    """``value`` (a Value or a dataclass) with the fields in ``changes`` changed."""
+    if not isinstance(value, Value):
+        import dataclasses  # (imported already by whoever made the dataclass)
+
+        return dataclasses.replace(value, **changes)
+    fields = {name: getattr(value, name) for name in value.__slots__}
+    unknown = changes.keys() - fields.keys()
+    if unknown:
+        raise TypeError(f"{value.__class__.__name__} has no field {', '.join(sorted(unknown))}")
+    return value.__class__(**(fields | changes))

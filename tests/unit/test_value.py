@@ -19,7 +19,7 @@ from guestfence.policy.model import (
     parse_policy,
 )
 from guestfence.resolve import Resolution
-from guestfence.value import Value, init_field
+from guestfence.value import Value, init_field, replace
 
 
 class Pair(Value):
@@ -103,3 +103,13 @@ def test_constructors_check_their_invariants() -> None:
         Policy(allow=(Rule(proto=Proto.ICMP, host=AnyHost()),) * 2)
     with pytest.raises(TypeError):
         Rule(Proto.ICMP, AnyHost())  # type: ignore[misc]  # keyword-only, as the dataclass was
+
+
+def test_replace_makes_a_new_checked_value_of_a_value_or_a_dataclass() -> None:
+    pair = Pair(a=1, b=2)
+    assert replace(pair, b=3) == Pair(a=1, b=3) and pair == Pair(a=1, b=2)
+    assert replace(DataPair(a=1), b=5) == DataPair(a=1, b=5)
+    with pytest.raises(TypeError):
+        replace(pair, c=1)
+    with pytest.raises(ValueError):
+        replace(PortRange(1, 2), lo=3)
