@@ -171,9 +171,10 @@ def _parse_interface(text: str, guest: str, where: str) -> Interface:
         iface = _fast_interface(text)
     except (ValueError, TypeError):
         raise PolicyError(f"{where}guest {guest}: invalid address {text!r} (expected e.g. 192.0.2.2/30 or 2001:db8::2/64)") from None
-    if iface.version == 6 and iface.ip.ipv4_mapped is not None:
+    ip = iface.ip  # (made anew at each access)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
         raise PolicyError(f"{where}guest {guest}: {text!r} is IPv4-mapped; give the IPv4 address")
-    if iface.ip.is_unspecified or iface.ip.is_multicast or iface.ip.is_loopback:
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
         raise PolicyError(f"{where}guest {guest}: {text!r} cannot be a guest's own address")
     return iface
 
