@@ -167,7 +167,9 @@ class StateStore:
             with open(temporary, "w", encoding="utf-8") as out:
                 # One line, by json's C encoder: with indent (or json.dump)
                 # it takes the pure-Python path, 20 ms of `guest add` at 1000 guests.
-                out.write(json.dumps(data, sort_keys=True) + "\n")
+                # The document is a tree (read from JSON, or built of fresh
+                # dicts and lists): no cycle to look for, 15% of the encoding.
+                out.write(json.dumps(data, sort_keys=True, check_circular=False) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)
