@@ -9,14 +9,15 @@ of making the class: a dataclass compiles its methods from source at import
 (about 1 ms a class on the 2-core reference VM) and ``import dataclasses``
 brings inspect, ast and dis (13 ms), while a whole ``check`` or ``explain``
 has 60 ms of CPU (issue 14). So the types loaded by every command (the
-policy core, the config file, guests and their record) are Values; types
-only some commands load stay dataclasses.
+policy core, the config file) and by ``guest add`` (guests, their record,
+the feature plans) are Values; types only some commands load stay
+dataclasses.
 
 A subclass
 - lists its fields, in order, in ``__slots__`` and annotates them;
-- writes ``__init__``, keyword-only as a dataclass of STYLE 5.2 would be
-  (positional only where the dataclass was: ``PortRange(22, 22)``), setting
-  each field with ``init_field(self, name, value)``;
+- writes ``__init__``, keyword-only as STYLE 5.2's dataclasses are (the
+  few that were positional stay so: ``PortRange(22, 22)``, ``NetHost(net)``),
+  setting each field with ``init_field(self, name, value)``;
 - may set ``COMPARED``, the fields that take part in ``==`` (the others,
   such as a callable, do not; default: all), ``HASHED``, those of them that
   take part in ``hash`` (default: ``COMPARED``; a mapping cannot), and
@@ -25,9 +26,9 @@ A subclass
 ``replace(value, **changes)`` is ``dataclasses.replace`` for a Value and
 for a dataclass alike (modules hold both while some types stay
 dataclasses): a new value with some fields changed, made (and checked) by
-its ``__init__``. A Value is
-never copied: ``copy.copy`` and ``copy.deepcopy`` give it back itself, as
-nothing in it can change.
+its ``__init__``. A Value is never copied: ``copy.copy`` and
+``copy.deepcopy`` give it back itself, as nothing in it can change; pickling
+makes it anew from its fields.
 """
 
 from __future__ import annotations
@@ -88,11 +89,19 @@ class Value:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"cannot delete field {name!r} of a {self.__class__.__name__}: values are frozen")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _remake, (self.__class__, {name: getattr(self, name) for name in self.__slots__})
+
     def __copy__(self) -> Value:
         return self
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Value:
         return self
+
+
+def _remake(cls: type[V], fields: dict[str, Any]) -> V:
+    """A pickled Value, made again (and checked) by its ``__init__``."""
+    return cls(**fields)
 
 
 def replace(value: V, **changes: Any) -> V:

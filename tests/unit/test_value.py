@@ -113,3 +113,11 @@ def test_replace_makes_a_new_checked_value_of_a_value_or_a_dataclass() -> None:
         replace(pair, c=1)
     with pytest.raises(ValueError):
         replace(PortRange(1, 2), lo=3)
+
+
+def test_pickles_as_the_slotted_dataclass_did() -> None:
+    import pickle
+
+    policy = parse_policy(allow=["tcp://192.0.2.1:22", "icmp://*"], deny=["udp://@host:53"])
+    assert pickle.loads(pickle.dumps(policy)) == policy
+    assert pickle.loads(pickle.dumps(Context(names={"a.example": frozenset()}))).names == {"a.example": frozenset()}
