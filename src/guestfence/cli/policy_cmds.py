@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from guestfence.config import format_config, load_config  # TOML: explain needs it only for --policy
+    from guestfence.config import format_config, load_config  # TOML: for check and --policy only (start-up of explain)
 
     config = load_config(args.file)
     if args.json:

@@ -4,8 +4,8 @@ these). Pure: no I/O; imports nothing of the policy package.
 
 Every value is frozen, hashable and valid once it exists (a
 guestfence.value.Value: a frozen dataclass without its start-up cost); its
-``__init__`` checks invariants only. Turning text into values is grammar.py's job, and
-``str()`` of a value gives the canonical grammar, so
+``__init__`` checks invariants only. Turning text into values is
+grammar.py's job, and ``str()`` of a value gives the canonical grammar, so
 ``parse_rule(str(rule)) == rule`` holds for every rule.
 
 Unix destinations have values of their own (``UnixRule``, ``UnixFlow``),
