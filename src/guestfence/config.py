@@ -38,7 +38,6 @@ import re
 import tomllib
 from collections import defaultdict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 import os
 from typing import TYPE_CHECKING, Any, final
 
@@ -46,6 +45,7 @@ from guestfence.errors import ConfigError, PolicyError, RuleSyntaxError, raise_c
 from guestfence.guests.names import DEFAULT_PATTERN
 from guestfence.policy.grammar import parse_action, parse_rules
 from guestfence.policy.model import Policy, Rule, UnixRule
+from guestfence.value import Value, init_field
 
 if TYPE_CHECKING:  # imported where a file has [[guest]] or [lockdown] tables (start-up of check, explain)
     from guestfence.lockdown.pattern import LockdownConfig
@@ -61,15 +61,24 @@ _STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"|\'([^\'\n]*)\'')
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConfigFile:
+class ConfigFile(Value):
     """A parsed policy file. ``policies`` maps a name (None: the unnamed one) to its policy."""
 
+    __slots__ = ("source", "policies", "guests", "guest_pattern", "lockdown")
+    HASHED = ("source", "guests", "guest_pattern", "lockdown")
     source: str
-    policies: Mapping[str | None, Policy] = field(default_factory=dict, hash=False)
-    guests: tuple[Guest, ...] = ()
-    guest_pattern: str = DEFAULT_PATTERN
-    lockdown: LockdownConfig | None = None
+    policies: Mapping[str | None, Policy]
+    guests: tuple[Guest, ...]
+    guest_pattern: str
+    lockdown: LockdownConfig | None
+
+    def __init__(self, *, source: str, policies: Mapping[str | None, Policy] | None = None, guests: tuple[Guest, ...] = (),
+                 guest_pattern: str = DEFAULT_PATTERN, lockdown: LockdownConfig | None = None) -> None:
+        init_field(self, "source", source)
+        init_field(self, "policies", {} if policies is None else policies)
+        init_field(self, "guests", guests)
+        init_field(self, "guest_pattern", guest_pattern)
+        init_field(self, "lockdown", lockdown)
 
     def policy(self, name: str | None) -> Policy:
         """The policy ``name`` selects; None means the file's only or unnamed one."""

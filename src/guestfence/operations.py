@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import GuestfenceError, PolicyError
@@ -50,6 +49,7 @@ from guestfence.guests.firewall import (
 from guestfence.guests.guest import Guest
 from guestfence.resolve import Resolution, resolve_names
 from guestfence.state import Feature, FeaturePlan, StateStore
+from guestfence.value import Value, init_field, replace
 
 if TYPE_CHECKING:  # lockdown is imported only by the commands that use it
     from guestfence.lockdown.pattern import InterfacePattern
@@ -67,15 +67,24 @@ _LINK_LOCAL = (ipaddress.ip_network("fe80::/10"),)
 
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class Outcome:
+class Outcome(Value):
     """What a command did (or, dry, would do): the plans, and what it could not do."""
 
+    __slots__ = ("plans", "problems", "member", "warnings", "shown")
+    HASHED = ("plans", "problems", "member", "warnings")
     plans: tuple[FeaturePlan, ...]
-    problems: tuple[str, ...] = ()
-    member: Registered | None = None
-    warnings: tuple[str, ...] = ()
-    shown: Any = field(default=None, hash=False)
+    problems: tuple[str, ...]
+    member: Registered | None
+    warnings: tuple[str, ...]
+    shown: Any
+
+    def __init__(self, *, plans: tuple[FeaturePlan, ...], problems: tuple[str, ...] = (), member: Registered | None = None,
+                 warnings: tuple[str, ...] = (), shown: Any = None) -> None:
+        init_field(self, "plans", plans)
+        init_field(self, "problems", problems)
+        init_field(self, "member", member)
+        init_field(self, "warnings", warnings)
+        init_field(self, "shown", shown)
 
 
 def commit(store: StateStore, feature: Feature, plan: FeaturePlan, recorded: Any) -> None:

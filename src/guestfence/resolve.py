@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, final
 
 from guestfence.policy.model import Address, unmap
+from guestfence.value import Value, init_field
 
 Resolver = Callable[..., list[tuple[Any, ...]]]
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Resolution:
-    addresses: Mapping[str, frozenset[Address]] = field(default_factory=dict, hash=False)
-    failures: Mapping[str, str] = field(default_factory=dict, hash=False)
+class Resolution(Value):
+    """What each name resolved to, and why the others did not."""
+
+    __slots__ = ("addresses", "failures")
+    HASHED = ()
+    addresses: Mapping[str, frozenset[Address]]
+    failures: Mapping[str, str]
+
+    def __init__(self, *, addresses: Mapping[str, frozenset[Address]] | None = None,
+                 failures: Mapping[str, str] | None = None) -> None:
+        init_field(self, "addresses", {} if addresses is None else addresses)
+        init_field(self, "failures", {} if failures is None else failures)
 
 
 def resolve_names(names: Iterable[str], resolver: Resolver | None = None) -> Resolution:

@@ -45,8 +45,10 @@ def test_check_of_a_file_imports_no_kernel_library(tmp_path: Path) -> None:
 
 
 # What check and explain of a plain policy do without: the guest and lockdown
-# models, DNS (socket), pathlib and shutil (argparse's formatter would import it).
-NOT_FOR_A_POLICY = ("guestfence.guests.guest", "guestfence.lockdown.pattern", "socket", "pathlib", "shutil")
+# models, DNS (socket), pathlib and shutil (argparse's formatter would import it),
+# dataclasses (with inspect, ast, dis; the values they load are guestfence.value.Value).
+NOT_FOR_A_POLICY = ("guestfence.guests.guest", "guestfence.lockdown.pattern", "socket", "pathlib", "shutil",
+                    "dataclasses", "inspect")
 
 
 def test_check_and_explain_of_a_policy_import_only_the_policy_core(tmp_path: Path) -> None:
@@ -81,3 +83,11 @@ def test_guest_add_reads_the_kernel_without_pyroute2(tmp_path: Path) -> None:
                                 "--gateway", "192.0.2.1", "--dry-run", "--state-dir", str(tmp_path))
     assert "guestfence.rtnl" in imported
     assert "pyroute2" not in imported
+
+
+def test_explain_of_rules_on_the_command_line_reads_no_toml(tmp_path: Path) -> None:
+    assert "tomllib" not in imported_modules("explain", "--net-allow", "tcp://192.0.2.1:22", "tcp://192.0.2.1:22")
+    # The control: a policy file needs the TOML parser.
+    policy = tmp_path / "policy.toml"
+    policy.write_text('default = "deny"\nallow = ["tcp://192.0.2.1:22"]\n')
+    assert "tomllib" in imported_modules("explain", "--policy", str(policy), "tcp://192.0.2.1:22")

@@ -14,7 +14,6 @@ from guestfence.cli.common import (
     print_json,
     warn_gateway_undefined,
 )
-from guestfence.config import format_config, load_config
 from guestfence.errors import PolicyError, RuleSyntaxError, raise_collected
 from guestfence.policy.decide import LINK_ESSENTIALS, decide, decide_translated, decide_unix
 from guestfence.policy.grammar import UNIX_SCHEME, parse_destination, parse_unix_destination
@@ -95,6 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from guestfence.config import format_config, load_config  # TOML: for check and --policy only (start-up of explain)
+
     config = load_config(args.file)
     if args.json:
         print_json(

@@ -25,10 +25,10 @@ Pure, except ``collect_link_indexes`` (one rtnetlink dump).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import HostError, PolicyError
+from guestfence.value import Value, init_field, replace
 
 if TYPE_CHECKING:
     from guestfence.guests.firewall import StatusReport
@@ -37,14 +37,16 @@ OWNERS = ("qemu", "libvirt", "cni")
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Binding:
+class Binding(Value):
     """The integration that registered a guest and the ifindex of its interface then."""
 
+    __slots__ = ("owner", "ifindex")
     owner: str
     ifindex: int
 
-    def __post_init__(self) -> None:
+    def __init__(self, *, owner: str, ifindex: int) -> None:
+        init_field(self, "owner", owner)
+        init_field(self, "ifindex", ifindex)
         if self.owner not in OWNERS or not isinstance(self.ifindex, int) or self.ifindex <= 0:
             raise ValueError(f"invalid binding {self.owner!r} {self.ifindex!r}")
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, final
 
 from guestfence.errors import ApplyError, HostError, PolicyError
@@ -68,6 +67,7 @@ from guestfence.guests.guest import (
 from guestfence.policy.model import Address
 from guestfence.resolve import Resolution, Resolver, resolve_names
 from guestfence.state import FeaturePlan
+from guestfence.value import Value, init_field, replace
 
 if TYPE_CHECKING:  # drift (difflib, threading, ctypes) is imported by status and restore only: start-up of guest add
     from guestfence.guests.drift import Drift, Item
@@ -76,40 +76,67 @@ GUESTS_KEY = "guests"
 
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class Registered:
+class Registered(Value):
     """A guest with the addresses its rules' DNS names resolved to when applied.
     ``record``: the recorded form it was read from (written back as it is, so
     a change of one guest does not serialise every other), None for a new one."""
 
+    __slots__ = ("guest", "names", "unresolved", "record", "link")
+    COMPARED = ("guest", "names", "unresolved", "link")
+    HASHED = ("guest", "link")
+    HIDDEN = ("record",)
     guest: Guest
-    names: Mapping[str, frozenset[Address]] = field(default_factory=dict, hash=False)
-    unresolved: Mapping[str, str] = field(default_factory=dict, hash=False)
-    record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
-    link: Binding | None = None
+    names: Mapping[str, frozenset[Address]]
+    unresolved: Mapping[str, str]
+    record: Mapping[str, Any] | None
+    link: Binding | None
     """Set by an integration: the interface it was made for (guestfence.guests.binding)."""
+
+    def __init__(self, *, guest: Guest, names: Mapping[str, frozenset[Address]] | None = None,
+                 unresolved: Mapping[str, str] | None = None, record: Mapping[str, Any] | None = None,
+                 link: Binding | None = None) -> None:
+        init_field(self, "guest", guest)
+        init_field(self, "names", {} if names is None else names)
+        init_field(self, "unresolved", {} if unresolved is None else unresolved)
+        init_field(self, "record", record)
+        init_field(self, "link", link)
 
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class Unreadable:
+class Unreadable(Value):
     """A recorded member that could not be read back: kept verbatim, its interface closed."""
 
-    raw: Any = field(hash=False)
+    __slots__ = ("raw", "problem", "name", "iface")
+    HASHED = ("problem", "name", "iface")
+    raw: Any
     problem: str
     name: str | None
     iface: str | None
 
+    def __init__(self, *, raw: Any, problem: str, name: str | None, iface: str | None) -> None:
+        init_field(self, "raw", raw)
+        init_field(self, "problem", problem)
+        init_field(self, "name", name)
+        init_field(self, "iface", iface)
+
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class Registry:
+class Registry(Value):
     """Every registered guest and the table-wide settings: the recorded section."""
 
-    settings: Settings = Settings()
-    members: tuple[Registered, ...] = ()
-    unreadable: tuple[Unreadable, ...] = ()
-    pending: Mapping[str, Any] | None = field(default=None, hash=False)
+    __slots__ = ("settings", "members", "unreadable", "pending")
+    HASHED = ("settings", "members", "unreadable")
+    settings: Settings
+    members: tuple[Registered, ...]
+    unreadable: tuple[Unreadable, ...]
+    pending: Mapping[str, Any] | None
+
+    def __init__(self, *, settings: Settings | None = None, members: tuple[Registered, ...] = (),
+                 unreadable: tuple[Unreadable, ...] = (), pending: Mapping[str, Any] | None = None) -> None:
+        init_field(self, "settings", Settings() if settings is None else settings)
+        init_field(self, "members", members)
+        init_field(self, "unreadable", unreadable)
+        init_field(self, "pending", pending)
 
     def find(self, name: str) -> Registered | None:
         return next((m for m in self.members if m.guest.name == name), None)
@@ -301,7 +328,7 @@ def plan_json(plan: NftPlan) -> dict[str, Any]:
 
 def describe_changes(old: Registry, new: Registry, *, kept: Sequence[str] = ()) -> list[str]:
     """What going from ``old`` to ``new`` adds, changes and removes, in words. Pure."""
-    # Guests are compared as values (frozen dataclasses): equal exactly when
+    # Guests are compared as values (frozen, compared by their fields): equal exactly when
     # their records are, without serialising every guest twice.
     before = {m.guest.name: m.guest for m in old.members}
     after = {m.guest.name: m.guest for m in new.members}
@@ -471,11 +498,12 @@ def generation_of(items: Sequence[Item]) -> int | None:
 
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class GuestStatus:
+class GuestStatus(Value):
     """One guest's line of ``status``: counters (None when the counter is not
     there) and every difference that concerns its objects."""
 
+    __slots__ = ("name", "iface", "rules", "accepted_packets", "accepted_bytes", "dropped_packets", "dropped_bytes",
+                 "drift")
     name: str
     iface: str
     rules: int
@@ -485,15 +513,30 @@ class GuestStatus:
     dropped_bytes: int | None
     drift: tuple[str, ...]
 
+    def __init__(self, *, name: str, iface: str, rules: int, accepted_packets: int | None, accepted_bytes: int | None,
+                 dropped_packets: int | None, dropped_bytes: int | None, drift: tuple[str, ...]) -> None:
+        init_field(self, "name", name)
+        init_field(self, "iface", iface)
+        init_field(self, "rules", rules)
+        init_field(self, "accepted_packets", accepted_packets)
+        init_field(self, "accepted_bytes", accepted_bytes)
+        init_field(self, "dropped_packets", dropped_packets)
+        init_field(self, "dropped_bytes", dropped_bytes)
+        init_field(self, "drift", drift)
+
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class StatusReport:
+class StatusReport(Value):
     """What ``status`` shows, as plain data for any renderer (text, JSON, metrics)."""
 
+    __slots__ = ("guests", "drift")
     guests: tuple[GuestStatus, ...]
     drift: tuple[str, ...]
     """Differences no single guest owns (base chains, shared sets, the record itself)."""
+
+    def __init__(self, *, guests: tuple[GuestStatus, ...], drift: tuple[str, ...]) -> None:
+        init_field(self, "guests", guests)
+        init_field(self, "drift", drift)
 
     @property
     def drifted(self) -> bool:

@@ -18,13 +18,13 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Union, final
 
 from guestfence.errors import PolicyError
 from guestfence.guests.names import DEFAULT_PATTERN, GUEST_NAME
 from guestfence.policy.model import parse_policy
 from guestfence.policy.model import Address, Policy
+from guestfence.value import Value, init_field
 
 Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
@@ -39,8 +39,7 @@ COMMENT_HELP = (f"free text shown in the ruleset: at most {COMMENT_MAX_BYTES} by
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Guest:
+class Guest(Value):
     """One guest: its link, its own addresses, its gateway(s) and its policy.
 
     ``addresses`` are the guest's own (with their prefix, as configured in
@@ -49,17 +48,29 @@ class Guest:
     guests attached through a bridge (they need ``mac``).
     """
 
+    __slots__ = ("name", "iface", "addresses", "gateways", "policy", "mac", "masquerade", "bridge", "comment")
     name: str
     iface: str
     addresses: tuple[Interface, ...]
-    gateways: tuple[Address, ...] = ()
-    policy: Policy = field(default_factory=Policy)
-    mac: str | None = None
-    masquerade: bool = False
-    bridge: str | None = None
-    comment: str = ""
+    gateways: tuple[Address, ...]
+    policy: Policy
+    mac: str | None
+    masquerade: bool
+    bridge: str | None
+    comment: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, *, name: str, iface: str, addresses: tuple[Interface, ...], gateways: tuple[Address, ...] = (),
+                 policy: Policy | None = None, mac: str | None = None, masquerade: bool = False,
+                 bridge: str | None = None, comment: str = "") -> None:
+        init_field(self, "name", name)
+        init_field(self, "iface", iface)
+        init_field(self, "addresses", addresses)
+        init_field(self, "gateways", gateways)
+        init_field(self, "policy", Policy() if policy is None else policy)
+        init_field(self, "mac", mac)
+        init_field(self, "masquerade", masquerade)
+        init_field(self, "bridge", bridge)
+        init_field(self, "comment", comment)
         if not GUEST_NAME.match(self.name):
             raise ValueError(f"invalid guest name {self.name!r}")
         for iface in (self.iface,) if self.bridge is None else (self.iface, self.bridge):
@@ -160,9 +171,10 @@ def _parse_interface(text: str, guest: str, where: str) -> Interface:
         iface = _fast_interface(text)
     except (ValueError, TypeError):
         raise PolicyError(f"{where}guest {guest}: invalid address {text!r} (expected e.g. 192.0.2.2/30 or 2001:db8::2/64)") from None
-    if iface.version == 6 and iface.ip.ipv4_mapped is not None:
+    ip = iface.ip  # (made anew at each access)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
         raise PolicyError(f"{where}guest {guest}: {text!r} is IPv4-mapped; give the IPv4 address")
-    if iface.ip.is_unspecified or iface.ip.is_multicast or iface.ip.is_loopback:
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
         raise PolicyError(f"{where}guest {guest}: {text!r} cannot be a guest's own address")
     return iface
 

@@ -21,7 +21,6 @@ before another TAP of that name comes.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from guestfence.integrations import registry
 from guestfence.integrations.links import give_gateways, raise_link
 from guestfence.guests.guest import Guest
 from guestfence.state import state_dir
+from guestfence.value import replace
 
 ENV_GUESTS = "GUESTFENCE_GUESTS"
 DEFAULT_GUESTS = Path("/etc/guestfence/guests.toml")
@@ -48,7 +48,7 @@ def select_guest(guests: Sequence[Guest], tap: str, *, source: str) -> Guest:
     match = next((g for g in guests if g.iface == tap), None) or next((g for g in guests if g.name == tap), None)
     if match is None:
         raise PolicyError(f"{source}: no [[guest]] has iface or name {tap!r}; refusing to start the guest unfiltered")
-    return dataclasses.replace(match, iface=tap)
+    return replace(match, iface=tap)
 
 
 def run_ifup(tap: str) -> str:

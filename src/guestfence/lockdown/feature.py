@@ -36,7 +36,6 @@ the same state lock, so the two agree.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, final
 
 from guestfence.lockdown.apply import apply_lockdown, expected_state
@@ -66,6 +65,7 @@ from guestfence.lockdown.state import (
 from guestfence.nftables.apply import NftHandle, list_ruleset, open_nft
 from guestfence.resolve import Resolution
 from guestfence.state import FeaturePlan
+from guestfence.value import replace
 
 LOCKDOWN_KEY = "lockdown"
 

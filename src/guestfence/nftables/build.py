@@ -11,10 +11,10 @@ by a ``Table`` (each backend makes one of its own table name: guests
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, final
 
 from guestfence.policy.model import ANY_PORT, Network, PortRange
+from guestfence.value import Value, init_field
 
 Command = dict[str, Any]
 Expr = dict[str, Any]
@@ -126,13 +126,17 @@ def vmap(key: Expr, map_name: str) -> Expr:
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class Table:
+class Table(Value):
     """One of guestfence's tables, by name (the same name in every family it
     uses): the commands about the objects in it. Each backend names its own
     (guests: ``inet guestfence``; lockdown, rootless: theirs)."""
 
+    __slots__ = ("name",)
+    __match_args__ = ("name",)
     name: str
+
+    def __init__(self, name: str) -> None:
+        init_field(self, "name", name)
 
     def _obj(self, family: str, **fields: Any) -> dict[str, Any]:
         return {"family": family, "table": self.name, **fields}

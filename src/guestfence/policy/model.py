@@ -11,7 +11,6 @@ the one place to import every policy value from.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import final
 
 from guestfence.policy.grammar import parse_rule_texts
@@ -49,6 +48,7 @@ from guestfence.policy.rules import (
     unmap,
     unmap_network,
 )
+from guestfence.value import Value, init_field
 
 __all__ = [
     "ANY_PORT",
@@ -89,8 +89,7 @@ __all__ = [
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Policy:
+class Policy(Value):
     """A default verdict plus allow and deny rules.
 
     Deny beats allow, allow beats the default, so rule order never matters:
@@ -98,15 +97,22 @@ class Policy:
     policies with the same rules are equal.
     """
 
-    default: Action = Action.DENY
-    allow: tuple[Rule, ...] = ()
-    deny: tuple[Rule, ...] = ()
-    allow_unix: tuple[UnixRule, ...] = ()
+    __slots__ = ("default", "allow", "deny", "allow_unix", "deny_unix")
+    default: Action
+    allow: tuple[Rule, ...]
+    deny: tuple[Rule, ...]
+    allow_unix: tuple[UnixRule, ...]
     """``unix://`` rules: kept apart, since only the process sandbox can
     enforce them (a VM's or container's own unix sockets are its own)."""
-    deny_unix: tuple[UnixRule, ...] = ()
+    deny_unix: tuple[UnixRule, ...]
 
-    def __post_init__(self) -> None:
+    def __init__(self, *, default: Action = Action.DENY, allow: tuple[Rule, ...] = (), deny: tuple[Rule, ...] = (),
+                 allow_unix: tuple[UnixRule, ...] = (), deny_unix: tuple[UnixRule, ...] = ()) -> None:
+        init_field(self, "default", default)
+        init_field(self, "allow", allow)
+        init_field(self, "deny", deny)
+        init_field(self, "allow_unix", allow_unix)
+        init_field(self, "deny_unix", deny_unix)
         for rules in (self.allow, self.deny, self.allow_unix, self.deny_unix):
             if list(rules) != canonical_rules(rules):
                 raise ValueError("rules must be deduplicated and sorted (use canonical_rules)")

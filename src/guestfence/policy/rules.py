@@ -2,9 +2,10 @@
 flows, decisions; the ``Policy`` itself is in model.py, which re-exports
 these). Pure: no I/O; imports nothing of the policy package.
 
-Every value is frozen, hashable and valid once it exists: ``__post_init__``
-checks invariants only. Turning text into values is grammar.py's job, and
-``str()`` of a value gives the canonical grammar, so
+Every value is frozen, hashable and valid once it exists (a
+guestfence.value.Value: a frozen dataclass without its start-up cost); its
+``__init__`` checks invariants only. Turning text into values is
+grammar.py's job, and ``str()`` of a value gives the canonical grammar, so
 ``parse_rule(str(rule)) == rule`` holds for every rule.
 
 Unix destinations have values of their own (``UnixRule``, ``UnixFlow``),
@@ -23,8 +24,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TypeVar, Union, final
+
+from guestfence.value import Value, init_field
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -121,14 +123,31 @@ class Symbol(enum.Enum):
 
 
 @final
-@dataclass(frozen=True, slots=True, order=True)
-class PortRange:
+class PortRange(Value):
+    """Ports ``lo`` to ``hi``; ordered by (lo, hi)."""
+
+    __slots__ = ("lo", "hi")
+    __match_args__ = ("lo", "hi")
     lo: int
     hi: int
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.lo <= self.hi <= 65535:
-            raise ValueError(f"invalid port range {self.lo}-{self.hi}")
+    def __init__(self, lo: int, hi: int) -> None:
+        init_field(self, "lo", lo)
+        init_field(self, "hi", hi)
+        if not 0 <= lo <= hi <= 65535:
+            raise ValueError(f"invalid port range {lo}-{hi}")
+
+    def __lt__(self, other: PortRange) -> bool:
+        return (self.lo, self.hi) < (other.lo, other.hi) if other.__class__ is PortRange else NotImplemented
+
+    def __le__(self, other: PortRange) -> bool:
+        return (self.lo, self.hi) <= (other.lo, other.hi) if other.__class__ is PortRange else NotImplemented
+
+    def __gt__(self, other: PortRange) -> bool:
+        return (self.lo, self.hi) > (other.lo, other.hi) if other.__class__ is PortRange else NotImplemented
+
+    def __ge__(self, other: PortRange) -> bool:
+        return (self.lo, self.hi) >= (other.lo, other.hi) if other.__class__ is PortRange else NotImplemented
 
     def __contains__(self, port: object) -> bool:
         return isinstance(port, int) and self.lo <= port <= self.hi
@@ -143,21 +162,24 @@ ANY_PORT = PortRange(0, 65535)
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class AnyHost:
+class AnyHost(Value):
+    __slots__ = ()
+
     def __str__(self) -> str:
         return "*"
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class NetHost:
+class NetHost(Value):
     """An address (a /32 or /128 network) or a CIDR block."""
 
+    __slots__ = ("network",)
+    __match_args__ = ("network",)
     network: Network
 
-    def __post_init__(self) -> None:
-        if unmap_network(self.network) != self.network:
+    def __init__(self, network: Network) -> None:
+        init_field(self, "network", network)
+        if unmap_network(network) != network:
             raise ValueError("IPv4-mapped networks must be given as IPv4")
 
     def __str__(self) -> str:
@@ -170,20 +192,28 @@ class NetHost:
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class NameHost:
+class NameHost(Value):
     """A DNS name, lower case, without a trailing dot. Resolved outside policy/."""
 
+    __slots__ = ("name",)
+    __match_args__ = ("name",)
     name: str
+
+    def __init__(self, name: str) -> None:
+        init_field(self, "name", name)
 
     def __str__(self) -> str:
         return self.name
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class SymbolHost:
+class SymbolHost(Value):
+    __slots__ = ("symbol",)
+    __match_args__ = ("symbol",)
     symbol: Symbol
+
+    def __init__(self, symbol: Symbol) -> None:
+        init_field(self, "symbol", symbol)
 
     def __str__(self) -> str:
         return f"@{self.symbol.value}"
@@ -208,8 +238,7 @@ class UnixScope(enum.Enum):
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UnixRule:
+class UnixRule(Value):
     """``unix://PATH``, ``unix://DIR/*``, ``unix://@NAME``, ``unix://@*`` or ``unix://*``.
 
     ``target`` is the path (PATH), the directory (TREE; ``/`` for every
@@ -218,10 +247,13 @@ class UnixRule:
     no trailing slash.
     """
 
+    __slots__ = ("scope", "target")
     scope: UnixScope
-    target: str = ""
+    target: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, *, scope: UnixScope, target: str = "") -> None:
+        init_field(self, "scope", scope)
+        init_field(self, "target", target)
         if self.scope in (UnixScope.PATH, UnixScope.TREE):
             if not is_normal_path(self.target):
                 raise ValueError(f"unix rule path {self.target!r} is not absolute and normalised")
@@ -258,8 +290,7 @@ def is_normal_path(path: str) -> bool:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UnixFlow:
+class UnixFlow(Value):
     """One unix destination a guest aims at: a resolved socket path, or an abstract name.
 
     ``path`` is the path of the socket the guest's name resolves to, in the
@@ -268,10 +299,13 @@ class UnixFlow:
     printable). Exactly one is set.
     """
 
-    path: str | None = None
-    abstract: str | None = None
+    __slots__ = ("path", "abstract")
+    path: str | None
+    abstract: str | None
 
-    def __post_init__(self) -> None:
+    def __init__(self, *, path: str | None = None, abstract: str | None = None) -> None:
+        init_field(self, "path", path)
+        init_field(self, "abstract", abstract)
         if (self.path is None) == (self.abstract is None):
             raise ValueError("a unix flow has a path or an abstract name")
 
@@ -282,15 +316,18 @@ class UnixFlow:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rule:
+class Rule(Value):
     """``proto://host[:ports]``. ``ports`` is sorted, merged, and empty for ICMP."""
 
+    __slots__ = ("proto", "host", "ports")
     proto: Proto
     host: Host
-    ports: tuple[PortRange, ...] = ()
+    ports: tuple[PortRange, ...]
 
-    def __post_init__(self) -> None:
+    def __init__(self, *, proto: Proto, host: Host, ports: tuple[PortRange, ...] = ()) -> None:
+        init_field(self, "proto", proto)
+        init_field(self, "host", host)
+        init_field(self, "ports", ports)
         if self.proto.has_ports and not self.ports:
             raise ValueError(f"{self.proto.value} rules need ports")
         if not self.proto.has_ports and self.ports:
@@ -325,19 +362,22 @@ def canonical_rules(rules: Iterable[_R]) -> list[_R]:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Flow:
+class Flow(Value):
     """One destination a guest aims at. ``port`` is None exactly for ICMP.
 
     ``address`` is kept as given (a mapped address shows as such in logs);
     ``decide`` unmaps it before matching.
     """
 
+    __slots__ = ("proto", "address", "port")
     proto: Proto
     address: Address
-    port: int | None = None
+    port: int | None
 
-    def __post_init__(self) -> None:
+    def __init__(self, *, proto: Proto, address: Address, port: int | None = None) -> None:
+        init_field(self, "proto", proto)
+        init_field(self, "address", address)
+        init_field(self, "port", port)
         if self.proto.has_ports != (self.port is not None):
             raise ValueError(f"{self.proto.value} flows {'need' if self.proto.has_ports else 'take no'} port")
         if self.port is not None and not 0 <= self.port <= 65535:
@@ -350,8 +390,7 @@ class Flow:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Context:
+class Context(Value):
     """What a decision needs to know about the world, supplied by the caller.
 
     - ``gateways``: the addresses ``@gateway`` stands for.
@@ -368,23 +407,39 @@ class Context:
     rule about it does not match, a deny rule about it does.
     """
 
-    gateways: frozenset[Address] = frozenset()
-    address_type: Callable[[Address], AddressType] | None = field(default=None, compare=False)
-    names: Mapping[str, frozenset[Address]] = field(default_factory=dict, compare=False, hash=False)
-    guests: frozenset[Address] = frozenset()
+    __slots__ = ("gateways", "address_type", "names", "guests")
+    COMPARED = ("gateways", "guests")
+    gateways: frozenset[Address]
+    address_type: Callable[[Address], AddressType] | None
+    names: Mapping[str, frozenset[Address]]
+    guests: frozenset[Address]
+
+    def __init__(self, *, gateways: frozenset[Address] = frozenset(),
+                 address_type: Callable[[Address], AddressType] | None = None,
+                 names: Mapping[str, frozenset[Address]] | None = None, guests: frozenset[Address] = frozenset()) -> None:
+        init_field(self, "gateways", gateways)
+        init_field(self, "address_type", address_type)
+        init_field(self, "names", {} if names is None else names)
+        init_field(self, "guests", guests)
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Decision:
+class Decision(Value):
     """The verdict on a flow and what made it: a ``rule``, or, with ``rule``
     None, a fixed part of the meaning named by ``basis`` (e.g. "link
     essential", "another guest"), or else the default."""
 
+    __slots__ = ("action", "rule", "reason", "basis")
     action: Action
     rule: Rule | UnixRule | None
     reason: str
-    basis: str = ""
+    basis: str
+
+    def __init__(self, *, action: Action, rule: Rule | UnixRule | None, reason: str, basis: str = "") -> None:
+        init_field(self, "action", action)
+        init_field(self, "rule", rule)
+        init_field(self, "reason", reason)
+        init_field(self, "basis", basis)
 
     @property
     def allowed(self) -> bool:

@@ -69,7 +69,7 @@ def test_status_names_a_stale_registration_as_its_guests_drift() -> None:
 
 
 def test_the_record_keeps_the_binding_and_a_bad_one_closes_the_interface() -> None:
-    from dataclasses import replace
+    from guestfence.value import replace
 
     from guestfence.guests.firewall import member_to_json, resolve_guest, salvage_registry
     from guestfence.guests.guest import parse_guest
