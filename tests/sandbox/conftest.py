@@ -3,7 +3,8 @@
 ``tcp_server``/``udp_server`` listen on 127.0.0.1, 127.0.0.2 and ::1 at one
 port, so a destination the sandbox refuses is one a bare run reaches;
 the TCP one accepts, counts and closes in a thread, the UDP one records
-what it got. ``denied_ports`` is both at one port, for counting arrivals.
+what it got; ``settled()`` is the count once late packets are in.
+``denied_ports`` is both at one port, for counting arrivals.
 ``full_listener`` is a listener whose queue is full, so a connect to it
 waits (the kernel drops its SYNs) until the test accepts from it, which
 ``drain_once_received`` does once the sends a test waits for have arrived.
@@ -15,7 +16,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -59,6 +60,10 @@ class Listener:
     def arrivals(self) -> int:
         return self.accepted + len(self.received)
 
+    def settled(self, timeout: float = 5) -> int:
+        """The arrival count once the queue is taken (unchanged for 0.3 s), late packets counted."""
+        return settled(lambda: self.arrivals, timeout)
+
     def received_at_least(self, count: int, timeout: float = 10) -> list[bytes]:
         """What was received, once ``count`` datagrams have been (or the time bound passed)."""
         deadline = time.monotonic() + timeout
@@ -72,6 +77,15 @@ class Listener:
             thread.join()
         for sock in self.sockets:
             sock.close()
+
+
+def settled(arrivals: Callable[[], int], timeout: float) -> int:
+    """``arrivals()`` once it has not changed for 0.3 s, or when ``timeout`` has passed."""
+    count, deadline = -1, time.monotonic() + timeout
+    while count != arrivals() and time.monotonic() < deadline:
+        count = arrivals()
+        time.sleep(0.3)
+    return arrivals()
 
 
 @pytest.fixture
@@ -111,11 +125,7 @@ class DeniedPorts:
 
     def settled(self, timeout: float = 5) -> int:
         """The arrival count once the listeners have taken what is queued (unchanged for 0.3 s)."""
-        count, deadline = -1, time.monotonic() + timeout
-        while count != self.arrivals and time.monotonic() < deadline:
-            count = self.arrivals
-            time.sleep(0.3)
-        return self.arrivals
+        return settled(lambda: self.arrivals, timeout)
 
     def close(self) -> None:
         self.tcp.close()

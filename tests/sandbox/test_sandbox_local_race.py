@@ -18,7 +18,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,52 +25,11 @@ from pathlib import Path
 import pytest
 
 from guestfence import Policy, Sandbox
+from tests.sandbox.conftest import Listener
 
 SECONDS = float(os.environ.get("GUESTFENCE_RACE_SECONDS", "1.5"))
 CALLS = ("connect", "sendto", "sendmsg", "sendmmsg")
 LOCALS = ("unix", "netlink")
-
-
-class CountingListener:
-    """127.0.0.1 on an ephemeral port; counts accepted connections (TCP) or datagrams (UDP)."""
-
-    def __init__(self, kind: int) -> None:
-        self.kind = kind
-        self.arrivals = 0
-        self.sock = socket.socket(socket.AF_INET, kind)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        if kind == socket.SOCK_STREAM:
-            self.sock.listen(4096)
-        self.sock.settimeout(0.1)
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopping:
-            try:
-                if self.kind == socket.SOCK_STREAM:
-                    self.sock.accept()[0].close()
-                else:
-                    self.sock.recv(64)
-                self.arrivals += 1
-            except (TimeoutError, OSError):
-                continue
-
-    def settled(self) -> int:
-        """The count once nothing more has arrived for a moment (late packets counted)."""
-        last, still_since = -1, time.monotonic()
-        while time.monotonic() - still_since < 0.3:
-            if self.arrivals != last:
-                last, still_since = self.arrivals, time.monotonic()
-            time.sleep(0.05)
-        return last
-
-    def close(self) -> None:
-        self.stopping = True
-        self.thread.join()
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +43,9 @@ def race_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def listener(request: pytest.FixtureRequest) -> Iterator[CountingListener]:
-    kind = socket.SOCK_STREAM if request.param == "connect" else socket.SOCK_DGRAM
-    counting = CountingListener(kind)
+def listener(request: pytest.FixtureRequest) -> Iterator[Listener]:
+    """The denied listener: TCP for connect, UDP for the sends."""
+    counting = Listener(socket.SOCK_STREAM if request.param == "connect" else socket.SOCK_DGRAM)
     yield counting
     counting.close()
 
@@ -104,7 +62,7 @@ def _attempts(result: subprocess.CompletedProcess[str]) -> int:
 @pytest.mark.parametrize("local", LOCALS)
 @pytest.mark.parametrize(("call", "listener"), [(c, c) for c in CALLS], indirect=["listener"])
 def test_bare_the_race_reaches_the_listener(race_local: Path, call: str, local: str,
-                                            listener: CountingListener, tmp_path: Path) -> None:
+                                            listener: Listener, tmp_path: Path) -> None:
     """The control: without the sandbox the program does reach the port it aims at (run
     again until it does, within a time bound: on a starved machine one run may lose the race)."""
     deadline = time.monotonic() + 60
@@ -120,7 +78,7 @@ def test_bare_the_race_reaches_the_listener(race_local: Path, call: str, local: 
 @pytest.mark.parametrize("local", LOCALS)
 @pytest.mark.parametrize(("call", "listener"), [(c, c) for c in CALLS], indirect=["listener"])
 def test_sandboxed_the_race_never_reaches_a_denied_listener(race_local: Path, call: str, local: str,
-                                                           listener: CountingListener, tmp_path: Path) -> None:
+                                                           listener: Listener, tmp_path: Path) -> None:
     sandbox = Sandbox(Policy.parse(allow=[], default="deny"))
     result = sandbox.run(_argv(race_local, call, local, listener.port, tmp_path),
                          capture_output=True, text=True, timeout=120 + 4 * SECONDS)
