@@ -27,7 +27,7 @@ from guestfence.policy.decide import decide
 from guestfence.policy.model import Flow, Proto
 from guestfence.sandbox import kernel
 from guestfence.sandbox.supervisor import Denial
-from tests.sandbox.conftest import Listener, drain_once_received
+from tests.sandbox.conftest import DeniedPorts, Listener, drain_once_received
 from tests.sandbox.guest import guest_argv, run_sandboxed
 
 PORTS = range(61000, 61004)
@@ -101,6 +101,40 @@ def test_answers_are_decides_for_random_rules_and_destinations(seed: int) -> Non
         assert [r[0] for r in got["sendmmsg"]] == [-errno.EACCES] * 3
         expected_denials += 3
     assert len(denials) == expected_denials  # every denial is logged, not only the first
+
+
+# One fd number, one thread: a UDP socket allowed to the port (C now holds
+# UDP verdicts for it, and knows the socket's kind), then a TCP socket
+# dup2'd onto the same number, whose connect and fast-open send to the same
+# port no rule allows. Rounds, so the TCP socket is also the one C last saw.
+SWAPPED_KIND = '''
+MSG_FASTOPEN = 0x20000000
+name = sin("127.0.0.1", PORT)
+results = []
+for round in range(3):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    os.dup2(u.fileno(), 100); u.close()
+    udp = [libc.sendto(100, b"x", 1, 0, name, 16) for _ in range(3)] + [libc.connect(100, name, 16) for _ in range(3)]
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    os.dup2(t.fileno(), 100); t.close()
+    tcp = [libc.sendto(100, b"x", 1, MSG_FASTOPEN, name, 16), ctypes.get_errno(),
+           libc.connect(100, name, 16), ctypes.get_errno()]
+    results.append([udp, tcp])
+out["results"] = results
+'''
+
+
+def test_a_socket_swapped_under_one_fd_number_is_decided_as_what_it_is(denied_ports: DeniedPorts) -> None:
+    """C learns what a socket is (domain, type, protocol) from the kernel;
+    a cache of that keyed by anything a guest can reuse -- the fd number,
+    the thread -- would decide a TCP connect by the UDP verdicts held for
+    the socket that had the number before. Each TCP call must be refused
+    and no connection may arrive."""
+    got = run_sandboxed(SWAPPED_KIND.replace("PORT", str(denied_ports.port)),
+                        allow=[f"udp://127.0.0.1:{denied_ports.port}"])
+    refused = [-1, errno.ECONNREFUSED, -1, errno.ECONNREFUSED]
+    assert got["results"] == [[[1, 1, 1, 0, 0, 0], refused]] * 3, got
+    assert denied_ports.tcp.accepted == 0
 
 
 # A process whose pid is a number an exited task of the same sandbox held:
