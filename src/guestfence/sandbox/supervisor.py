@@ -5,7 +5,10 @@ The common case never reaches Python: handler threads loop in C
 INET sockets to destinations this module has already decided as allowed
 (``name_to_use`` hands each allowed verdict to C), and hands every other
 notification here, before anything is executed. What follows is this
-module's own handling, which is what C reproduces for those calls.
+module's own handling, which is what C reproduces for those calls (C
+reads the arguments before it pins the socket, and a pidfd it kept from
+before the notification proves the read without NOTIF_ID_VALID:
+fastpath.c says why).
 
 Every trapped call is answered exactly once: with the result of the call
 made on the guest's behalf or with an errno, never by letting the kernel
