@@ -501,7 +501,8 @@ static int decided_name(struct gf *gf, const struct kind *k, int connect, int fl
  * What the pinned socket is -- domain, type, protocol -- from the kernel,
  * never from the guest: 0, or -1 (not a socket: Python's). Asked once per
  * socket and remembered by its cookie (SO_COOKIE: a 64-bit number the
- * kernel gives each socket once and never gives again, so a closed
+ * kernel gives each socket once, from one counter for every network
+ * namespace, and never gives again, so a closed
  * socket's entry cannot describe a new one, whatever fd number, inode
  * number or thread the new one has), one getsockopt instead of three.
  * A socket's type and protocol never change; its domain changes only by
