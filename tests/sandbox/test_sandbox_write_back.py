@@ -1,0 +1,158 @@
+"""What the supervisor writes into guest memory reaches the caller's memory and no one else's.
+
+sendmmsg is the one trapped call whose results the supervisor writes back
+(each entry's msg_len), after a send that may wait for minutes. If the
+caller dies meanwhile and its number goes to another process, outside the
+sandbox, a write addressed by number lands in that process's memory.
+``late_lengths.c`` sets it up: a guest whose 128 KiB sendmmsg waits on a
+reader that does not read, a caller (a child process, or a thread) ended
+while the supervisor's send waits, a victim started by the test on the
+caller's number with the same two pages at the same address; then the
+reader reads, the send completes, and the victim says whether its pages
+changed. Two entries are sent by fastpath.c, 65 by supervisor.py (C hands
+more than 64 to Python).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from guestfence import Policy, Sandbox
+
+_NR = {"x86_64": {"sendmmsg": 307, "futex": 202, "ioctl": 16},
+       "aarch64": {"sendmmsg": 269, "futex": 98, "ioctl": 29}}[os.uname().machine]
+UNTOUCHED = 0xA5A5A5A5
+TOTAL = 128 * 1024
+
+
+@pytest.fixture(scope="module")
+def late_lengths(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build late_lengths")
+    binary = tmp_path_factory.mktemp("late") / "late_lengths"
+    source = Path(__file__).with_name("late_lengths.c")
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+@pytest.fixture
+def slow_reader() -> Iterator[socket.socket]:
+    """A TCP listener on 127.0.0.1 whose connections have a small receive buffer."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(30)
+    yield listener
+    listener.close()
+
+
+def _syscall_of(tid: int) -> str | None:
+    """The number of the system call thread ``tid`` of this process waits in
+    ("running" if it runs; None once it is gone)."""
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as state:
+            return state.read().split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def _wait_for(condition, what: str, timeout: float = 30):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _sending_thread() -> int | None:
+    """A thread of ours (a supervisor's) waiting in sendmmsg."""
+    for name in os.listdir("/proc/self/task"):
+        if _syscall_of(int(name)) == str(_NR["sendmmsg"]):
+            return int(name)
+    return None
+
+
+def _victim_with_pid(binary: Path, pid: int) -> subprocess.Popen[str] | None:
+    """``late_lengths victim`` numbered ``pid``, started here (outside the sandbox), or None."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+        last.write(str(pid - 1))
+    victim = subprocess.Popen([str(binary), "victim"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert victim.stdout is not None
+    if victim.pid == pid and victim.stdout.readline() == f"ready {pid}\n":
+        return victim
+    victim.kill()
+    victim.wait()
+    return None
+
+
+def _say(proc: subprocess.Popen[str], line: str) -> str:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip()
+
+
+@pytest.mark.parametrize(("path", "entries"), [("fastpath.c", 2), ("supervisor.py", 65)])
+@pytest.mark.parametrize("caller", ["process", "thread"])
+def test_the_lengths_of_a_send_that_outlived_its_caller_reach_no_other_process(
+        caller: str, path: str, entries: int, late_lengths: Path, slow_reader: socket.socket) -> None:  # fmt: skip
+    """The victim's pages stay as they were. A thread caller's process lives
+    on: the lengths are then written into its memory, which the caller had."""
+    if os.geteuid() != 0:
+        pytest.skip("setting ns_last_pid needs root")
+    port = slow_reader.getsockname()[1]
+    sandbox = Sandbox(Policy.parse(allow=[f"tcp://127.0.0.1:{port}"]))
+    guest = sandbox.popen([str(late_lengths), "guest", str(port), str(entries), caller],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    victim = None
+    try:
+        assert guest.stdout is not None
+        connection, _ = slow_reader.accept()
+        line = guest.stdout.readline()
+        assert line.startswith("caller "), line
+        tid = int(line.split()[1])
+        sender = _wait_for(_sending_thread, "the supervisor's send to wait")
+        assert _say(guest, "kill") == "dead"
+        for _ in range(200):
+            victim = _victim_with_pid(late_lengths, tid)
+            if victim:
+                break
+        assert victim, f"no process got the number {tid}"
+        connection.settimeout(0.05)
+        received = 0
+
+        def sent() -> bool:  # read, until the sending thread is back waiting for calls (or gone)
+            nonlocal received
+            try:
+                received += len(connection.recv(1 << 20))
+            except TimeoutError:
+                pass
+            return _syscall_of(sender) in (None, str(_NR["futex"]), str(_NR["ioctl"]))
+
+        _wait_for(sent, "the send to complete")
+        connection.close()
+        checked = _say(victim, "check")
+        lengths = [int(n) for n in _say(guest, "report").split()[1:]]
+        assert guest.wait(timeout=30) == 0
+    finally:
+        for proc in (guest, victim):
+            if proc:
+                proc.kill()
+                proc.wait()
+    assert checked == "intact", f"the supervisor wrote into process {tid}, not the caller"
+    sent_entries = min(entries, 64)  # supervisor.py sends in batches of 64; the next one finds the caller gone
+    if caller == "thread":
+        assert lengths == [TOTAL // entries] * sent_entries + [UNTOUCHED] * (entries - sent_entries)
+    else:  # the caller's memory is gone with it; the guest's own copy of the pages was never written
+        assert lengths == [UNTOUCHED] * entries
