@@ -27,7 +27,9 @@
  * the socket is pinned with pidfd_getfd and the call made on that copy, so
  * a dup2 meanwhile changes nothing; the arguments are copied once
  * (process_vm_readv) and the bytes decided are the bytes sent; the pid
- * read from is proven to have been the caller's for the read; the call is
+ * read from is proven to have been the caller's for the read; what is
+ * written back (sendmmsg's msg_len) goes through fds that hold the
+ * caller's mm, never by its number (struct guest_mm); the call is
  * made with exactly the name decided (NULL for a TCP send without
  * MSG_FASTOPEN); MSG_ZEROCOPY is stripped and MSG_NOSIGNAL added (SIGPIPE is
  * raised by Python after the answer); every notification is answered
@@ -79,12 +81,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/audit.h>
+#include <linux/capability.h>
 #include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -141,7 +146,7 @@ struct pidslot {
 };
 
 struct gf {
-    int listener, thread_pidfds, max_control, max_threads;
+    int listener, thread_pidfds, procmap_query, max_control, max_threads;
     pthread_mutex_t pool;
     pthread_cond_t turn;        /* followers wait here for the receiver's turn */
     int threads, followers, receiving, closing;
@@ -188,13 +193,14 @@ struct gf_thread {
     unsigned char exec[MAX_MMSG][MAX_SOCKADDR];
 };
 
-struct gf *gf_new(int listener, int thread_pidfds, int max_control, int max_threads, int threads)
+struct gf *gf_new(int listener, int thread_pidfds, int procmap_query, int max_control, int max_threads, int threads)
 {
     struct gf *gf = calloc(1, sizeof *gf);
     if (!gf)
         return NULL;
     gf->listener = listener;
     gf->thread_pidfds = thread_pidfds;
+    gf->procmap_query = procmap_query;
     gf->max_control = max_control;
     gf->max_threads = max_threads;
     gf->threads = threads;
@@ -360,6 +366,164 @@ static int read_guest(struct gf_thread *t, pid_t pid, int count, size_t total)
         return 0;
     ssize_t got = process_vm_readv(pid, t->local, count, t->remote, count, 0);
     return got == (ssize_t)total ? 0 : -1;
+}
+
+/* ---- writing the caller's memory ---- */
+
+/*
+ * The caller's memory as it is now, for the results a call writes back
+ * (sendmmsg's msg_len): /proc/TID/mem to write it, /proc/TID/maps to ask
+ * which of it the caller itself could write. Each fd holds the mm of the
+ * task that had the number TID when it was opened, whatever takes the
+ * number later, and fails (nothing written, ESRCH) once that mm is gone.
+ * Opened after the arguments were read and before the socket is pinned,
+ * they are proven the caller's as the read is (pin_caller): the number
+ * was the caller's from NOTIF_RECV until then. Why not process_vm_writev
+ * by number, as the reads: a read by number is checked afterwards and
+ * thrown away if the number had changed hands; a write cannot be taken
+ * back, and the lengths are written after a send that may wait for
+ * minutes, by which time a killed caller's number may be another
+ * process's, outside the sandbox (tests/sandbox/test_sandbox_write_back.py).
+ */
+struct guest_mm {
+    int mem, maps;
+};
+
+/* open(path, flags) with CAP_DAC_OVERRIDE for this thread if it is permitted:
+ * /proc/TID/mem is 0600, owned by the guest's uid when it is dumpable, and a
+ * root supervisor's handler thread keeps no DAC override (supervisor.py). */
+static int open_overriding(const char *path, int flags)
+{
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct caps[2];
+    if (syscall(SYS_capget, &header, caps) != 0 || !(caps[0].permitted & (1u << CAP_DAC_OVERRIDE))) {
+        errno = EACCES;
+        return -1;
+    }
+    uint32_t effective = caps[0].effective;
+    caps[0].effective |= 1u << CAP_DAC_OVERRIDE;
+    if (syscall(SYS_capset, &header, caps) != 0)
+        return -1;
+    int fd = open(path, flags), error = errno;
+    caps[0].effective = effective;
+    if (syscall(SYS_capset, &header, caps) != 0)
+        abort(); /* a handler thread never goes on with a capability it should not have */
+    errno = error;
+    return fd;
+}
+
+/* 0, or -1 with both fds closed (-1). */
+static int open_mm(pid_t tid, struct guest_mm *mm)
+{
+    char path[32];
+    snprintf(path, sizeof path, "/proc/%d/mem", tid);
+    mm->mem = open(path, O_WRONLY | O_CLOEXEC);
+    if (mm->mem < 0 && errno == EACCES)
+        mm->mem = open_overriding(path, O_WRONLY | O_CLOEXEC);
+    snprintf(path, sizeof path, "/proc/%d/maps", tid);
+    mm->maps = mm->mem < 0 ? -1 : open(path, O_RDONLY | O_CLOEXEC);
+    if (mm->maps < 0 && mm->mem >= 0) {
+        close(mm->mem);
+        mm->mem = -1;
+    }
+    return mm->maps < 0 ? -1 : 0;
+}
+
+static void close_mm(struct guest_mm *mm)
+{
+    if (mm->mem >= 0)
+        close(mm->mem);
+    if (mm->maps >= 0)
+        close(mm->maps);
+}
+
+/* PROCMAP_QUERY (Linux 6.11): the mapping at an address, from /proc/TID/maps. */
+struct procmap_query {
+    uint64_t size, query_flags, query_addr, vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
+    uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+    uint64_t vma_name_addr, build_id_addr;
+};
+#define PROCMAP_QUERY _IOWR('f', 17, struct procmap_query)
+#define PROCMAP_QUERY_VMA_WRITABLE 0x02
+
+/* The end of the run of mappings the caller may write (PROT_WRITE) from ``addr``
+ * on, stopping at ``limit``: ``addr`` itself if it is in none. Why ask, rather
+ * than write and see: a write to /proc/TID/mem is a debugger's (FOLL_FORCE),
+ * which also succeeds in a read-only private mapping, where the kernel's own
+ * store of a msg_len fails (EFAULT). ``query``: PROCMAP_QUERY (Linux 6.11),
+ * one ioctl per mapping; else the text of the maps file, read up to ``limit``. */
+static uint64_t writable_end(int maps, int query, uint64_t addr, uint64_t limit)
+{
+    struct procmap_query q = {.size = sizeof q};
+    while (query && addr < limit) {
+        q.query_addr = addr;
+        if (ioctl(maps, PROCMAP_QUERY, &q) != 0 || !(q.vma_flags & PROCMAP_QUERY_VMA_WRITABLE))
+            return addr; /* read-only; or ENOENT: no mapping there; ESRCH: the mm is gone */
+        addr = q.vma_end;
+    }
+    if (query)
+        return addr;
+    char text[4096];
+    uint64_t start = 0, end = 0;
+    int field = 0, column = 0, writable = 0;
+    ssize_t got;
+    while ((got = read(maps, text, sizeof text)) > 0) {
+        for (ssize_t i = 0; i < got; i++) { /* "start-end perms ...\n", in ascending order */
+            char c = text[i];
+            if (c == '\n') {
+                if (start > addr)
+                    return addr; /* a gap */
+                if (end > addr) {
+                    if (!writable)
+                        return addr;
+                    addr = end;
+                    if (addr >= limit)
+                        return addr;
+                }
+                start = end = 0;
+                field = column = writable = 0;
+            } else if (field < 2) {
+                uint64_t *value = field ? &end : &start;
+                if (c == '-' || c == ' ')
+                    field++;
+                else
+                    *value = *value * 16 + (c <= '9' ? c - '0' : c - 'a' + 10);
+            } else if (field == 2) {
+                writable |= column++ == 1 && c == 'w';
+                field += c == ' ';
+            }
+        }
+    }
+    return addr;
+}
+
+/*
+ * How many of the ``count`` msg_len fields of the vector at ``vector`` the
+ * caller could store into, from the first: those in mappings it may write,
+ * in pages a write reaches (a file mapping's page past the end of the file,
+ * a guard page: the store faults there too). Each page is tried by writing
+ * back the value one of its fields holds (t->vector, read above): invisible
+ * to the guest. 4096 bytes at a time, which is a page or part of one.
+ */
+static uint32_t storable(struct gf *gf, struct gf_thread *t, const struct guest_mm *mm, uint64_t vector,
+                         uint32_t count)
+{
+    const uint64_t first = vector + offsetof(struct guest_mmsghdr, len);
+    uint64_t end = writable_end(mm->maps, gf->procmap_query, first,
+                                first + (uint64_t)(count - 1) * sizeof *t->vector + 4);
+    uint64_t tried = first; /* the pages below this one have been written */
+    uint32_t i = 0;
+    for (; i < count; i++) {
+        uint64_t field = first + (uint64_t)i * sizeof *t->vector;
+        if (field + 4 > end)
+            break;
+        if (field + 4 > tried) {
+            if (pwrite(mm->mem, &t->vector[i].len, 4, (off_t)field) != 4)
+                break;
+            tried = ((field + 3) | 4095) + 1;
+        }
+    }
+    return i;
 }
 
 static int still_waiting(struct gf *gf, uint64_t id)
@@ -658,9 +822,10 @@ out:
  * sendmmsg of at most MAX_MMSG entries that fit in BATCH_BYTES, each to a
  * destination Python allowed (anything else is Python's, batched there):
  * the vector; every name, iovec array and control; every payload -- three
- * reads. Then, as supervisor._send_batch: the msg_len fields written back
- * unchanged (the kernel stops at the first it cannot store: so must we,
- * and we cannot once the datagrams are sent), the send, the lengths.
+ * reads. Then, as supervisor._send_batch: which msg_len fields the caller
+ * could store into (the kernel stops at the first it cannot store: so must
+ * we, and we cannot once the datagrams are sent), the send, the lengths --
+ * written through the caller's mm (struct guest_mm), never by its number.
  * Conventions of act().
  */
 static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n, uint64_t received_after,
@@ -670,6 +835,7 @@ static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n,
     const int held = *receiver; /* held the turn: if it is 0 now, it was handed off before blocking */
     uint32_t count = (uint32_t)a[2];
     struct kind k;
+    struct guest_mm mm = {-1, -1};
     int flags = (int)a[3], rc = GF_PYTHON, pieces = 0, sock = -1, fits = 1;
     size_t fixed = 0, total = 0;
     if (count == 0 || count > MAX_MMSG)
@@ -714,8 +880,9 @@ static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n,
         m[i].size = total - m[i].start;
         fits &= entry_fits;
     }
-    if (read_guest(t, n->pid, pieces, total) || (sock = pin_caller(gf, t, n, received_after, &k)) < 0)
-        goto out;
+    if (read_guest(t, n->pid, pieces, total) || open_mm(n->pid, &mm) ||
+        (sock = pin_caller(gf, t, n, received_after, &k)) < 0)
+        goto out; /* (pin_caller proves mm the caller's too: see struct guest_mm) */
     if (k.type != SOCK_STREAM && !fits)
         goto out; /* EMSGSIZE */
     for (uint32_t i = 0; i < count; i++) {
@@ -730,29 +897,30 @@ static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n,
                                                   .msg_control = h->control_len ? m[i].control : NULL,
                                                   .msg_controllen = h->control_len}};
     }
-    /* every msg_len writable? (the values they hold: invisible to the guest) */
-    uint64_t vector = a[1];
-    for (uint32_t i = 0; i < count; i++) {
-        t->remote[i] = (struct iovec){(void *)(vector + i * sizeof *t->vector + sizeof(struct guest_msghdr)), 4};
-        t->local[i] = (struct iovec){&t->vector[i].len, 4};
-    }
-    if (process_vm_writev(n->pid, t->local, count, t->remote, count, 0) != (ssize_t)(4 * count))
-        goto out; /* Python sends the entries before it, as the kernel would */
+    if (storable(gf, t, &mm, a[1], count) != count)
+        goto out; /* Python sends the entries before the first, as the kernel would */
     if (*receiver && (*receiver = 0, hand_off(gf, 1))) { /* 64 datagrams may fill the socket's buffer */
         rc = GF_SPAWN;
         goto out;
     }
     int sent = sendmmsg(sock, t->sent, count, own_flags(flags));
     int error = sent < 0 ? errno : 0;
-    for (int i = 0; i < sent; i++)
-        t->vector[i].len = t->sent[i].msg_len;
-    if (sent > 0) /* the caller may be gone meanwhile: nobody reads the lengths then */
-        process_vm_writev(n->pid, t->local, sent, t->remote, sent, 0);
+    /* Through mm, never by number: the caller may have died meanwhile (then
+     * the writes fail). A field that already holds its length is left as it
+     * is (a vector sent again and again): a store of the value a field holds
+     * changes nothing the guest can see. */
+    for (int i = 0; i < sent; i++) {
+        uint64_t field = a[1] + (uint64_t)i * sizeof *t->vector + offsetof(struct guest_mmsghdr, len);
+        if (t->sent[i].msg_len != t->vector[i].len &&
+            pwrite(mm.mem, &t->sent[i].msg_len, 4, (off_t)field) != 4)
+            break;
+    }
     rc = error == EPIPE && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
     answer(gf, n->id, sent < 0 ? 0 : sent, error, rc == GF_DONE && held && !*receiver);
 out:
     if (sock >= 0)
         close(sock);
+    close_mm(&mm);
     return rc;
 }
 

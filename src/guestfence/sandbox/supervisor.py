@@ -102,6 +102,8 @@ MSG_FASTOPEN = 0x20000000
 HEADERS_PER_READ = 64
 """sendmmsg entries whose struct mmsghdr are copied at a time (4 KiB)."""
 FORCE_LEADER_PIDFDS = "GUESTFENCE_SANDBOX_LEADER_PIDFDS"
+FORCE_MAPS_TEXT = "GUESTFENCE_SANDBOX_MAPS_TEXT"
+"""=1: read /proc/TID/maps as text, as on Linux < 6.11, where PROCMAP_QUERY would do (for tests)."""
 
 
 @final
@@ -227,8 +229,10 @@ class Supervisor:
             self.thread_pidfds = kernel.has_thread_pidfds() and os.environ.get(FORCE_LEADER_PIDFDS) != "1"
         else:
             self.thread_pidfds = settings.thread_pidfds
-        self.fast = fastpath.FastPath(listener, thread_pidfds=self.thread_pidfds, max_control=MAX_CONTROL,
-                                      max_threads=settings.max_threads, threads=INITIAL_THREADS)
+        self.procmap_query = kernel.has_procmap_query() and os.environ.get(FORCE_MAPS_TEXT) != "1"
+        self.fast = fastpath.FastPath(listener, thread_pidfds=self.thread_pidfds, procmap_query=self.procmap_query,
+                                      max_control=MAX_CONTROL, max_threads=settings.max_threads,
+                                      threads=INITIAL_THREADS)
 
     def start(self) -> None:
         kernel.set_sync_wakeup(self.listener)
@@ -426,6 +430,11 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
         return Outcome()
     fd, kind = call.take_socket(fd_arg)
     try:
+        memory = kernel.GuestMemory(call.pid, query=sup.procmap_query)  # proven the caller's by still_waiting
+    except OSError:
+        os.close(fd)
+        raise GuestFault(errno.ESRCH) from None
+    try:
         send = onbehalf.sendmmsg
         if not kind.is_inet:  # local decides and sends each batch
             caller = sup.caller(call)
@@ -452,7 +461,7 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
             sup.still_waiting(call)
             if not decided:
                 break
-            sent, fault = _send_batch(call, fd, base, raw, decided, flags, send)
+            sent, fault = _send_batch(call, memory, fd, base, raw, decided, flags, send)
             sent_total += sent
             if fault is not None or sent < len(decided):
                 stop = fault
@@ -464,10 +473,12 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
             return Outcome(value=sent_total)
         return Outcome(error=stop.errno) if stop else Outcome()
     finally:
+        memory.close()
         os.close(fd)
 
 
-def _send_batch(call: _Call, fd: int, base: int, raw: bytes, messages: Sequence[Message], flags: int,
+def _send_batch(call: _Call, memory: kernel.GuestMemory, fd: int, base: int, raw: bytes,
+                messages: Sequence[Message], flags: int,
                 send: Callable[[int, Sequence[Message], int], Outcome]) -> tuple[int, GuestFault | None]:
     """Send ``messages`` (the entries at ``base``, whose bytes are ``raw``)
     and store each msg_len; (the count the kernel would report, the error
@@ -475,27 +486,24 @@ def _send_batch(call: _Call, fd: int, base: int, raw: bytes, messages: Sequence[
 
     The kernel stores each msg_len right after sending its entry and stops
     at the first it cannot store, counting it unsent. So we first find how
-    many msg_len fields are writable by writing back the values they hold
-    (invisible to the guest), and send at most one entry past them.
+    many msg_len fields the caller could store into (``memory.storable``),
+    and send at most one entry past them. The lengths are written through
+    ``memory``, which holds the caller's mm: the send may wait for minutes,
+    and a caller killed meanwhile may have left its number to another
+    process, outside the sandbox, which a write by number would reach.
     ``send`` is onbehalf.sendmmsg, or local's for a non-INET socket (which
     decides each entry and answers the deny errno when it sends none).
     """
     fields = [(base + i * MMSGHDR_SIZE + MSGHDR.size, raw[i * MMSGHDR_SIZE + MSGHDR.size:][:4])
               for i in range(len(messages))]
-    try:
-        writable = kernel.write_memory(call.pid, fields) // 4
-    except OSError:
-        raise GuestFault(errno.ESRCH) from None
+    writable = memory.storable(fields)
     sent = send(fd, messages[:writable + 1], flags)
     if sent.error:
         _signalled(call, sent, flags)
         return 0, GuestFault(sent.error)
     stored = min(sent.value, writable)
-    try:
-        kernel.write_memory(call.pid, [(address, n.to_bytes(4, sys.byteorder))
-                                       for (address, _), n in zip(fields, sent.lengths[:stored])])
-    except OSError:
-        pass  # the caller was killed meanwhile: nobody reads the lengths
+    memory.write([(address, n.to_bytes(4, sys.byteorder))
+                  for (address, _), n in zip(fields, sent.lengths[:stored])])  # nothing, once the caller is gone
     if sent.value > writable:
         return writable, GuestFault(errno.EFAULT)
     return sent.value, None
