@@ -15,6 +15,7 @@ more than 64 to Python).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -26,6 +27,8 @@ from pathlib import Path
 import pytest
 
 from guestfence import Policy, Sandbox
+from tests.sandbox.conftest import Listener
+from tests.sandbox.guest import guest_argv
 
 _NR = {"x86_64": {"sendmmsg": 307, "futex": 202, "ioctl": 16},
        "aarch64": {"sendmmsg": 269, "futex": 98, "ioctl": 29}}[os.uname().machine]
@@ -156,3 +159,32 @@ def test_the_lengths_of_a_send_that_outlived_its_caller_reach_no_other_process(
         assert lengths == [TOTAL // entries] * sent_entries + [UNTOUCHED] * (entries - sent_entries)
     else:  # the caller's memory is gone with it; the guest's own copy of the pages was never written
         assert lengths == [UNTOUCHED] * entries
+
+
+NOBODY = 65534
+SENDS = '''
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+out["uid, dumpable"] = [os.geteuid(), libc.prctl(3, 0, 0, 0, 0)]  # PR_GET_DUMPABLE
+# twice 2 entries (the first decided by Python, then fastpath.c knows the destination), then 65 (Python's)
+out["sent"] = [sendmmsg(u.fileno(), [(sin("127.0.0.1", PORT), b"x" * n) for n in range(1, count + 1)])
+               for count in (2, 2, 2, 65)]
+'''
+
+
+def test_the_lengths_reach_a_guest_of_another_uid(udp_server: Listener) -> None:
+    """/proc/TID/mem of a dumpable guest is its uid's, mode 0600: a root
+    supervisor's handler thread, which keeps no DAC override, takes it for
+    the open. The guest gets what it gets bare."""
+    if os.geteuid() != 0:
+        pytest.skip("running the guest as nobody needs root")
+    code = SENDS.replace("PORT", str(udp_server.port))
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *guest_argv(code)]
+    bare = subprocess.run(as_nobody, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 0, bare.stderr
+    expected = json.loads(bare.stdout)
+    assert expected["uid, dumpable"] == [NOBODY, 1]
+    assert expected["sent"] == [[count, list(range(1, count + 1))] for count in (2, 2, 2, 65)]
+    sandbox = Sandbox(Policy.parse(allow=[f"udp://127.0.0.1:{udp_server.port}"]))
+    got = sandbox.run(as_nobody, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == expected
