@@ -8,7 +8,9 @@ of one call: a TCP connect to a loopback listener (accepted and closed by a
 separate process), a UDP connect (the same without the TCP handshake,
 whose kernel work on loopback runs inside connect: for the supervisor
 that makes the call, in its own CPU), a UDP sendto, a UDP sendmsg
-(destination in msg_name), a sendmmsg of 64 datagrams. Each is run bare, under guestfence's
+(destination in msg_name), a sendmmsg of 64 datagrams (the same vector again
+and again), and one whose msg_len fields are zeroed before each call, so
+that every length is stored ("sendmmsg0"). Each is run bare, under guestfence's
 ``Sandbox`` and under sandlock's ``Sandbox`` with the equivalent policy
 (allow exactly the listener's TCP and UDP port on 127.0.0.1).
 
@@ -57,7 +59,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ITERATIONS = {"connect": 2000, "udpconnect": 2000, "sendto": 20000, "sendmsg": 20000, "sendmmsg": 1000}
+ITERATIONS = {"connect": 2000, "udpconnect": 2000, "sendto": 20000, "sendmsg": 20000, "sendmmsg": 1000,
+              "sendmmsg0": 1000}
 TOOLS = ("bare", "guestfence", "sandlock")
 ACCEPTOR = """
 import socket, sys

@@ -23,7 +23,11 @@ copies the arguments (1), verdict decides (2), NOTIF_ID_VALID proves the
 pid we read from was still the caller (so a recycled pid cannot feed us
 another process's memory), and onbehalf acts on the pinned copy (3) with
 exactly the name decided: NULL when the decision was "the connected peer",
-and for a TCP send without MSG_FASTOPEN (TCP ignores its name).
+and for a TCP send without MSG_FASTOPEN (TCP ignores its name). The one
+result written into the guest's memory, sendmmsg's msg_len, goes through
+``kernel.GuestMemory`` (fds that hold the caller's mm, opened before that
+proof), never by pid number: the send may wait for minutes, and a write,
+unlike a read, cannot be checked afterwards.
 
 Which fd table: with PIDFD_THREAD (Linux 6.9) the pidfd names the calling
 thread; without it (Debian 12's 6.1), the pidfd names its thread-group
@@ -48,7 +52,9 @@ Each thread drops every effective capability but CAP_SYS_PTRACE
 CAP_KILL (the guest's SIGPIPE), so a root supervisor
 lends the guest nothing in the calls it makes for it (``identity`` raises
 CAP_SETUID/CAP_SETGID only for the moment it takes on or gives back a
-guest's ids, and makes unix and netlink calls with none).
+guest's ids, and makes unix and netlink calls with none; ``GuestMemory``
+and fastpath.c raise CAP_DAC_OVERRIDE only to open a dumpable guest's
+/proc/TID/mem, which is its uid's, mode 0600).
 
 Memory: one call holds at most one batch of copied arguments (see
 ``materialize``), and each thread has C's buffers (about 600 KiB and
