@@ -1,4 +1,4 @@
-"""What the supervisor writes into guest memory reaches the caller's memory and no one else's.
+"""What the supervisor does to a caller after a call that may wait -- its writes, its signal -- reaches the caller only.
 
 sendmmsg is the one trapped call whose results the supervisor writes back
 (each entry's msg_len), after a send that may wait for minutes. If the
@@ -11,6 +11,12 @@ caller's number with the same two pages at the same address; then the
 reader reads, the send completes, and the victim says whether its pages
 changed. Two entries are sent by fastpath.c, 65 by supervisor.py (C hands
 more than 64 to Python).
+
+The other thing done to a caller after its call is the SIGPIPE of a send
+that failed with EPIPE, which the supervisor raises itself (its own sends
+use MSG_NOSIGNAL). A send that waits on a full buffer fails so when the
+guest shuts its socket down meanwhile; the same victim, started on the
+number of a caller killed before that, must not get the signal.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from guestfence import Policy, Sandbox
 from tests.sandbox.conftest import Listener
 from tests.sandbox.guest import guest_argv
 
-_NR = {"x86_64": {"sendmmsg": 307, "futex": 202, "ioctl": 16},
-       "aarch64": {"sendmmsg": 269, "futex": 98, "ioctl": 29}}[os.uname().machine]
+_NR = {"x86_64": {"sendmmsg": 307, "sendmsg": 46, "futex": 202, "ioctl": 16},
+       "aarch64": {"sendmmsg": 269, "sendmsg": 211, "futex": 98, "ioctl": 29}}[os.uname().machine]
 UNTOUCHED = 0xA5A5A5A5
 TOTAL = 128 * 1024
 
@@ -78,12 +84,17 @@ def _wait_for(condition, what: str, timeout: float = 30):  # type: ignore[no-unt
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _sending_thread() -> int | None:
-    """A thread of ours (a supervisor's) waiting in sendmmsg."""
+def _sending_thread(call: str = "sendmmsg") -> int | None:
+    """A thread of ours (a supervisor's) waiting in ``call``."""
     for name in os.listdir("/proc/self/task"):
-        if _syscall_of(int(name)) == str(_NR["sendmmsg"]):
+        if _syscall_of(int(name)) == str(_NR[call]):
             return int(name)
     return None
+
+
+def _back_in_the_pool(tid: int) -> bool:
+    """Thread ``tid`` is done with its call: waiting for the next one, or gone."""
+    return _syscall_of(tid) in (None, str(_NR["futex"]), str(_NR["ioctl"]))
 
 
 def _victim_with_pid(binary: Path, pid: int) -> subprocess.Popen[str] | None:
@@ -141,7 +152,7 @@ def test_the_lengths_of_a_send_that_outlived_its_caller_reach_no_other_process(
                 received += len(connection.recv(1 << 20))
             except TimeoutError:
                 pass
-            return _syscall_of(sender) in (None, str(_NR["futex"]), str(_NR["ioctl"]))
+            return _back_in_the_pool(sender)
 
         _wait_for(sent, "the send to complete")
         connection.close()
@@ -188,3 +199,76 @@ def test_the_lengths_reach_a_guest_of_another_uid(udp_server: Listener) -> None:
     got = sandbox.run(as_nobody, capture_output=True, text=True, timeout=60)
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == expected
+
+
+# A send that waits on a full buffer, in a child; the child is killed; the
+# guest shuts the socket down, so the supervisor's send fails with EPIPE.
+EPIPE_LATE = '''
+if KIND == "tcp":  # fastpath.c's
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s.connect(("127.0.0.1", PORT))
+else:  # local.py's
+    s, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+s.setblocking(False)
+while True:  # fill the buffer: nobody reads the other end (a send without a name is not trapped)
+    try:
+        s.send(b"f" * 4096)
+    except BlockingIOError:
+        break
+s.setblocking(True)
+child = os.fork()
+if child == 0:
+    s.sendmsg([b"w" * 4096])  # trapped; waits in the supervisor; no MSG_NOSIGNAL
+    os._exit(0)
+print(f"caller {child}", flush=True)
+assert sys.stdin.readline() == "kill\\n"
+os.kill(child, 9)
+os.waitpid(child, 0)
+print("dead", flush=True)
+assert sys.stdin.readline() == "shut\\n"
+s.shutdown(socket.SHUT_WR)  # the supervisor's send wakes up to EPIPE
+print("shut", flush=True)
+assert sys.stdin.readline() == "report\\n"
+'''
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_the_sigpipe_of_a_send_that_outlived_its_caller_reaches_no_other_process(
+        kind: str, late_lengths: Path, slow_reader: socket.socket) -> None:  # fmt: skip
+    if os.geteuid() != 0:
+        pytest.skip("setting ns_last_pid needs root")
+    port = slow_reader.getsockname()[1]
+    code = EPIPE_LATE.replace("KIND", repr(kind)).replace("PORT", str(port))
+    sandbox = Sandbox(Policy.parse(allow=[f"tcp://127.0.0.1:{port}"]))
+    guest = sandbox.popen(guest_argv(code), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    victim = connection = None
+    try:
+        assert guest.stdout is not None
+        if kind == "tcp":
+            connection, _ = slow_reader.accept()
+        line = guest.stdout.readline()
+        assert line.startswith("caller "), line
+        tid = int(line.split()[1])
+        sender = _wait_for(lambda: _sending_thread("sendmsg"), "the supervisor's send to wait")
+        assert _say(guest, "kill") == "dead"
+        for _ in range(200):
+            victim = _victim_with_pid(late_lengths, tid)
+            if victim:
+                break
+        assert victim, f"no process got the number {tid}"
+        assert _say(guest, "shut") == "shut"
+        _wait_for(lambda: _back_in_the_pool(sender), "the send to fail")
+        checked = _say(victim, "check")  # "" if it is dead
+        victim.wait(timeout=30)
+        guest.stdin.write("report\n")  # type: ignore[union-attr]
+        guest.stdin.flush()  # type: ignore[union-attr]
+        assert guest.wait(timeout=30) == 0
+    finally:
+        for proc in (guest, victim):
+            if proc:
+                proc.kill()
+                proc.wait()
+        if connection:
+            connection.close()
+    assert (checked, victim.returncode) == ("intact", 0), f"process {tid} got the caller's SIGPIPE"
