@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from guestfence import Policy, Sandbox
+from guestfence.sandbox import kernel
 from tests.sandbox.conftest import Listener
 from tests.sandbox.guest import guest_argv
 
@@ -233,11 +234,19 @@ assert sys.stdin.readline() == "report\\n"
 '''
 
 
+@pytest.mark.parametrize("pidfds", ["thread", "leader"])
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
 def test_the_sigpipe_of_a_send_that_outlived_its_caller_reaches_no_other_process(
-        kind: str, late_lengths: Path, slow_reader: socket.socket) -> None:  # fmt: skip
+        kind: str, pidfds: str, late_lengths: Path, slow_reader: socket.socket,
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """With PIDFD_THREAD (Linux 6.9) the signal goes by a pidfd opened before
+    the answer; without it (the leader path), by number, only to a caller
+    that got the answer."""
     if os.geteuid() != 0:
         pytest.skip("setting ns_last_pid needs root")
+    if pidfds == "thread" and not kernel.has_thread_pidfds():
+        pytest.skip("no PIDFD_THREAD on this kernel")
+    monkeypatch.setenv("GUESTFENCE_SANDBOX_LEADER_PIDFDS", "1" if pidfds == "leader" else "0")
     port = slow_reader.getsockname()[1]
     code = EPIPE_LATE.replace("KIND", repr(kind)).replace("PORT", str(port))
     sandbox = Sandbox(Policy.parse(allow=[f"tcp://127.0.0.1:{port}"]))

@@ -105,7 +105,7 @@ enum {
     GF_EXIT = 0,    /* this thread leaves the pool */
     GF_LAST = 1,    /* ... and was the last: close the listener */
     GF_PYTHON = 2,  /* the notification in *out is Python's to handle and answer */
-    GF_SIGPIPE = 3, /* answered with EPIPE: Python raises SIGPIPE in out->pid */
+    GF_SIGPIPE = 3, /* failed with EPIPE, not answered: Python answers and raises SIGPIPE (supervisor._Call) */
     GF_SPAWN = 4,   /* start a handler thread (already counted: it takes the turn), then gf_handle(out) */
     GF_DONE = 5,    /* answered */
 };
@@ -716,8 +716,9 @@ static int pin_caller(struct gf *gf, struct gf_thread *t, const struct seccomp_n
     return sock;
 }
 
-/* Answered (GF_DONE, GF_SIGPIPE), or handed to Python (GF_PYTHON, GF_SPAWN: nothing
- * was executed). ``receiver``: this thread holds the receiver's turn, to hand off
+/* Answered (GF_DONE); made, failed with EPIPE and left to Python to answer, since
+ * the caller's SIGPIPE must be sent by a pidfd opened before the answer (GF_SIGPIPE);
+ * or handed to Python (GF_PYTHON, GF_SPAWN: nothing was executed). ``receiver``: this thread holds the receiver's turn, to hand off
  * before anything that may block (it no longer holds it after GF_PYTHON, GF_SPAWN,
  * or a hand-off: *receiver is then 0). ``received_after``: see pin(). */
 static int act(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n, uint64_t received_after,
@@ -811,7 +812,8 @@ static int act(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n, uint
     /* The kernel signals only a send's EPIPE; a connect can fail with EPIPE
      * (a reset left in sk_err) and never raises SIGPIPE. */
     rc = error == EPIPE && n->data.nr != SYS_connect && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
-    answer(gf, n->id, result < 0 ? 0 : result, error, rc == GF_DONE && held && !*receiver);
+    if (rc == GF_DONE)
+        answer(gf, n->id, result < 0 ? 0 : result, error, held && !*receiver);
 out:
     if (sock >= 0)
         close(sock);
@@ -916,7 +918,8 @@ static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n,
             break;
     }
     rc = error == EPIPE && !(flags & MSG_NOSIGNAL) ? GF_SIGPIPE : GF_DONE;
-    answer(gf, n->id, sent < 0 ? 0 : sent, error, rc == GF_DONE && held && !*receiver);
+    if (rc == GF_DONE)
+        answer(gf, n->id, sent < 0 ? 0 : sent, error, held && !*receiver);
 out:
     if (sock >= 0)
         close(sock);

@@ -4,7 +4,8 @@ Built by the Makefile next to this file. Every call releases the GIL
 (ctypes.CDLL), so handler threads block in NOTIF_RECV and handle calls in C
 in parallel with Python. ``serve`` returns only when Python is needed:
 ``PYTHON`` (the notification is Python's to handle and answer), ``SIGPIPE``
-(answered with EPIPE: raise the guest's SIGPIPE), ``SPAWN`` (start a
+(the call was made and failed with EPIPE: answer that and raise the guest's
+SIGPIPE), ``SPAWN`` (start a
 handler thread, then ``handle`` the notification), ``EXIT``/``LAST`` (the
 thread leaves the pool; the last one closes the listener and ``free``s).
 """

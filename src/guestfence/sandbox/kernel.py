@@ -97,11 +97,12 @@ def parse_notification(buf: ctypes.Array[ctypes.c_char]) -> Notification:
     return Notification(id=nid, pid=pid, nr=nr, arch=arch, args=tuple(args))
 
 
-def respond(notify_fd: int, notif_id: int, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
+def respond(notify_fd: int, notif_id: int, *, value: int = 0, error: int = 0, cont: bool = False) -> bool:
     """Answer one call: its return ``value``, or ``-error``, or let it run.
+    Whether the caller got the answer.
 
     ENOENT means the caller is gone (killed, or its syscall interrupted):
-    nothing is left to answer, which is not an error of ours.
+    nothing is left to answer, which is not an error of ours (False).
     """
     flags = USER_NOTIF_FLAG_CONTINUE if cont else 0
     resp = bytearray(NOTIF_RESP.pack(notif_id, value, -error if error else 0, flags))
@@ -110,6 +111,8 @@ def respond(notify_fd: int, notif_id: int, *, value: int = 0, error: int = 0, co
     except OSError as exc:
         if exc.errno != errno_mod.ENOENT:
             raise
+        return False
+    return True
 
 
 def id_valid(notify_fd: int, notif_id: int) -> bool:

@@ -140,15 +140,16 @@ class Settings:
 class _Call:
     """One trapped call: its notification, and access to the caller's fds and memory."""
 
-    __slots__ = ("notif", "pid", "thread_pidfds", "sigpipe", "_tgid")
+    __slots__ = ("notif", "pid", "thread_pidfds", "sigpipe", "_tgid", "_signal_pidfd")
 
     def __init__(self, notif: kernel.Notification, *, thread_pidfds: bool) -> None:
         self.notif = notif
         self.pid = notif.pid
         self.thread_pidfds = thread_pidfds
         self.sigpipe = False
-        """Raise SIGPIPE in the caller once answered (see ``raise_sigpipe``)."""
+        """Raise SIGPIPE in the caller once answered (see ``aim_sigpipe``)."""
         self._tgid: int | None = None
+        self._signal_pidfd: int | None = None
 
     @property
     def tgid(self) -> int:
@@ -210,15 +211,47 @@ class _Call:
         self._tgid = self.pid
         return pidfd
 
-    def raise_sigpipe(self) -> None:
-        """What the kernel does on EPIPE without MSG_NOSIGNAL: SIGPIPE to the
-        calling thread. Sent just after the answer: a signal arriving while
-        the caller still waits would interrupt the wait, losing our answer
-        and restarting the call (a second EPIPE, a second signal)."""
+    def aim_sigpipe(self, listener: int) -> None:
+        """Before the answer: who ``raise_sigpipe`` will signal, proven the
+        caller while it still waits in the call (else no signal at all).
+
+        What the kernel does on EPIPE without MSG_NOSIGNAL is SIGPIPE to the
+        calling thread; we send it just after the answer (a signal arriving
+        while the caller still waits would interrupt the wait, losing our
+        answer and restarting the call). The send may have waited for
+        minutes, and a caller killed meanwhile may have left its number to
+        a process outside the sandbox, which a signal by number (tgkill)
+        would kill (tests/sandbox/test_sandbox_write_back.py). So the
+        signal goes by a PIDFD_THREAD pidfd opened now, which names the
+        caller's thread whatever takes its number later (a thread-directed
+        signal, Linux 6.9). Without PIDFD_THREAD (Linux < 6.9) it goes by
+        tgkill, with the thread group read now, and only once the caller
+        got the answer: alive a moment before.
+        """
         try:
-            kernel.tgkill(self.tgid, self.pid, signal.SIGPIPE)
+            if self.thread_pidfds:
+                self._signal_pidfd = kernel.pidfd_open_thread(self.pid)
+            else:
+                self._tgid = None
+                _ = self.tgid
+            self.sigpipe = kernel.id_valid(listener, self.notif.id)
+        except (OSError, GuestFault):
+            self.sigpipe = False
+
+    def raise_sigpipe(self, answered: bool) -> None:
+        """SIGPIPE to the caller aimed at (``aim_sigpipe``), if it got the answer."""
+        try:
+            if answered and self.sigpipe:
+                if self._signal_pidfd is not None:
+                    signal.pidfd_send_signal(self._signal_pidfd, signal.SIGPIPE)
+                else:
+                    kernel.tgkill(self.tgid, self.pid, signal.SIGPIPE)
         except (OSError, GuestFault):
             pass  # the thread is gone: nobody to signal
+        finally:
+            if self._signal_pidfd is not None:
+                os.close(self._signal_pidfd)
+                self._signal_pidfd = None
 
 
 class Supervisor:
@@ -272,8 +305,10 @@ class Supervisor:
                     step = fast.handle(scratch, buffer)
                 if step == fastpath.PYTHON:
                     self._answer(kernel.parse_notification(buffer))
-                elif step == fastpath.SIGPIPE:
-                    _Call(kernel.parse_notification(buffer), thread_pidfds=self.thread_pidfds).raise_sigpipe()
+                elif step == fastpath.SIGPIPE:  # C made the call; it failed with EPIPE
+                    call = _Call(kernel.parse_notification(buffer), thread_pidfds=self.thread_pidfds)
+                    call.sigpipe = True
+                    self._respond(call, Outcome(error=errno.EPIPE))
                 elif step in (fastpath.EXIT, fastpath.LAST):
                     if step == fastpath.LAST:
                         os.close(self.listener)
@@ -285,15 +320,23 @@ class Supervisor:
             fast.free_scratch(scratch)
 
     def _answer(self, notif: kernel.Notification) -> None:
-        """Handle and answer one call (if the listener is gone, the next NOTIF_RECV ends the thread)."""
+        """Handle and answer one call."""
         call = _Call(notif, thread_pidfds=self.thread_pidfds)
-        outcome = self._handle(call)
+        self._respond(call, self._handle(call))
+
+    def _respond(self, call: _Call, outcome: Outcome) -> None:
+        """Answer ``call`` with ``outcome``, then raise its SIGPIPE if it is owed
+        one and got the answer (if the listener is gone, the next NOTIF_RECV
+        ends the thread)."""
+        owed = call.sigpipe
+        if owed:
+            call.aim_sigpipe(self.listener)
         try:
-            kernel.respond(self.listener, notif.id, value=outcome.value, error=outcome.error)
+            answered = kernel.respond(self.listener, call.notif.id, value=outcome.value, error=outcome.error)
         except OSError:
-            return
-        if call.sigpipe:
-            call.raise_sigpipe()
+            answered = False
+        if owed:
+            call.raise_sigpipe(answered)
 
     def _handle(self, call: _Call) -> Outcome:
         notif = call.notif
