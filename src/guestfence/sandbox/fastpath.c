@@ -31,8 +31,9 @@
  * written back (sendmmsg's msg_len) goes through fds that hold the
  * caller's mm, never by its number (struct guest_mm); the call is
  * made with exactly the name decided (NULL for a TCP send without
- * MSG_FASTOPEN); MSG_ZEROCOPY is stripped and MSG_NOSIGNAL added (SIGPIPE is
- * raised by Python after the answer); every notification is answered
+ * MSG_FASTOPEN); MSG_ZEROCOPY is stripped and MSG_NOSIGNAL added (a send
+ * that fails with EPIPE is answered by Python, which owes the caller its
+ * SIGPIPE: supervisor._Call.aim_sigpipe); every notification is answered
  * exactly once, never CONTINUEd. Unlike supervisor.py, C reads the
  * arguments first and pins the socket after: the decision is on the pair
  * (bytes read, socket pinned) and the call too, whichever came first, and
@@ -716,9 +717,10 @@ static int pin_caller(struct gf *gf, struct gf_thread *t, const struct seccomp_n
     return sock;
 }
 
-/* Answered (GF_DONE); made, failed with EPIPE and left to Python to answer, since
- * the caller's SIGPIPE must be sent by a pidfd opened before the answer (GF_SIGPIPE);
- * or handed to Python (GF_PYTHON, GF_SPAWN: nothing was executed). ``receiver``: this thread holds the receiver's turn, to hand off
+/* Answered (GF_DONE); made, failed with EPIPE and left to Python to answer,
+ * since the caller's SIGPIPE goes by a pidfd opened before the answer
+ * (GF_SIGPIPE); or handed to Python (GF_PYTHON, GF_SPAWN: nothing was
+ * executed). ``receiver``: this thread holds the receiver's turn, to hand off
  * before anything that may block (it no longer holds it after GF_PYTHON, GF_SPAWN,
  * or a hand-off: *receiver is then 0). ``received_after``: see pin(). */
 static int act(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n, uint64_t received_after,
@@ -908,9 +910,10 @@ static int act_mmsg(struct gf *gf, struct gf_thread *t, struct seccomp_notif *n,
     int sent = sendmmsg(sock, t->sent, count, own_flags(flags));
     int error = sent < 0 ? errno : 0;
     /* Through mm, never by number: the caller may have died meanwhile (then
-     * the writes fail). A field that already holds its length is left as it
-     * is (a vector sent again and again): a store of the value a field holds
-     * changes nothing the guest can see. */
+     * the writes fail). A field that held its length when it was read is left
+     * as it is (a vector sent again and again): the kernel's store would leave
+     * it so, and a guest thread that wrote it since could have written after
+     * that store. */
     for (int i = 0; i < sent; i++) {
         uint64_t field = a[1] + (uint64_t)i * sizeof *t->vector + offsetof(struct guest_mmsghdr, len);
         if (t->sent[i].msg_len != t->vector[i].len &&
