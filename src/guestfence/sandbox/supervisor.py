@@ -480,9 +480,9 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
     fd, kind = call.take_socket(fd_arg)
     try:
         memory = kernel.GuestMemory(call.pid, query=sup.procmap_query)  # proven the caller's by still_waiting
-    except OSError:
+    except OSError as exc:  # not ours to write (a non-dumpable guest, no CAP_SYS_PTRACE), or gone
         os.close(fd)
-        raise GuestFault(errno.ESRCH) from None
+        raise GuestFault(errno.EPERM if exc.errno in (errno.EACCES, errno.EPERM) else errno.ESRCH) from None
     try:
         send = onbehalf.sendmmsg
         if not kind.is_inet:  # local decides and sends each batch
