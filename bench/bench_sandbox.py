@@ -5,8 +5,12 @@
 
 The guest (bench/sandbox_guest.c, built here with gcc) times a tight loop
 of one call: a TCP connect to a loopback listener (accepted and closed by a
-separate process), a UDP sendto, a UDP sendmsg (destination in msg_name),
-a sendmmsg of 64 datagrams. Each is run bare, under guestfence's
+separate process), a UDP connect (the same without the TCP handshake,
+whose kernel work on loopback runs inside connect: for the supervisor
+that makes the call, in its own CPU), a UDP sendto, a UDP sendmsg
+(destination in msg_name), a sendmmsg of 64 datagrams (the same vector again
+and again), and one whose msg_len fields are zeroed before each call, so
+that every length is stored ("sendmmsg0"). Each is run bare, under guestfence's
 ``Sandbox`` and under sandlock's ``Sandbox`` with the equivalent policy
 (allow exactly the listener's TCP and UDP port on 127.0.0.1).
 
@@ -17,7 +21,7 @@ What is measured, per call of the guest's loop:
   supervise in threads of the calling process), divided by the loop's
   calls. Nothing is subtracted, so it includes the run's fixed cost
   (start-up, filter, launcher, exit: printed once as "fixed CPU", the same
-  run with 0 calls) and, for a supervisor that makes the call on the
+  run with 0 calls, after one such run that imports each tool) and, for a supervisor that makes the call on the
   guest's behalf, the call's own kernel work, which bare is charged to the
   guest: the "guest CPU" column (RUSAGE_CHILDREN around the run) shows
   what the guest paid itself.
@@ -55,7 +59,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ITERATIONS = {"connect": 2000, "sendto": 20000, "sendmsg": 20000, "sendmmsg": 1000}
+ITERATIONS = {"connect": 2000, "udpconnect": 2000, "sendto": 20000, "sendmsg": 20000, "sendmmsg": 1000,
+              "sendmmsg0": 1000}
 TOOLS = ("bare", "guestfence", "sandlock")
 ACCEPTOR = """
 import socket, sys
@@ -136,7 +141,8 @@ def measure(tool: str, argv: list[str], tcp_port: int, udp_port: int) -> tuple[f
 def worker(binary: Path, tcp_port: int, udp_port: int) -> None:
     """One round, all calls and tools interleaved: JSON {op: {tool: Sample}} on stdout."""
     results: dict[str, dict[str, Sample]] = {op: {} for op in ITERATIONS}
-    for tool in TOOLS[1:]:  # the fixed cost of a run: sendto with 0 calls
+    for tool in TOOLS[1:]:  # the fixed cost of a run: sendto with 0 calls, once the tool is imported
+        measure(tool, guest_args(binary, "sendto", tcp_port, udp_port, 0), tcp_port, udp_port)
         user, sys_, _, _ = measure(tool, guest_args(binary, "sendto", tcp_port, udp_port, 0), tcp_port, udp_port)
         results.setdefault("fixed", {})[tool] = {"supervisor_cpu_ns": user + sys_, "guest_cpu_ns": 0.0,
                                                  "wall_ns": 0.0}
@@ -210,33 +216,33 @@ def report(unpinned: list[dict[str, dict[str, Sample]]], pinned: list[dict[str, 
           + ", ".join(f"{tool} {m / 1000:.1f} ms" for tool, (m, _, _) in fixed.items()))
     print("\nsupervisor CPU per call (getrusage SELF user+sys around .run(), unpinned);"
           " guest CPU per call (RUSAGE_CHILDREN)")
-    print(f"{'call':9} {'bare guest':>20} {'guestfence sup':>20} {'gf guest':>17} {'sandlock sup':>20}"
+    print(f"{'call':10} {'bare guest':>20} {'guestfence sup':>20} {'gf guest':>17} {'sandlock sup':>20}"
           f" {'sl guest':>17} {'gf/sl sup':>9}")
     for op, n in ITERATIONS.items():
         gf, sl = _stat(unpinned, op, "guestfence", "supervisor_cpu_ns"), _stat(unpinned, op, "sandlock",
                                                                                 "supervisor_cpu_ns")
-        print(f"{op:9} {_cell(_stat(unpinned, op, 'bare', 'guest_cpu_ns')):>20} {_cell(gf):>20}"
+        print(f"{op:10} {_cell(_stat(unpinned, op, 'bare', 'guest_cpu_ns')):>20} {_cell(gf):>20}"
               f" {_cell(_stat(unpinned, op, 'guestfence', 'guest_cpu_ns')):>17} {_cell(sl):>20}"
               f" {_cell(_stat(unpinned, op, 'sandlock', 'guest_cpu_ns')):>17} {gf[0] / sl[0]:9.2f}")
     print("\nsupervisor CPU per call split, user / sys (medians); total CPU (supervisor + guest): the"
           " call's own kernel work is the supervisor's when it makes the call, the guest's when the kernel does")
-    print(f"{'call':9} {'guestfence user/sys':>20} {'sandlock user/sys':>20} {'gf total':>9} {'sl total':>9}"
+    print(f"{'call':10} {'guestfence user/sys':>20} {'sandlock user/sys':>20} {'gf total':>9} {'sl total':>9}"
           f" {'gf/sl total':>11}")
     for op in ITERATIONS:
         split = {tool: tuple(_stat(unpinned, op, tool, f"supervisor_{part}_ns")[0] for part in ("user", "sys"))
                  for tool in TOOLS[1:]}
         total = {tool: _stat(unpinned, op, tool, "supervisor_cpu_ns")[0] + _stat(unpinned, op, tool, "guest_cpu_ns")[0]
                  for tool in TOOLS[1:]}
-        print(f"{op:9} {'%.1f / %.1f' % split['guestfence']:>20} {'%.1f / %.1f' % split['sandlock']:>20}"
+        print(f"{op:10} {'%.1f / %.1f' % split['guestfence']:>20} {'%.1f / %.1f' % split['sandlock']:>20}"
               f" {total['guestfence']:9.1f} {total['sandlock']:9.1f} {total['guestfence'] / total['sandlock']:11.2f}")
     print("\nwall-clock per call, pinned (taskset -c 0), the guest's own clock")
-    print(f"{'call':9} {'bare':>20} {'guestfence':>20} {'sandlock':>20} {'gf over':>8} {'sl over':>8}"
+    print(f"{'call':10} {'bare':>20} {'guestfence':>20} {'sandlock':>20} {'gf over':>8} {'sl over':>8}"
           f" {'gf/sl over':>10}")
     for op in ITERATIONS:
         bare, gf, sl = (_stat(pinned, op, tool, "wall_ns") for tool in TOOLS)
         gf_over, sl_over = gf[0] - bare[0], sl[0] - bare[0]
         ratio = f"{gf_over / sl_over:10.2f}" if sl_over > 0 else f"{'-':>10}"
-        print(f"{op:9} {_cell(bare):>20} {_cell(gf):>20} {_cell(sl):>20} {gf_over:+8.1f} {sl_over:+8.1f} {ratio}")
+        print(f"{op:10} {_cell(bare):>20} {_cell(gf):>20} {_cell(sl):>20} {gf_over:+8.1f} {sl_over:+8.1f} {ratio}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 
@@ -27,7 +28,7 @@ from guestfence.policy.decide import decide
 from guestfence.policy.model import Flow, Proto
 from guestfence.sandbox import kernel
 from guestfence.sandbox.supervisor import Denial
-from tests.sandbox.conftest import Listener, drain_once_received
+from tests.sandbox.conftest import DeniedPorts, Listener, drain_once_received
 from tests.sandbox.guest import guest_argv, run_sandboxed
 
 PORTS = range(61000, 61004)
@@ -103,6 +104,40 @@ def test_answers_are_decides_for_random_rules_and_destinations(seed: int) -> Non
     assert len(denials) == expected_denials  # every denial is logged, not only the first
 
 
+# One fd number, one thread: a UDP socket allowed to the port (C now holds
+# UDP verdicts for it, and knows the socket's kind), then a TCP socket
+# dup2'd onto the same number, whose connect and fast-open send to the same
+# port no rule allows. Rounds, so the TCP socket is also the one C last saw.
+SWAPPED_KIND = '''
+MSG_FASTOPEN = 0x20000000
+name = sin("127.0.0.1", PORT)
+results = []
+for round in range(3):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    os.dup2(u.fileno(), 100); u.close()
+    udp = [libc.sendto(100, b"x", 1, 0, name, 16) for _ in range(3)] + [libc.connect(100, name, 16) for _ in range(3)]
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    os.dup2(t.fileno(), 100); t.close()
+    tcp = [libc.sendto(100, b"x", 1, MSG_FASTOPEN, name, 16), ctypes.get_errno(),
+           libc.connect(100, name, 16), ctypes.get_errno()]
+    results.append([udp, tcp])
+out["results"] = results
+'''
+
+
+def test_a_socket_swapped_under_one_fd_number_is_decided_as_what_it_is(denied_ports: DeniedPorts) -> None:
+    """C learns what a socket is (domain, type, protocol) from the kernel;
+    a cache of that keyed by anything a guest can reuse -- the fd number,
+    the thread -- would decide a TCP connect by the UDP verdicts held for
+    the socket that had the number before. Each TCP call must be refused
+    and no connection may arrive."""
+    got = run_sandboxed(SWAPPED_KIND.replace("PORT", str(denied_ports.port)),
+                        allow=[f"udp://127.0.0.1:{denied_ports.port}"])
+    refused = [-1, errno.ECONNREFUSED, -1, errno.ECONNREFUSED]
+    assert got["results"] == [[[1, 1, 1, 0, 0, 0], refused]] * 3, got
+    assert denied_ports.tcp.accepted == 0
+
+
 # A process whose pid is a number an exited task of the same sandbox held:
 # its call must be made on its own socket. The guest asks the host (root)
 # to set ns_last_pid before each fork, until the child gets the number.
@@ -172,6 +207,131 @@ def test_a_recycled_pid_is_served_with_its_own_socket(pidfds: str, monkeypatch: 
         proc.kill()
         proc.wait()
     assert got["recycled"] and got["status"] == 0 and got["ports differ"], got
+
+
+# A caller that dies while the supervisor reads its arguments, its number
+# then taken by a process outside the sandbox with a UDP socket at the
+# same fd number: the supervisor must not send from that socket. The
+# child's payload page is a userfaultfd page (missing), so the
+# supervisor's process_vm_readv waits on it until the guest fills it; the
+# guest kills the child meanwhile and has the host start a process with
+# the child's number (setting ns_last_pid) before it fills the page.
+# A marker send afterwards: once it arrives, a send the supervisor made
+# for the dead call would have arrived before it (same handler thread).
+DEAD_CALLER = '''
+import platform, select, signal
+NR_USERFAULTFD = {"x86_64": 323, "aarch64": 282}[platform.machine()]
+libc.syscall.restype = ctypes.c_long
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+UFFDIO_API, UFFDIO_REGISTER, UFFDIO_COPY = 0xc018aa3f, 0xc020aa00, 0xc028aa03
+name = sin("127.0.0.1", PORT)
+warm = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3):  # Python decides the destination, C then knows it
+    assert warm.sendto(b"w", ("127.0.0.1", PORT)) == 1
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+child = os.fork()
+if child == 0:
+    uffd = libc.syscall(NR_USERFAULTFD, os.O_CLOEXEC)
+    assert uffd >= 0, ctypes.get_errno()
+    assert libc.ioctl(uffd, UFFDIO_API, ctypes.create_string_buffer(struct.pack("QQQ", 0xAA, 0, 0), 24)) == 0
+    page = libc.mmap(None, 4096, 3, 0x22, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+    assert libc.ioctl(uffd, UFFDIO_REGISTER, ctypes.create_string_buffer(struct.pack("QQQQ", page, 4096, 1, 0), 32)) == 0
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    os.dup2(s.fileno(), 100)
+    os.write(ready_w, struct.pack("iQ", uffd, page))
+    os.read(go_r, 1)
+    libc.sendto(100, ctypes.c_void_p(page), 1, 0, name, 16)  # the supervisor's read waits on the page
+    os._exit(0)
+uffd_number, page = struct.unpack("iQ", os.read(ready_r, 16))
+uffd = libc.syscall(438, os.pidfd_open(child), uffd_number, 0)  # pidfd_getfd: the child's userfaultfd
+assert uffd >= 0, ctypes.get_errno()
+os.write(go_w, b"g")
+assert select.select([uffd], [], [], 30)[0], "the supervisor never read the page"
+event = os.read(uffd, 32)
+out["fault at the page"] = event[0] == 0x12 and struct.unpack_from("Q", event, 16)[0] & ~4095 == page
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+print(f"want {child}", flush=True)
+out["recycled"] = sys.stdin.readline().strip() == "ok"
+source = ctypes.create_string_buffer(b"y" * 4096, 4096)
+copy = ctypes.create_string_buffer(struct.pack("QQQQq", page, ctypes.addressof(source), 4096, 0, 0), 40)
+libc.ioctl(uffd, UFFDIO_COPY, copy)  # the read completes
+os.close(uffd)  # (and if the copy failed, closing wakes it: the page is then an empty one)
+out["marker"] = warm.sendto(b"m", ("127.0.0.1", PORT))
+'''
+
+
+def _process_with_pid(pid: int) -> tuple[int, int] | None:
+    """A process outside the sandbox, numbered ``pid``, with a UDP socket of its
+    own at fd 100: (its pid, its socket's port), or None if the number went elsewhere."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+        last.write(str(pid - 1))
+    port_r, port_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            os.dup2(s.fileno(), 100)
+            os.write(port_w, s.getsockname()[1].to_bytes(2, "big"))
+            signal.pause()  # until the test kills it
+        finally:
+            os._exit(0)
+    os.close(port_w)
+    port = int.from_bytes(os.read(port_r, 2), "big")
+    os.close(port_r)
+    if child == pid:
+        return child, port
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    return None
+
+
+@pytest.mark.parametrize("pidfds", ["thread", "leader"])
+def test_a_caller_that_dies_while_its_arguments_are_read_is_not_served_from_its_numbers_next_owner(
+        pidfds: str, udp_server: Listener, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """fastpath.c reads the arguments before it pins the socket. A pidfd it
+    opens after the notification (the caller's first call) may name a
+    process that took a dead caller's number, outside the sandbox: the call
+    must not be made on that process's socket (a build of fastpath.c that
+    skips NOTIF_ID_VALID after that pin sends the page's byte from it)."""
+    if os.geteuid() != 0:
+        pytest.skip("setting ns_last_pid needs root")
+    if pidfds == "thread" and not kernel.has_thread_pidfds():
+        pytest.skip("no PIDFD_THREAD on this kernel")
+    monkeypatch.setenv("GUESTFENCE_SANDBOX_LEADER_PIDFDS", "1" if pidfds == "leader" else "0")
+    port = udp_server.port
+    # keep_caps: userfaultfd for faults of another process (the supervisor's read) needs CAP_SYS_PTRACE
+    sandbox = Sandbox(Policy.parse(allow=[f"udp://127.0.0.1:{port}"]), keep_caps=True)
+    proc = sandbox.popen(guest_argv(DEAD_CALLER.replace("PORT", str(port))), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    outsider = None
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("want "), line
+        for _ in range(200):
+            outsider = _process_with_pid(int(line.split()[1]))
+            if outsider:
+                break
+        proc.stdin.write("ok\n" if outsider else "no\n")
+        proc.stdin.flush()
+        stdout, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        got = json.loads(stdout.strip().splitlines()[-1])
+    finally:
+        proc.kill()
+        proc.wait()
+        if outsider:
+            os.kill(outsider[0], signal.SIGKILL)
+            os.waitpid(outsider[0], 0)
+    assert got == {"fault at the page": True, "recycled": True, "marker": 1}, got
+    received = udp_server.received_at_least(4)
+    assert received[:3] == [b"w"] * 3 and b"m" in received, received
+    assert received == [b"w", b"w", b"w", b"m"], "a datagram was sent for the dead caller"
 
 
 # Two live processes whose pids share a slot of fastpath.c's pidfd cache

@@ -120,6 +120,26 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
 r = libc.sendmmsg(u.fileno(), base, 3, 0)
 out["r"] = r if r >= 0 else -ctypes.get_errno()''',
+    **{f"sendmmsg_read_only_from_entry_{first}_of_{count}_known_destination": f'''
+import mmap
+m = mmap.mmap(-1, 8192, flags=mmap.MAP_PRIVATE)  # private: a debugger's write (FOLL_FORCE) would succeed
+base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3):  # decided by Python: fastpath.c knows the destination
+    sendmmsg(u.fileno(), [(sin("127.0.0.1", PORT), b"w")])
+name = ctypes.create_string_buffer(sin("127.0.0.1", PORT), 16)
+data = ctypes.create_string_buffer(b"x", 1)
+iov = ctypes.create_string_buffer(struct.pack("=QQ", ctypes.addressof(data), 1), 16)
+start = 4096 - 64 * {first}
+for i in range({count}):
+    struct.pack_into("=QI4xQQQQi4x", m, start + 64 * i, ctypes.addressof(name), 16, ctypes.addressof(iov), 1, 0, 0, 0)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+libc.mprotect(base + 4096, 4096, 1)  # PROT_READ: entries {first} and on
+libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+r = libc.sendmmsg(u.fileno(), base + start, {count}, 0)
+out["r"] = r if r >= 0 else -ctypes.get_errno()
+out["lens"] = [struct.unpack_from("=I", m, start + 64 * i + 56)[0] for i in range({count})]'''
+       for first, count in ((0, 4), (2, 4), (60, 65))},  # 65: more than fastpath.c takes
     "epipe_raises_sigpipe_unless_msg_nosignal": '''
 import signal
 caught = []
@@ -145,6 +165,20 @@ for name, flags in (("plain", 0), ("nosignal", socket.MSG_NOSIGNAL)):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sandboxed_call_fails_as_bare(case: str, tcp_server: Listener) -> None:
+    _same_as_bare(case, tcp_server)
+
+
+@pytest.mark.parametrize("case", sorted(name for name in CASES if "read_only" in name or "unmapped" in name))
+def test_msg_len_stored_as_bare_where_the_maps_are_read_as_text(case: str, tcp_server: Listener,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which msg_len fields a guest could store into is asked of
+    /proc/TID/maps with PROCMAP_QUERY, or, before Linux 6.11, read from its
+    text: the same answers."""
+    monkeypatch.setenv("GUESTFENCE_SANDBOX_MAPS_TEXT", "1")
+    _same_as_bare(case, tcp_server)
+
+
+def _same_as_bare(case: str, tcp_server: Listener) -> None:
     code = CASES[case].replace("PORT", str(tcp_server.port))
     policy = {"allow": [f"tcp://127.0.0.1:{tcp_server.port}", f"udp://127.0.0.1:{tcp_server.port}",
                         "tcp://127.0.0.1:1"]}

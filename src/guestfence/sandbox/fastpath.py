@@ -4,7 +4,8 @@ Built by the Makefile next to this file. Every call releases the GIL
 (ctypes.CDLL), so handler threads block in NOTIF_RECV and handle calls in C
 in parallel with Python. ``serve`` returns only when Python is needed:
 ``PYTHON`` (the notification is Python's to handle and answer), ``SIGPIPE``
-(answered with EPIPE: raise the guest's SIGPIPE), ``SPAWN`` (start a
+(the call was made and failed with EPIPE: answer that and raise the guest's
+SIGPIPE), ``SPAWN`` (start a
 handler thread, then ``handle`` the notification), ``EXIT``/``LAST`` (the
 thread leaves the pool; the last one closes the listener and ``free``s).
 """
@@ -28,7 +29,7 @@ _P = ctypes.c_void_p
 def _library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(LIBRARY), use_errno=True)
     for name, argtypes, restype in (
-        ("gf_new", (ctypes.c_int,) * 5, _P),
+        ("gf_new", (ctypes.c_int,) * 6, _P),
         ("gf_free", (_P,), None),
         ("gf_thread_new", (_P,), _P),
         ("gf_thread_free", (_P,), None),
@@ -46,10 +47,11 @@ def _library() -> ctypes.CDLL:
 class FastPath:
     """One listener's C state: the handler pool's counts, the verdict table, cached pidfds."""
 
-    def __init__(self, listener: int, *, thread_pidfds: bool, max_control: int, max_threads: int,
-                 threads: int) -> None:
+    def __init__(self, listener: int, *, thread_pidfds: bool, procmap_query: bool, max_control: int,
+                 max_threads: int, threads: int) -> None:
         self._lib = _library()
-        self._gf = self._lib.gf_new(listener, int(thread_pidfds), max_control, max_threads, threads)
+        self._gf = self._lib.gf_new(listener, int(thread_pidfds), int(procmap_query), max_control, max_threads,
+                                    threads)
         if not self._gf:
             raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
         self.serve = lambda scratch, notif, back: self._lib.gf_serve(self._gf, scratch, notif, int(back))

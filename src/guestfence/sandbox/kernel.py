@@ -4,8 +4,10 @@ python3-seccomp 2.5.4 builds and loads filters, but its ``receive_notify``
 holds the GIL while it blocks and it has no ``NOTIF_ID_VALID``; the stdlib
 has no ``pidfd_getfd``, ``process_vm_readv``, ``capset`` or ``tgkill``. Notifications
 are received by fastpath.c; this module parses them and makes the calls
-Python's handlers need. Every function raises
-``OSError`` with the kernel's errno; callers decide what an errno means.
+Python's handlers need; ``GuestMemory`` writes results into a caller's
+memory through fds that hold its mm, never by its number. Every function
+raises ``OSError`` with the kernel's errno; callers decide what an errno
+means.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ _syscall.restype = ctypes.c_long
 # x86-64 and aarch64 share these numbers (the "new" generic table) except
 # where noted; both are the only architectures guestfence runs on.
 _NR = {
-    "x86_64": {"pidfd_getfd": 438, "process_vm_readv": 310, "process_vm_writev": 311, "capset": 126,
+    "x86_64": {"pidfd_getfd": 438, "process_vm_readv": 310, "capset": 126,
                "capget": 125},
-    "aarch64": {"pidfd_getfd": 438, "process_vm_readv": 270, "process_vm_writev": 271, "capset": 91,
+    "aarch64": {"pidfd_getfd": 438, "process_vm_readv": 270, "capset": 91,
                 "capget": 90},
 }[os.uname().machine]
 
@@ -41,8 +43,8 @@ NOTIF_RESP = struct.Struct("=QqiI")
 _IOC_WRITE, _IOC_READ = 1, 2
 
 
-def _ioc(direction: int, number: int, size: int) -> int:
-    return (direction << 30) | (size << 16) | (ord("!") << 8) | number
+def _ioc(direction: int, number: int, size: int, kind: str = "!") -> int:
+    return (direction << 30) | (size << 16) | (ord(kind) << 8) | number
 
 
 IOCTL_NOTIF_SEND = _ioc(_IOC_READ | _IOC_WRITE, 1, NOTIF_RESP.size)
@@ -95,11 +97,12 @@ def parse_notification(buf: ctypes.Array[ctypes.c_char]) -> Notification:
     return Notification(id=nid, pid=pid, nr=nr, arch=arch, args=tuple(args))
 
 
-def respond(notify_fd: int, notif_id: int, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
+def respond(notify_fd: int, notif_id: int, *, value: int = 0, error: int = 0, cont: bool = False) -> bool:
     """Answer one call: its return ``value``, or ``-error``, or let it run.
+    Whether the caller got the answer.
 
     ENOENT means the caller is gone (killed, or its syscall interrupted):
-    nothing is left to answer, which is not an error of ours.
+    nothing is left to answer, which is not an error of ours (False).
     """
     flags = USER_NOTIF_FLAG_CONTINUE if cont else 0
     resp = bytearray(NOTIF_RESP.pack(notif_id, value, -error if error else 0, flags))
@@ -108,6 +111,8 @@ def respond(notify_fd: int, notif_id: int, *, value: int = 0, error: int = 0, co
     except OSError as exc:
         if exc.errno != errno_mod.ENOENT:
             raise
+        return False
+    return True
 
 
 def id_valid(notify_fd: int, notif_id: int) -> bool:
@@ -181,10 +186,6 @@ def pidfd_getfd(pidfd: int, target_fd: int) -> int:
     return fd
 
 
-class _IoVec(ctypes.Structure):
-    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
-
-
 _process_vm_readv = _libc.process_vm_readv
 _process_vm_readv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
                               ctypes.c_ulong)
@@ -251,24 +252,149 @@ def _read_chunk(pid: int, pieces: Sequence[tuple[int, int]]) -> list[bytes]:
     return out
 
 
-def write_memory(pid: int, pieces: list[tuple[int, bytes]]) -> int:
-    """Write each ``(address, data)`` into the guest, in one call, in order;
-    the count of bytes written (it stops at the first unwritable piece)."""
-    if not pieces:
-        return 0
-    buffers = [ctypes.create_string_buffer(data, len(data)) for _, data in pieces]
-    local = (_IoVec * len(pieces))(*(_IoVec(ctypes.addressof(b), len(d)) for b, (_, d) in zip(buffers, pieces)))
-    remote = (_IoVec * len(pieces))(*(_IoVec(addr, len(d)) for addr, d in pieces))
-    got = _syscall(
-        _NR["process_vm_writev"], ctypes.c_long(pid), local, ctypes.c_ulong(len(pieces)),
-        remote, ctypes.c_ulong(len(pieces)), ctypes.c_ulong(0),
-    )
-    if got < 0:
-        err = ctypes.get_errno()
-        if err == errno_mod.EFAULT:
+PROCMAP_QUERY = _ioc(_IOC_READ | _IOC_WRITE, 17, 104, "f")
+"""Linux 6.11: the mapping at an address, asked of /proc/TID/maps (struct procmap_query, 104 bytes)."""
+_PROCMAP = struct.Struct("=9Q4I2Q")
+_PROCMAP_WRITABLE = 0x02
+_BLOCK = 4096
+CAP_DAC_OVERRIDE = 1
+
+
+@final
+class GuestMemory:
+    """A caller's memory as it is now, for writing results back into it.
+
+    /proc/TID/mem and /proc/TID/maps, opened for thread ``tid``: each fd
+    holds the mm of the task that had the number when it was opened,
+    whatever takes the number later, and fails once that mm is gone, so a
+    write through it can reach no other process. Open it before the
+    NOTIF_ID_VALID that proves the reads, which then proves it the
+    caller's too. (fastpath.c's struct guest_mm says why not
+    process_vm_writev by number: a write cannot be taken back.)
+    ``query``: ask the maps with PROCMAP_QUERY (``has_procmap_query``),
+    rather than read their text. OSError when either cannot be opened.
+    """
+
+    __slots__ = ("_mem", "_maps", "_query")
+
+    def __init__(self, tid: int, *, query: bool) -> None:
+        self._query = query
+        self._mem = _open_overriding(f"/proc/{tid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self._maps = os.open(f"/proc/{tid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(self._mem)
+            raise
+
+    def close(self) -> None:
+        os.close(self._mem)
+        os.close(self._maps)
+
+    def storable(self, fields: Sequence[tuple[int, bytes]]) -> int:
+        """How many of ``fields`` ((address, the bytes it holds), ascending)
+        the caller could store into, from the first: those in mappings it
+        may write, in pages a write reaches (a file mapping's page past the
+        end of the file, a guard page: its own store faults there too).
+        Each 4096 bytes are tried by writing back what one field holds:
+        invisible to the guest."""
+        if not fields:
             return 0
+        end = self._writable_end(fields[0][0], fields[-1][0] + len(fields[-1][1]))
+        tried = fields[0][0]
+        for index, (address, held) in enumerate(fields):
+            if address + len(held) > end:
+                return index
+            if address + len(held) > tried:
+                if self._pwrite(held, address) != len(held):
+                    return index
+                tried = ((address + len(held) - 1) | (_BLOCK - 1)) + 1
+        return len(fields)
+
+    def write(self, pieces: Sequence[tuple[int, bytes]]) -> None:
+        """Write each ``(address, data)``, in order, until one fails (the mm is gone, or the page)."""
+        for address, data in pieces:
+            if self._pwrite(data, address) != len(data):
+                return
+
+    def _pwrite(self, data: bytes, address: int) -> int:
+        try:
+            return os.pwrite(self._mem, data, address)
+        except OSError:
+            return 0
+
+    def _writable_end(self, address: int, limit: int) -> int:
+        """The end of the run of mappings the caller may write (PROT_WRITE) from
+        ``address`` on, up to ``limit``. Asked, not tried: a write to
+        /proc/TID/mem is a debugger's (FOLL_FORCE) and also succeeds in a
+        read-only private mapping, where the kernel's own store fails."""
+        if not self._query:
+            return self._writable_end_from_text(address, limit)
+        while address < limit:
+            query = bytearray(_PROCMAP.pack(_PROCMAP.size, 0, address, *[0] * 12))
+            try:
+                fcntl.ioctl(self._maps, PROCMAP_QUERY, query)
+            except OSError:
+                return address  # ENOENT: no mapping there; ESRCH: the mm is gone
+            _, _, _, _, vma_end, vma_flags, *_ = _PROCMAP.unpack(query)
+            if not vma_flags & _PROCMAP_WRITABLE:
+                return address
+            address = vma_end
+        return address
+
+    def _writable_end_from_text(self, address: int, limit: int) -> int:
+        text = b""
+        while chunk := os.read(self._maps, 65536):
+            text += chunk
+        for line in text.splitlines():  # "start-end perms ...", in ascending order
+            span, perms = line.split(b" ", 2)[:2]
+            start, end = (int(n, 16) for n in span.split(b"-"))
+            if start > address:
+                return address  # a gap
+            if end > address:
+                if perms[1:2] != b"w":
+                    return address
+                address = end
+                if address >= limit:
+                    break
+        return address
+
+
+def has_procmap_query() -> bool:
+    """Whether /proc/PID/maps answers PROCMAP_QUERY (Linux 6.11)."""
+    probe = ctypes.c_int()
+    query = bytearray(_PROCMAP.pack(_PROCMAP.size, 0, ctypes.addressof(probe), *[0] * 12))
+    with open("/proc/self/maps", "rb", buffering=0) as maps:
+        try:
+            fcntl.ioctl(maps.fileno(), PROCMAP_QUERY, query)
+        except OSError:
+            return False
+    return True
+
+
+def _open_overriding(path: str, flags: int) -> int:
+    """os.open, with CAP_DAC_OVERRIDE for this thread if it is permitted: /proc/TID/mem
+    is 0600, owned by the guest's uid when it is dumpable, and a root supervisor's
+    handler threads keep no DAC override (``supervisor``)."""
+    try:
+        return os.open(path, flags)
+    except PermissionError:
+        header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+        data = (_CapData * 2)()
+        if _syscall(_NR["capget"], ctypes.byref(header), ctypes.byref(data)) != 0 or \
+                not data[0].permitted >> CAP_DAC_OVERRIDE & 1:
+            raise
+    effective = data[0].effective
+    data[0].effective |= 1 << CAP_DAC_OVERRIDE
+    if _syscall(_NR["capset"], ctypes.byref(header), ctypes.byref(data)) != 0:
+        err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return got
+    try:
+        return os.open(path, flags)
+    finally:
+        data[0].effective = effective
+        if _syscall(_NR["capset"], ctypes.byref(header), ctypes.byref(data)) != 0:
+            os.write(2, b"guestfence: cannot drop CAP_DAC_OVERRIDE again; aborting\n")
+            os.abort()
 
 
 _PR_SET_DUMPABLE = 4

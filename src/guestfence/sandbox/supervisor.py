@@ -5,7 +5,10 @@ The common case never reaches Python: handler threads loop in C
 INET sockets to destinations this module has already decided as allowed
 (``name_to_use`` hands each allowed verdict to C), and hands every other
 notification here, before anything is executed. What follows is this
-module's own handling, which is what C reproduces for those calls.
+module's own handling, which is what C reproduces for those calls (C
+reads the arguments before it pins the socket, and a pidfd it kept from
+before the notification proves the read without NOTIF_ID_VALID:
+fastpath.c says why).
 
 Every trapped call is answered exactly once: with the result of the call
 made on the guest's behalf or with an errno, never by letting the kernel
@@ -20,7 +23,11 @@ copies the arguments (1), verdict decides (2), NOTIF_ID_VALID proves the
 pid we read from was still the caller (so a recycled pid cannot feed us
 another process's memory), and onbehalf acts on the pinned copy (3) with
 exactly the name decided: NULL when the decision was "the connected peer",
-and for a TCP send without MSG_FASTOPEN (TCP ignores its name).
+and for a TCP send without MSG_FASTOPEN (TCP ignores its name). The one
+result written into the guest's memory, sendmmsg's msg_len, goes through
+``kernel.GuestMemory`` (fds that hold the caller's mm, opened before that
+proof), never by pid number: the send may wait for minutes, and a write,
+unlike a read, cannot be checked afterwards.
 
 Which fd table: with PIDFD_THREAD (Linux 6.9) the pidfd names the calling
 thread; without it (Debian 12's 6.1), the pidfd names its thread-group
@@ -45,7 +52,9 @@ Each thread drops every effective capability but CAP_SYS_PTRACE
 CAP_KILL (the guest's SIGPIPE), so a root supervisor
 lends the guest nothing in the calls it makes for it (``identity`` raises
 CAP_SETUID/CAP_SETGID only for the moment it takes on or gives back a
-guest's ids, and makes unix and netlink calls with none).
+guest's ids, and makes unix and netlink calls with none; ``GuestMemory``
+and fastpath.c raise CAP_DAC_OVERRIDE only to open a dumpable guest's
+/proc/TID/mem, which is its uid's, mode 0600).
 
 Memory: one call holds at most one batch of copied arguments (see
 ``materialize``), and each thread has C's buffers (about 600 KiB and
@@ -99,6 +108,8 @@ MSG_FASTOPEN = 0x20000000
 HEADERS_PER_READ = 64
 """sendmmsg entries whose struct mmsghdr are copied at a time (4 KiB)."""
 FORCE_LEADER_PIDFDS = "GUESTFENCE_SANDBOX_LEADER_PIDFDS"
+FORCE_MAPS_TEXT = "GUESTFENCE_SANDBOX_MAPS_TEXT"
+"""=1: read /proc/TID/maps as text, as on Linux < 6.11, where PROCMAP_QUERY would do (for tests)."""
 
 
 @final
@@ -129,15 +140,16 @@ class Settings:
 class _Call:
     """One trapped call: its notification, and access to the caller's fds and memory."""
 
-    __slots__ = ("notif", "pid", "thread_pidfds", "sigpipe", "_tgid")
+    __slots__ = ("notif", "pid", "thread_pidfds", "sigpipe", "_tgid", "_signal_pidfd")
 
     def __init__(self, notif: kernel.Notification, *, thread_pidfds: bool) -> None:
         self.notif = notif
         self.pid = notif.pid
         self.thread_pidfds = thread_pidfds
         self.sigpipe = False
-        """Raise SIGPIPE in the caller once answered (see ``raise_sigpipe``)."""
+        """Raise SIGPIPE in the caller once answered (see ``aim_sigpipe``)."""
         self._tgid: int | None = None
+        self._signal_pidfd: int | None = None
 
     @property
     def tgid(self) -> int:
@@ -199,15 +211,47 @@ class _Call:
         self._tgid = self.pid
         return pidfd
 
-    def raise_sigpipe(self) -> None:
-        """What the kernel does on EPIPE without MSG_NOSIGNAL: SIGPIPE to the
-        calling thread. Sent just after the answer: a signal arriving while
-        the caller still waits would interrupt the wait, losing our answer
-        and restarting the call (a second EPIPE, a second signal)."""
+    def aim_sigpipe(self, listener: int) -> None:
+        """Before the answer: who ``raise_sigpipe`` will signal, proven the
+        caller while it still waits in the call (else no signal at all).
+
+        What the kernel does on EPIPE without MSG_NOSIGNAL is SIGPIPE to the
+        calling thread; we send it just after the answer (a signal arriving
+        while the caller still waits would interrupt the wait, losing our
+        answer and restarting the call). The send may have waited for
+        minutes, and a caller killed meanwhile may have left its number to
+        a process outside the sandbox, which a signal by number (tgkill)
+        would kill (tests/sandbox/test_sandbox_write_back.py). So the
+        signal goes by a PIDFD_THREAD pidfd opened now, which names the
+        caller's thread whatever takes its number later (a thread-directed
+        signal, Linux 6.9). Without PIDFD_THREAD (Linux < 6.9) it goes by
+        tgkill, with the thread group read now, and only once the caller
+        got the answer: alive a moment before.
+        """
         try:
-            kernel.tgkill(self.tgid, self.pid, signal.SIGPIPE)
+            if self.thread_pidfds:
+                self._signal_pidfd = kernel.pidfd_open_thread(self.pid)
+            else:
+                self._tgid = None
+                _ = self.tgid
+            self.sigpipe = kernel.id_valid(listener, self.notif.id)
+        except (OSError, GuestFault):
+            self.sigpipe = False
+
+    def raise_sigpipe(self, answered: bool) -> None:
+        """SIGPIPE to the caller aimed at (``aim_sigpipe``), if it got the answer."""
+        try:
+            if answered and self.sigpipe:
+                if self._signal_pidfd is not None:
+                    signal.pidfd_send_signal(self._signal_pidfd, signal.SIGPIPE)
+                else:
+                    kernel.tgkill(self.tgid, self.pid, signal.SIGPIPE)
         except (OSError, GuestFault):
             pass  # the thread is gone: nobody to signal
+        finally:
+            if self._signal_pidfd is not None:
+                os.close(self._signal_pidfd)
+                self._signal_pidfd = None
 
 
 class Supervisor:
@@ -224,8 +268,10 @@ class Supervisor:
             self.thread_pidfds = kernel.has_thread_pidfds() and os.environ.get(FORCE_LEADER_PIDFDS) != "1"
         else:
             self.thread_pidfds = settings.thread_pidfds
-        self.fast = fastpath.FastPath(listener, thread_pidfds=self.thread_pidfds, max_control=MAX_CONTROL,
-                                      max_threads=settings.max_threads, threads=INITIAL_THREADS)
+        self.procmap_query = kernel.has_procmap_query() and os.environ.get(FORCE_MAPS_TEXT) != "1"
+        self.fast = fastpath.FastPath(listener, thread_pidfds=self.thread_pidfds, procmap_query=self.procmap_query,
+                                      max_control=MAX_CONTROL, max_threads=settings.max_threads,
+                                      threads=INITIAL_THREADS)
 
     def start(self) -> None:
         kernel.set_sync_wakeup(self.listener)
@@ -259,8 +305,10 @@ class Supervisor:
                     step = fast.handle(scratch, buffer)
                 if step == fastpath.PYTHON:
                     self._answer(kernel.parse_notification(buffer))
-                elif step == fastpath.SIGPIPE:
-                    _Call(kernel.parse_notification(buffer), thread_pidfds=self.thread_pidfds).raise_sigpipe()
+                elif step == fastpath.SIGPIPE:  # C made the call; it failed with EPIPE
+                    call = _Call(kernel.parse_notification(buffer), thread_pidfds=self.thread_pidfds)
+                    call.sigpipe = True
+                    self._respond(call, Outcome(error=errno.EPIPE))
                 elif step in (fastpath.EXIT, fastpath.LAST):
                     if step == fastpath.LAST:
                         os.close(self.listener)
@@ -272,15 +320,23 @@ class Supervisor:
             fast.free_scratch(scratch)
 
     def _answer(self, notif: kernel.Notification) -> None:
-        """Handle and answer one call (if the listener is gone, the next NOTIF_RECV ends the thread)."""
+        """Handle and answer one call."""
         call = _Call(notif, thread_pidfds=self.thread_pidfds)
-        outcome = self._handle(call)
+        self._respond(call, self._handle(call))
+
+    def _respond(self, call: _Call, outcome: Outcome) -> None:
+        """Answer ``call`` with ``outcome``, then raise its SIGPIPE if it is owed
+        one and got the answer (if the listener is gone, the next NOTIF_RECV
+        ends the thread)."""
+        owed = call.sigpipe
+        if owed:
+            call.aim_sigpipe(self.listener)
         try:
-            kernel.respond(self.listener, notif.id, value=outcome.value, error=outcome.error)
+            answered = kernel.respond(self.listener, call.notif.id, value=outcome.value, error=outcome.error)
         except OSError:
-            return
-        if call.sigpipe:
-            call.raise_sigpipe()
+            answered = False
+        if owed:
+            call.raise_sigpipe(answered)
 
     def _handle(self, call: _Call) -> Outcome:
         notif = call.notif
@@ -423,6 +479,11 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
         return Outcome()
     fd, kind = call.take_socket(fd_arg)
     try:
+        memory = kernel.GuestMemory(call.pid, query=sup.procmap_query)  # proven the caller's by still_waiting
+    except OSError as exc:  # not ours to write (a non-dumpable guest, no CAP_SYS_PTRACE), or gone
+        os.close(fd)
+        raise GuestFault(errno.EPERM if exc.errno in (errno.EACCES, errno.EPERM) else errno.ESRCH) from None
+    try:
         send = onbehalf.sendmmsg
         if not kind.is_inet:  # local decides and sends each batch
             caller = sup.caller(call)
@@ -449,7 +510,7 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
             sup.still_waiting(call)
             if not decided:
                 break
-            sent, fault = _send_batch(call, fd, base, raw, decided, flags, send)
+            sent, fault = _send_batch(call, memory, fd, base, raw, decided, flags, send)
             sent_total += sent
             if fault is not None or sent < len(decided):
                 stop = fault
@@ -461,10 +522,12 @@ def handle_sendmmsg(sup: Supervisor, call: _Call) -> Outcome:
             return Outcome(value=sent_total)
         return Outcome(error=stop.errno) if stop else Outcome()
     finally:
+        memory.close()
         os.close(fd)
 
 
-def _send_batch(call: _Call, fd: int, base: int, raw: bytes, messages: Sequence[Message], flags: int,
+def _send_batch(call: _Call, memory: kernel.GuestMemory, fd: int, base: int, raw: bytes,
+                messages: Sequence[Message], flags: int,
                 send: Callable[[int, Sequence[Message], int], Outcome]) -> tuple[int, GuestFault | None]:
     """Send ``messages`` (the entries at ``base``, whose bytes are ``raw``)
     and store each msg_len; (the count the kernel would report, the error
@@ -472,27 +535,24 @@ def _send_batch(call: _Call, fd: int, base: int, raw: bytes, messages: Sequence[
 
     The kernel stores each msg_len right after sending its entry and stops
     at the first it cannot store, counting it unsent. So we first find how
-    many msg_len fields are writable by writing back the values they hold
-    (invisible to the guest), and send at most one entry past them.
+    many msg_len fields the caller could store into (``memory.storable``),
+    and send at most one entry past them. The lengths are written through
+    ``memory``, which holds the caller's mm: the send may wait for minutes,
+    and a caller killed meanwhile may have left its number to another
+    process, outside the sandbox, which a write by number would reach.
     ``send`` is onbehalf.sendmmsg, or local's for a non-INET socket (which
     decides each entry and answers the deny errno when it sends none).
     """
     fields = [(base + i * MMSGHDR_SIZE + MSGHDR.size, raw[i * MMSGHDR_SIZE + MSGHDR.size:][:4])
               for i in range(len(messages))]
-    try:
-        writable = kernel.write_memory(call.pid, fields) // 4
-    except OSError:
-        raise GuestFault(errno.ESRCH) from None
+    writable = memory.storable(fields)
     sent = send(fd, messages[:writable + 1], flags)
     if sent.error:
         _signalled(call, sent, flags)
         return 0, GuestFault(sent.error)
     stored = min(sent.value, writable)
-    try:
-        kernel.write_memory(call.pid, [(address, n.to_bytes(4, sys.byteorder))
-                                       for (address, _), n in zip(fields, sent.lengths[:stored])])
-    except OSError:
-        pass  # the caller was killed meanwhile: nobody reads the lengths
+    memory.write([(address, n.to_bytes(4, sys.byteorder))
+                  for (address, _), n in zip(fields, sent.lengths[:stored])])  # nothing, once the caller is gone
     if sent.value > writable:
         return writable, GuestFault(errno.EFAULT)
     return sent.value, None
