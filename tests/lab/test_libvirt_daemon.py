@@ -75,14 +75,14 @@ def test_start_registers_the_tap_before_qemu_and_destroy_removes_it(libvirtd: Li
     libvirtd.virsh("create", str(xml))
     assert libvirtd.virsh("domstate", name).stdout.strip() == "running"
     assert registered(tmp_path) == [(guest, tap)]
-    chains = sh("nft", "list", "table", "inet", "guestfence", netns=libvirtd.netns).stdout
-    assert f"guest.{guest}" in chains, "the rules are in libvirtd's namespace"
+    ruleset = sh("nft", "list", "table", "inet", "guestfence", netns=libvirtd.netns).stdout
+    assert f'"{tap}" . 192.0.2.2 : goto policy.' in ruleset, "the TAP's dispatch is in libvirtd's namespace"
     shown = json.loads(sh("ip", "-j", "addr", "show", "dev", tap, netns=libvirtd.netns).stdout)[0]
     assert ("192.0.2.1", 30) in [(a["local"], a["prefixlen"]) for a in shown["addr_info"]], "the hook gave the bare TAP its gateway"
     assert sh("ip", "link", "show", tap, check=False).returncode != 0, "nothing in the real root namespace"
     libvirtd.virsh("destroy", name)
     assert registered(tmp_path) == []
-    assert f"guest.{guest}" not in sh("nft", "list", "table", "inet", "guestfence", netns=libvirtd.netns).stdout
+    assert f'"{tap}"' not in sh("nft", "list", "table", "inet", "guestfence", netns=libvirtd.netns).stdout
 
 
 def test_a_domain_with_an_undescribed_interface_never_starts(libvirtd: Libvirtd, tmp_path: Path) -> None:
