@@ -120,7 +120,6 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, final
 
 from guestfence.errors import PlanError
@@ -181,6 +180,7 @@ from guestfence.guests.names import (
     profile_chain,
 )
 from guestfence.policy.model import Action, AnyHost, Policy, Rule, Symbol, SymbolHost
+from guestfence.value import Value, init_field
 
 MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "::/128", "::1/128", "::ffff:0:0/96"))
 """Destinations no packet arriving on a link may have: unspecified, loopback
@@ -215,45 +215,49 @@ _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
+class Settings(Value):
     """Table-wide settings. ``pattern``: interfaces of unregistered guests ('' for none).
     ``generation``: which recorded change the tables hold (kept in the set
     ``names.GENERATION``, so status and restore can tell an interrupted change).
     ``closed``: interfaces of recorded guests that could not be read back,
     dropped like unregistered ones until their record is fixed."""
 
-    pattern: str = DEFAULT_PATTERN
-    generation: int = 0
-    closed: tuple[str, ...] = ()
+    __slots__ = ("pattern", "generation", "closed")
+    pattern: str
+    generation: int
+    closed: tuple[str, ...]
+
+    def __init__(self, *, pattern: str = DEFAULT_PATTERN, generation: int = 0, closed: tuple[str, ...] = ()) -> None:
+        init_field(self, "pattern", pattern)
+        init_field(self, "generation", generation)
+        init_field(self, "closed", closed)
 
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class NftPlan:
+class NftPlan(Value):
     """One transaction: ``commands`` applied whole or not at all."""
 
+    __slots__ = ("step", "commands")
     step: str
-    commands: tuple[Command, ...] = field(default=())
+    commands: tuple[Command, ...]
+
+    def __init__(self, *, step: str, commands: tuple[Command, ...] = ()) -> None:
+        init_field(self, "step", step)
+        init_field(self, "commands", commands)
 
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class NftPlan:
-    """One transaction: ``commands`` applied whole or not at all."""
-
-    step: str
-    commands: tuple[Command, ...] = field(default=())
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Profile:
+class Profile(Value):
     """A compiled policy, shared by every guest it compiles to the same rules
     for: ``chains`` are (name, rules) of ``policy.DIGEST``, ``.host``, ``.out``."""
 
+    __slots__ = ("name", "chains")
     name: str
     chains: tuple[tuple[str, tuple[tuple[Expr, ...], ...]], ...]
+
+    def __init__(self, *, name: str, chains: tuple[tuple[str, tuple[tuple[Expr, ...], ...]], ...]) -> None:
+        init_field(self, "name", name)
+        init_field(self, "chains", chains)
 
 
 def check_guest(guest: Guest) -> None:
