@@ -116,7 +116,6 @@ Rules of the compiler:
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -181,6 +180,11 @@ from guestfence.guests.names import (
 )
 from guestfence.policy.model import Action, AnyHost, Policy, Rule, Symbol, SymbolHost
 from guestfence.value import Value, init_field
+
+try:  # CPython's own SHA-256: hashlib loads OpenSSL for it (3 ms of every `guest add`, which digests one profile)
+    from _sha256 import sha256
+except ImportError:  # Python 3.12 and later name it _sha2; other Pythons
+    from hashlib import sha256
 
 MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "::/128", "::1/128", "::ffff:0:0/96"))
 """Destinations no packet arriving on a link may have: unspecified, loopback
@@ -642,7 +646,7 @@ def _compile_profile(guest: Guest, kind: str, names: Names) -> Profile:
     host = _host_rules(guest, names, gateway, accept, drop)
     out = _out_rules(guest, names, gateway, accept, drop)
     accepts_host, accepts_out = (any(ACCEPT in exprs for exprs in rules) for rules in (host, out))
-    digest = hashlib.sha256(json.dumps([kind, decided, host if accepts_host else [], out if accepts_out else []],
+    digest = sha256(json.dumps([kind, decided, host if accepts_host else [], out if accepts_out else []],
                                        sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
     name = profile_chain(digest)
     entry = [mac_rule(drop)] if kind == "mac" else []
