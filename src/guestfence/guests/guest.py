@@ -379,10 +379,18 @@ def recorded_guest(data: Mapping[str, Any]) -> RecordedGuest | None:
         return None
     if not isinstance(comment, str) or comment_problem(comment) is not None:
         return None
-    addresses = tuple(own_address_of(text) for text in texts)
-    if any(a is None for a in addresses) or (len(addresses) > 1 and len(set(addresses)) != len(addresses)):
+    # Loops, not generators: this runs for every recorded guest, and three
+    # generators a record were more than half of it.
+    addresses = []
+    for text in texts:
+        address = own_address_of(text)
+        if address is None:
+            return None
+        addresses.append(address)
+    if len(addresses) > 1 and len(set(addresses)) != len(addresses):
         return None  # (an address twice: parse_guest keeps one of each interface)
-    if not all(gateway_of(text) for text in gateways):
-        return None
+    for text in gateways:
+        if not gateway_of(text):
+            return None
     return RecordedGuest(name=name, iface=iface, bridge=bridge, mac=None if mac is None else mac.lower(),
-                         masquerade=bool(masquerade), addresses=addresses, policy=policy)  # type: ignore[arg-type]
+                         masquerade=bool(masquerade), addresses=tuple(addresses), policy=policy)  # type: ignore[arg-type]
