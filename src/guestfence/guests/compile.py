@@ -178,7 +178,7 @@ from guestfence.guests.names import (
     guest_chain,
     profile_chain,
 )
-from guestfence.policy.model import Action, AnyHost, Policy, Rule, Symbol, SymbolHost
+from guestfence.policy.model import Action, Address, AnyHost, Policy, Rule, Symbol, SymbolHost
 from guestfence.value import Value, init_field
 
 try:  # CPython's own SHA-256: hashlib loads OpenSSL for it (3 ms of every `guest add`, which digests one profile)
@@ -278,11 +278,14 @@ def check_guest(guest: Guest) -> None:
 
 
 OwnerKey = tuple[str, object]
-"""What no two guests may share: ("name", NAME), ("interface", IFACE), ("address", ADDRESS), ("bridge port MAC", (BRIDGE, MAC))."""
+"""What no two guests may share: ("name", NAME), ("interface", IFACE),
+("address", (VERSION, NUMBER)), ("bridge port MAC", (BRIDGE, MAC)). An
+address is its version and number: made and hashed as an ipaddress object
+it cost ``guest add`` more than the rest of the check, at 1000 guests."""
 
 
-def owner_keys(name: str, iface: str, addresses: Iterable[object], bridge: str | None, mac: str | None) -> list[OwnerKey]:
-    """The keys a guest owns (``addresses``: its own, without prefix), in the order they are checked."""
+def owner_keys(name: str, iface: str, addresses: Iterable[tuple[int, int]], bridge: str | None, mac: str | None) -> list[OwnerKey]:
+    """The keys a guest owns (``addresses``: its own, as ``address_key`` gives them), in the order they are checked."""
     keys: list[OwnerKey] = [("name", name), ("interface", iface)]
     keys += [("address", address) for address in addresses]
     if bridge is not None:
@@ -295,7 +298,7 @@ def claim(owners: dict[OwnerKey, str], name: str, keys: Iterable[OwnerKey], brid
     a key another guest owns already, or a ``bridge`` that is another guest's interface."""
     for key in keys:
         if key in owners:
-            raise PlanError(f"guest {name}: {key[0]} {_shown(key[1])} already belongs to guest {owners[key]}")
+            raise PlanError(f"guest {name}: {key[0]} {_shown(key)} already belongs to guest {owners[key]}")
         owners[key] = name
     if bridge is not None and ("interface", bridge) in owners:
         raise PlanError(f"guest {name}: bridge {bridge} is another guest's interface")
@@ -308,8 +311,8 @@ def check_guests(guests: Sequence[Guest], owners: dict[OwnerKey, str] | None = N
     owners = {} if owners is None else dict(owners)
     for guest in guests:
         check_guest(guest)
-        claim(owners, guest.name, owner_keys(guest.name, guest.iface, (a.ip for a in guest.addresses), guest.bridge, guest.mac),
-              guest.bridge)  # fmt: skip
+        claim(owners, guest.name, owner_keys(guest.name, guest.iface, [address_key(a) for a in guest.addresses], guest.bridge,
+                                             guest.mac), guest.bridge)  # fmt: skip
     return owners
 
 
@@ -343,7 +346,16 @@ class Others(Value):
                    bridged=any(g.bridge is not None for g in guests), samples=tuple(guests))  # fmt: skip
 
 
-def _shown(value: object) -> str:
+def address_key(address: Address) -> tuple[int, int]:
+    """An address (or interface: its address) as ``owner_keys`` takes it."""
+    return address.version, int(address)
+
+
+def _shown(key: OwnerKey) -> str:
+    kind, value = key
+    if kind == "address":
+        version, number = value  # type: ignore[misc]
+        return str(ipaddress.IPv4Address(number) if version == 4 else ipaddress.IPv6Address(number))
     return " ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 

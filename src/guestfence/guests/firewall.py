@@ -53,6 +53,7 @@ from guestfence.guests.compile import (
     OwnerKey,
     Profiles,
     Settings,
+    address_key,
     claim,
     compile_add,
     owner_keys,
@@ -418,7 +419,7 @@ def _fields(read: RecordedGuest | Registered) -> RecordedGuest:
         return read
     g = read.guest
     return RecordedGuest(name=g.name, iface=g.iface, bridge=g.bridge, mac=g.mac, masquerade=g.masquerade,
-                         addresses=tuple(a.ip for a in g.addresses), policy=g.policy)  # fmt: skip
+                         addresses=tuple(address_key(a) for a in g.addresses), policy=g.policy)  # fmt: skip
 
 
 def _read_whole(kept: tuple[RecordedGuest | Registered, Any], where: str) -> Registered:

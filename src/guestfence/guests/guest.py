@@ -232,11 +232,12 @@ _REFUSED_OWN = {version: tuple((int(net.netmask), int(net.network_address)) for 
 IPv4-mapped), as (netmask, network) numbers: test_guest.py compares the two."""
 
 
-def own_address_of(text: Any) -> Address | None:
+def own_address_of(text: Any) -> tuple[int, int] | None:
     """The address (without its prefix) that a recorded guest's own address
-    ``text`` stands for, when it is in the plain form and ``parse_guest``
-    accepts it; None when telling takes ``parse_guest``. Makes no interface
-    (nor its network: two per recorded guest, a tenth of ``guest add`` at 1000)."""
+    ``text`` stands for, as (version, number), when it is in the plain form
+    and ``parse_guest`` accepts it; None when telling takes ``parse_guest``.
+    Makes no interface (nor its network: two per recorded guest, a tenth of
+    ``guest add`` at 1000), nor address."""
     plain = _plain_interface(text) if isinstance(text, str) else None
     if plain is None:
         return None
@@ -244,7 +245,7 @@ def own_address_of(text: Any) -> Address | None:
     for mask, network in _REFUSED_OWN[version]:
         if number & mask == network:
             return None
-    return _FAMILY[version][1](number)
+    return version, number
 
 
 def packed_address(text: Any) -> bytes | None:
@@ -343,11 +344,12 @@ class RecordedGuest(Value):
     bridge: str | None
     mac: str | None
     masquerade: bool
-    addresses: tuple[Address, ...]
+    addresses: tuple[tuple[int, int], ...]
+    """(version, number) of each (``own_address_of``)."""
     policy: Policy
 
     def __init__(self, *, name: str, iface: str, bridge: str | None, mac: str | None, masquerade: bool,
-                 addresses: tuple[Address, ...], policy: Policy) -> None:  # fmt: skip
+                 addresses: tuple[tuple[int, int], ...], policy: Policy) -> None:  # fmt: skip
         init_field(self, "name", name)
         init_field(self, "iface", iface)
         init_field(self, "bridge", bridge)
@@ -361,8 +363,7 @@ def recorded_guest(data: Mapping[str, Any]) -> RecordedGuest | None:
     """``data`` read as ``guest_from_json`` reads it, without making the
     guest, when the record is in the form guestfence writes and
     ``guest_from_json`` accepts it; None when telling takes
-    ``guest_from_json`` (an unusual form, or an error to report). Its
-    addresses are those of the guest's interfaces (``Guest.addresses``' ips)."""
+    ``guest_from_json`` (an unusual form, or an error to report)."""
     try:
         policy_data = data["policy"]
         policy = _recorded_policy(policy_data["default"], tuple(policy_data["allow"]), tuple(policy_data["deny"]))
