@@ -65,7 +65,7 @@ from guestfence.guests.guest import (
     DEFAULT_PATTERN,
     IFACE_NAME,
     Guest,
-    RecordedGuest,
+    RecordedFields,
     guest_from_json,
     guest_to_json,
     packed_address,
@@ -350,39 +350,52 @@ def plan_add_recorded(data: Mapping[str, Any] | None, added: Registered, *, wher
     if data is not None:
         pattern, generation, records, _ = _section(data, where=where)
     guest = added.guest
-    kept: list[tuple[RecordedGuest | Registered, Any]] = []  # (what was read, its record), in order
+    kept: list[tuple[RecordedFields, Registered | None, Any]] = []  # (its fields, the member if read whole, its record)
     unreadable: list[Unreadable] = []
     for index, record in enumerate(records):
-        read = _recorded_member(record)
-        if read is None:
+        fields = _recorded_member(record)
+        member = None
+        if fields is None:
             try:
-                read = _member_from_json(record, where=f"{where}: member {index + 1}")
+                member = _member_from_json(record, where=f"{where}: member {index + 1}")
             except PolicyError as exc:
                 unreadable.append(_unreadable(record, str(exc)))
                 continue
-        kept.append((read, record))
-    fields = [(_fields(read), record) for read, record in kept]
-    closed = _closed(unreadable, [(f.iface, f.bridge) for f, _ in fields])
+            g = member.guest
+            fields = (g.name, g.iface, g.bridge, g.mac, g.masquerade, tuple(address_key(a) for a in g.addresses), g.policy)
+        kept.append((fields, member, record))
+    closed = _closed(unreadable, [(fields[1], fields[2]) for fields, _, _ in kept])
     settings = Settings(pattern=pattern, generation=generation + 1, closed=closed)
-    named = [i for i, (f, _) in enumerate(fields) if f.name == guest.name]
-    old = _read_whole(kept[named[0]], where) if named else None
-    before = _read_whole(kept[named[-1]], where) if named else None  # (as describe_changes: the last of that name)
-    others = [(read, f, record) for (read, record), (f, _) in zip(kept, fields) if f.name != guest.name]
+    named = [(member, record) for (name, *_), member, record in kept if name == guest.name]
+    old = _read_whole(*named[0], where) if named else None
+    before = _read_whole(*named[-1], where) if named else None  # (as describe_changes: the last of that name)
     owners: dict[OwnerKey, str] = {}
     samples: dict[Any, Registered] = {}
-    for read, f, record in others:
-        claim(owners, f.name, owner_keys(f.name, f.iface, f.addresses, f.bridge, f.mac), f.bridge)
-        group = _profile_group(read, f, record)
+    others: list[Any] = []
+    masquerade = bridged = False
+    for (name, iface, bridge, mac, masquerades, addresses, policy), member, record in kept:
+        if name == guest.name:
+            continue
+        others.append(record)
+        claim(owners, name, owner_keys(name, iface, addresses, bridge, mac), bridge)
+        masquerade, bridged = masquerade or masquerades, bridged or bridge is not None
+        # Members of one group compile to the same profile (Profiles.of: the same
+        # policy, kind and resolved names); a member read whole is a group of its own.
+        if member is not None:
+            group: Any = id(member)
+        else:
+            resolved = record["resolved"]
+            group = (id(policy), "bridged" if bridge is not None else "mac" if mac is not None else "routed",
+                     tuple((n, tuple(found)) for n, found in resolved.items()) if resolved else ())  # fmt: skip
         if group not in samples:
-            samples[group] = _read_whole((read, record), where)
+            samples[group] = _read_whole(member, record, where)
     names = {id(m.guest): m.names for m in (*samples.values(), *((old,) if old else ()), added)}
     plan = compile_add(guest, settings, lambda g: names.get(id(g), {}),
-                       others=Others(owners=owners, masquerade=any(f.masquerade for _, f, _ in others),
-                                     bridged=any(f.bridge is not None for _, f, _ in others),
+                       others=Others(owners=owners, masquerade=masquerade, bridged=bridged,
                                      samples=tuple(m.guest for m in samples.values())),
                        replaces=None if old is None else old.guest)  # fmt: skip
     record = member_to_json(added)
-    members = [record for _, _, record in others] + [record] + [u.raw for u in unreadable]
+    members = [*others, record, *(u.raw for u in unreadable)]
     changes = [f"add guest {guest.name} on {guest.iface}"] if before is None else [] if before.guest == guest else [f"change guest {guest.name}"]
     problems = Registry(unreadable=tuple(unreadable)).problems()
     return RecordedAdd(
@@ -393,7 +406,7 @@ def plan_add_recorded(data: Mapping[str, Any] | None, added: Registered, *, wher
     )  # fmt: skip
 
 
-def _recorded_member(record: Any) -> RecordedGuest | None:
+def _recorded_member(record: Any) -> RecordedFields | None:
     """``record`` read as ``_member_from_json`` reads it, without making the
     guest (``recorded_guest``), when it can tell that it is readable; else None."""
     if type(record) is not dict:
@@ -414,27 +427,8 @@ def _recorded_member(record: Any) -> RecordedGuest | None:
     return read
 
 
-def _fields(read: RecordedGuest | Registered) -> RecordedGuest:
-    if isinstance(read, RecordedGuest):
-        return read
-    g = read.guest
-    return RecordedGuest(name=g.name, iface=g.iface, bridge=g.bridge, mac=g.mac, masquerade=g.masquerade,
-                         addresses=tuple(address_key(a) for a in g.addresses), policy=g.policy)  # fmt: skip
-
-
-def _read_whole(kept: tuple[RecordedGuest | Registered, Any], where: str) -> Registered:
-    read, record = kept
-    return read if isinstance(read, Registered) else _member_from_json(record, where=where)
-
-
-def _profile_group(read: RecordedGuest | Registered, f: RecordedGuest, record: Mapping[str, Any]) -> Any:
-    """Members of one group compile to the same profile (``Profiles.of``: the
-    same policy, kind and resolved names); a member read whole is a group of its own."""
-    if isinstance(read, Registered):
-        return id(read)
-    kind = "bridged" if f.bridge is not None else "mac" if f.mac is not None else "routed"
-    resolved = record["resolved"]
-    return id(f.policy), kind, tuple((name, tuple(found)) for name, found in resolved.items()) if resolved else ()
+def _read_whole(member: Registered | None, record: Any, where: str) -> Registered:
+    return member if member is not None else _member_from_json(record, where=where)
 
 
 def plan_remove(registry: Registry, name: str) -> tuple[NftPlan, Registry]:
