@@ -8,7 +8,9 @@ reference ``@`` or variable ``$`` even though we only ever pass them as JSON
 data), addresses, gateways and the MAC. Errors are PolicyError naming the
 field and the offending text.
 
-``guest_to_json``/``guest_from_json`` are the recorded form (state file).
+``guest_to_json``/``guest_from_json`` are the recorded form (state file);
+``recorded_guest`` checks a record as ``guest_from_json`` does and reads only
+what ``guest add`` needs of the other guests, without making them.
 """
 
 from __future__ import annotations
