@@ -452,7 +452,9 @@ struct procmap_query {
  * than write and see: a write to /proc/TID/mem is a debugger's (FOLL_FORCE),
  * which also succeeds in a read-only private mapping, where the kernel's own
  * store of a msg_len fails (EFAULT). ``query``: PROCMAP_QUERY (Linux 6.11),
- * one ioctl per mapping; else the text of the maps file, read up to ``limit``. */
+ * one ioctl per mapping; else the text of the maps file, read up to ``limit``
+ * from where the fd stands: once per open_mm, from its start (a second
+ * call on the same fd would need an lseek to 0, as kernel.py's does). */
 static uint64_t writable_end(int maps, int query, uint64_t addr, uint64_t limit)
 {
     struct procmap_query q = {.size = sizeof q};

@@ -342,6 +342,9 @@ class GuestMemory:
         return address
 
     def _writable_end_from_text(self, address: int, limit: int) -> int:
+        # From the start each time: storable is asked once per batch of a
+        # sendmmsg, and the read before left the offset at the end.
+        os.lseek(self._maps, 0, os.SEEK_SET)
         text = b""
         while chunk := os.read(self._maps, 65536):
             text += chunk
