@@ -40,7 +40,7 @@ from guestfence.guests.firewall import (
     collect_status,
     describe_changes,
     pending_change,
-    plan_add,
+    plan_add_recorded,
     plan_json,
     plan_remove,
     resolve_guest,
@@ -171,13 +171,15 @@ def add_guest(directory: str, guest: Guest, *, dry_run: bool, force: bool, link:
     warnings = [*_checked_link(guest, force=force), *unix_rules_ignored(guest)]
     with StateStore(directory, read_only=dry_run) as store:
         recorded = store.section(GUESTS_KEY)
-        old = salvage_registry(recorded, where=str(store.path))
-        nft_plan, registry = plan_add(old, replace(resolve_guest(guest), link=link))
-        plan = _guests_plan(nft_plan, old, registry, recorded)
-        member = registry.find(guest.name)
+        # Not salvage_registry + plan_add: that reads every other guest whole.
+        added = plan_add_recorded(recorded, replace(resolve_guest(guest), link=link), where=str(store.path))
+        committed = recorded if recorded is not None else Registry().to_json()
+        plan = FeaturePlan(key=GUESTS_KEY, shown=plan_json(added.plan), record=added.record,
+                           intent={**committed, "pending": added.pending}, work=added.plan,
+                           summary=f"{added.count} guest(s)", changes=added.changes)  # fmt: skip
         if not dry_run:
             commit(store, GUESTS, plan, recorded)
-    return Outcome(plans=(plan,), member=member, warnings=(*warnings, *registry.problems()))
+    return Outcome(plans=(plan,), member=added.member, warnings=(*warnings, *added.problems))
 
 
 def _checked_link(guest: Guest, *, force: bool) -> list[str]:

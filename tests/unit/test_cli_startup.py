@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -77,12 +78,16 @@ def test_the_command_list_matches_what_the_modules_register() -> None:
         assert registered == expected, module_name
 
 
-def test_guest_add_reads_the_kernel_without_pyroute2(tmp_path: Path) -> None:
+def test_guest_add_reads_the_kernel_without_pyroute2_and_loads_no_dataclass(tmp_path: Path) -> None:
     # guest add checks the interface against the host's (guestfence.rtnl), every time.
     imported = imported_modules("guest", "add", "vm1", "--iface", "vmtap-gfstart", "--address", "192.0.2.2/30",
                                 "--gateway", "192.0.2.1", "--dry-run", "--state-dir", str(tmp_path))
     assert "guestfence.rtnl" in imported
     assert "pyroute2" not in imported
+    # Its values (guests, their record, the plans) are guestfence.value.Value, not dataclasses.
+    assert {"dataclasses", "inspect"} & imported == set()
+    if importlib.util.find_spec("_sha256") is not None:  # the profile digest without OpenSSL (guests.compile)
+        assert "_hashlib" not in imported
 
 
 def test_explain_of_rules_on_the_command_line_reads_no_toml(tmp_path: Path) -> None:

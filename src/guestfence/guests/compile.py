@@ -116,11 +116,9 @@ Rules of the compiler:
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, final
 
 from guestfence.errors import PlanError
@@ -180,7 +178,13 @@ from guestfence.guests.names import (
     guest_chain,
     profile_chain,
 )
-from guestfence.policy.model import Action, AnyHost, Policy, Rule, Symbol, SymbolHost
+from guestfence.policy.model import Action, Address, AnyHost, Policy, Rule, Symbol, SymbolHost
+from guestfence.value import Value, init_field
+
+try:  # CPython's own SHA-256: hashlib loads OpenSSL for it (3 ms of every `guest add`, which digests one profile)
+    from _sha256 import sha256
+except ImportError:  # Python 3.12 and later name it _sha2; other Pythons
+    from hashlib import sha256
 
 MARTIAN_DESTINATIONS = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "::/128", "::1/128", "::ffff:0:0/96"))
 """Destinations no packet arriving on a link may have: unspecified, loopback
@@ -215,45 +219,49 @@ _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
+class Settings(Value):
     """Table-wide settings. ``pattern``: interfaces of unregistered guests ('' for none).
     ``generation``: which recorded change the tables hold (kept in the set
     ``names.GENERATION``, so status and restore can tell an interrupted change).
     ``closed``: interfaces of recorded guests that could not be read back,
     dropped like unregistered ones until their record is fixed."""
 
-    pattern: str = DEFAULT_PATTERN
-    generation: int = 0
-    closed: tuple[str, ...] = ()
+    __slots__ = ("pattern", "generation", "closed")
+    pattern: str
+    generation: int
+    closed: tuple[str, ...]
+
+    def __init__(self, *, pattern: str = DEFAULT_PATTERN, generation: int = 0, closed: tuple[str, ...] = ()) -> None:
+        init_field(self, "pattern", pattern)
+        init_field(self, "generation", generation)
+        init_field(self, "closed", closed)
 
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class NftPlan:
+class NftPlan(Value):
     """One transaction: ``commands`` applied whole or not at all."""
 
+    __slots__ = ("step", "commands")
     step: str
-    commands: tuple[Command, ...] = field(default=())
+    commands: tuple[Command, ...]
+
+    def __init__(self, *, step: str, commands: tuple[Command, ...] = ()) -> None:
+        init_field(self, "step", step)
+        init_field(self, "commands", commands)
 
 
 @final
-@dataclass(frozen=True, kw_only=True)
-class NftPlan:
-    """One transaction: ``commands`` applied whole or not at all."""
-
-    step: str
-    commands: tuple[Command, ...] = field(default=())
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Profile:
+class Profile(Value):
     """A compiled policy, shared by every guest it compiles to the same rules
     for: ``chains`` are (name, rules) of ``policy.DIGEST``, ``.host``, ``.out``."""
 
+    __slots__ = ("name", "chains")
     name: str
     chains: tuple[tuple[str, tuple[tuple[Expr, ...], ...]], ...]
+
+    def __init__(self, *, name: str, chains: tuple[tuple[str, tuple[tuple[Expr, ...], ...]], ...]) -> None:
+        init_field(self, "name", name)
+        init_field(self, "chains", chains)
 
 
 def check_guest(guest: Guest) -> None:
@@ -269,24 +277,85 @@ def check_guest(guest: Guest) -> None:
             )
 
 
-def check_guests(guests: Sequence[Guest]) -> None:
-    """Refuse guests that would share an interface, address or name. Raises PlanError."""
-    owners: dict[object, str] = {}
+OwnerKey = tuple[str, object]
+"""What no two guests may share: ("name", NAME), ("interface", IFACE),
+("address", (VERSION, NUMBER)), ("bridge port MAC", (BRIDGE, MAC)). An
+address is its version and number: made and hashed as an ipaddress object
+it cost ``guest add`` more than the rest of the check, at 1000 guests."""
+
+
+def owner_keys(name: str, iface: str, addresses: Iterable[tuple[int, int]], bridge: str | None, mac: str | None) -> list[OwnerKey]:
+    """The keys a guest owns (``addresses``: its own, as ``address_key`` gives them), in the order they are checked."""
+    keys: list[OwnerKey] = [("name", name), ("interface", iface)]
+    keys += [("address", address) for address in addresses]
+    if bridge is not None:
+        keys.append(("bridge port MAC", (bridge, mac)))
+    return keys
+
+
+def claim(owners: dict[OwnerKey, str], name: str, keys: Iterable[OwnerKey], bridge: str | None) -> None:
+    """Record in ``owners`` that guest ``name`` owns ``keys``; refuse (PlanError)
+    a key another guest owns already, or a ``bridge`` that is another guest's interface."""
+    for key in keys:
+        if key in owners:
+            raise PlanError(f"guest {name}: {key[0]} {_shown(key)} already belongs to guest {owners[key]}")
+        owners[key] = name
+    if bridge is not None and ("interface", bridge) in owners:
+        raise PlanError(f"guest {name}: bridge {bridge} is another guest's interface")
+
+
+def check_guests(guests: Sequence[Guest], owners: dict[OwnerKey, str] | None = None) -> dict[OwnerKey, str]:
+    """Refuse guests that would share an interface, address or name, with each
+    other or with ``owners`` (what the guests registered before own; not
+    changed). Raises PlanError. Returns what all of them own."""
+    owners = {} if owners is None else dict(owners)
     for guest in guests:
         check_guest(guest)
-        keys = [("name", guest.name), ("interface", guest.iface)]
-        keys += [("address", a.ip) for a in guest.addresses]
-        if guest.bridge is not None:
-            keys.append(("bridge port MAC", (guest.bridge, guest.mac)))
-        for key in keys:
-            if key in owners:
-                raise PlanError(f"guest {guest.name}: {key[0]} {_shown(key[1])} already belongs to guest {owners[key]}")
-            owners[key] = guest.name
-        if guest.bridge is not None and ("interface", guest.bridge) in owners:
-            raise PlanError(f"guest {guest.name}: bridge {guest.bridge} is another guest's interface")
+        claim(owners, guest.name, owner_keys(guest.name, guest.iface, [address_key(a) for a in guest.addresses], guest.bridge,
+                                             guest.mac), guest.bridge)  # fmt: skip
+    return owners
 
 
-def _shown(value: object) -> str:
+@final
+class Others(Value):
+    """The guests registered besides the one ``compile_add`` adds, as it needs
+    them: what they own (``owner_keys``: the added guest is checked against
+    it), whether any masquerades or is a bridge port (the skeleton's
+    conditional chains), and ``samples``: a guest of each profile they use
+    (or more: every one), so that replacing a guest can tell whether its
+    profile is still used. Made from guests (``of``) or, without reading
+    every guest, from the record (guestfence.guests.firewall)."""
+
+    __slots__ = ("owners", "masquerade", "bridged", "samples")
+    HASHED = ("masquerade", "bridged", "samples")
+    owners: Mapping[OwnerKey, str]
+    masquerade: bool
+    bridged: bool
+    samples: tuple[Guest, ...]
+
+    def __init__(self, *, owners: Mapping[OwnerKey, str], masquerade: bool, bridged: bool, samples: tuple[Guest, ...]) -> None:
+        init_field(self, "owners", owners)
+        init_field(self, "masquerade", masquerade)
+        init_field(self, "bridged", bridged)
+        init_field(self, "samples", samples)
+
+    @classmethod
+    def of(cls, guests: Sequence[Guest]) -> Others:
+        """``guests``, checked (PlanError) as ``check_guests`` does."""
+        return cls(owners=check_guests(guests), masquerade=any(g.masquerade for g in guests),
+                   bridged=any(g.bridge is not None for g in guests), samples=tuple(guests))  # fmt: skip
+
+
+def address_key(address: Address) -> tuple[int, int]:
+    """An address (or interface: its address) as ``owner_keys`` takes it."""
+    return address.version, int(address)
+
+
+def _shown(key: OwnerKey) -> str:
+    kind, value = key
+    if kind == "address":
+        version, number = value  # type: ignore[misc]
+        return str(ipaddress.IPv4Address(number) if version == 4 else ipaddress.IPv6Address(number))
     return " ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
@@ -336,7 +405,8 @@ def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names | 
     commands: list[Command] = []
     for family in FAMILIES:
         commands += [OURS.add_table(family), OURS.delete_table(family)]
-    commands += _skeleton(settings, guests)
+    commands += _skeleton(settings, masquerade=any(g.masquerade for g in guests),
+                          bridged=any(g.bridge is not None for g in guests))  # fmt: skip
     profiles = Profiles(names)
     elements: dict[tuple[str, str], list[object]] = {}
     objects: list[Command] = []
@@ -351,18 +421,19 @@ def compile_ruleset(guests: Sequence[Guest], settings: Settings, names: Names | 
     return NftPlan(step="replace the guestfence tables", commands=tuple(commands))
 
 
-def compile_add(guest: Guest, settings: Settings, names: Names | NamesOf, *, others: Sequence[Guest],
+def compile_add(guest: Guest, settings: Settings, names: Names | NamesOf, *, others: Others,
                 replaces: Guest | None) -> NftPlan:  # fmt: skip
     """Add ``guest`` (replacing its earlier record ``replaces``) next to ``others``.
     ``names``: what the DNS names of each guest's rules resolved to (the
     others' profiles tell whether one of them still uses the replaced profile)."""
-    check_guests([*others, guest])
+    check_guests([guest], others.owners)
     profiles = Profiles(names)
     profile = profiles.of(guest)
-    commands = _skeleton(settings, [*others, guest])
+    commands = _skeleton(settings, masquerade=others.masquerade or guest.masquerade,
+                         bridged=others.bridged or guest.bridge is not None)  # fmt: skip
     if replaces is not None:
         old = profiles.of(replaces)
-        last = old.name != profile.name and old.name not in {profiles.of(g).name for g in others}
+        last = old.name != profile.name and old.name not in {profiles.of(g).name for g in others.samples}
         commands += _guest_removal(replaces, old, last=last)
     commands += _profile_commands(profile)
     commands += _guest_objects(guest)
@@ -375,7 +446,8 @@ def compile_remove(guest: Guest, settings: Settings, names: Names | NamesOf, *, 
     profiles = Profiles(names)
     profile = profiles.of(guest)
     last = profile.name not in {profiles.of(g).name for g in others}
-    commands = _skeleton(settings, others)
+    commands = _skeleton(settings, masquerade=any(g.masquerade for g in others),
+                         bridged=any(g.bridge is not None for g in others))  # fmt: skip
     commands += _guest_removal(guest, profile, last=last)
     return NftPlan(step=f"remove guest {guest.name}", commands=tuple(commands))
 
@@ -451,15 +523,14 @@ def _drop_rules(key: Expr, meter: str, counters: str) -> list[list[Expr]]:
     return [[b.meter_limit(meter, key, *LOG_RATE), b.log(LOG_PREFIX)], [b.match(key, f"@{counters}"), b.DROP], [b.DROP]]
 
 
-def _skeleton(settings: Settings, guests: Sequence[Guest]) -> list[Command]:
+def _skeleton(settings: Settings, *, masquerade: bool, bridged: bool) -> list[Command]:
     """What the tables hold whatever the guests, and two things that depend
-    on all of them (``guests``: every guest there will be). The nat chain
+    on all of them: whether any guest there will be masquerades, and
+    whether any is a bridge port. The nat chain
     exists only while a guest masquerades: a nat chain makes the kernel run
     its NAT hooks for every packet of every connection on the host, guests'
     or not. The dispatch of bridge ports exists only while a guest is one:
     its lookups cost every packet of the host's own that reaches prerouting."""
-    masquerade = any(g.masquerade for g in guests)
-    bridged = any(g.bridge is not None for g in guests)
     commands = [OURS.add_table(family) for family in FAMILIES]
     commands += [OURS.add_set(family, name, kind, elements) for (family, name), (kind, elements) in CONSTANT_SETS.items()]
     commands.append(OURS.add_set(INET, n.MARTIANS6, "ipv6_addr", [b.net_value(net) for net in MARTIAN_DESTINATIONS if net.version == 6],
@@ -587,7 +658,7 @@ def _compile_profile(guest: Guest, kind: str, names: Names) -> Profile:
     host = _host_rules(guest, names, gateway, accept, drop)
     out = _out_rules(guest, names, gateway, accept, drop)
     accepts_host, accepts_out = (any(ACCEPT in exprs for exprs in rules) for rules in (host, out))
-    digest = hashlib.sha256(json.dumps([kind, decided, host if accepts_host else [], out if accepts_out else []],
+    digest = sha256(json.dumps([kind, decided, host if accepts_host else [], out if accepts_out else []],
                                        sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
     name = profile_chain(digest)
     entry = [mac_rule(drop)] if kind == "mac" else []

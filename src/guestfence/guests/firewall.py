@@ -49,20 +49,28 @@ from guestfence.guests.binding import Binding, binding_from_json, binding_to_jso
 from guestfence.guests.compile import (
     NamesOf,
     NftPlan,
+    Others,
+    OwnerKey,
     Profiles,
     Settings,
+    address_key,
+    claim,
     compile_add,
     compile_flush,
     compile_remove,
     compile_ruleset,
+    owner_keys,
 )
 from guestfence.guests.guest import (
     DEFAULT_PATTERN,
     IFACE_NAME,
     Guest,
+    RecordedFields,
     guest_from_json,
     guest_to_json,
+    packed_address,
     parse_pattern,
+    recorded_guest,
 )
 from guestfence.policy.model import Address
 from guestfence.resolve import Resolution, Resolver, resolve_names
@@ -187,6 +195,21 @@ def salvage_registry(data: Mapping[str, Any] | None, *, where: str) -> Registry:
     itself is not a guests record."""
     if data is None:
         return Registry()
+    pattern, generation, records, pending = _section(data, where=where)
+    members: list[Registered] = []
+    unreadable: list[Unreadable] = []
+    for index, record in enumerate(records):
+        try:
+            members.append(_member_from_json(record, where=f"{where}: member {index + 1}"))
+        except PolicyError as exc:
+            unreadable.append(_unreadable(record, str(exc)))
+    settings = Settings(pattern=pattern, generation=generation,
+                        closed=_closed(unreadable, [(m.guest.iface, m.guest.bridge) for m in members]))  # fmt: skip
+    return Registry(settings=settings, members=tuple(members), unreadable=tuple(unreadable), pending=pending)
+
+
+def _section(data: Mapping[str, Any], *, where: str) -> tuple[str, int, list[Any], Mapping[str, Any] | None]:
+    """The pattern, generation, member records and pending change of a recorded section. Raises PolicyError."""
     try:
         pattern = parse_pattern(data.get("pattern", DEFAULT_PATTERN), where=f"{where}: ")
         generation = data.get("generation", 0)
@@ -196,18 +219,13 @@ def salvage_registry(data: Mapping[str, Any] | None, *, where: str) -> Registry:
         pending = data.get("pending")
     except (KeyError, TypeError, AttributeError) as exc:
         raise PolicyError(f"{where}: malformed guests record ({exc})") from None
-    members: list[Registered] = []
-    unreadable: list[Unreadable] = []
-    for index, record in enumerate(records):
-        try:
-            members.append(_member_from_json(record, where=f"{where}: member {index + 1}"))
-        except PolicyError as exc:
-            unreadable.append(_unreadable(record, str(exc)))
-    good = {m.guest.iface for m in members} | {m.guest.bridge for m in members if m.guest.bridge}
-    closed = tuple(sorted({u.iface for u in unreadable if u.iface and u.iface not in good}))
-    settings = Settings(pattern=pattern, generation=generation, closed=closed)
-    return Registry(settings=settings, members=tuple(members), unreadable=tuple(unreadable),
-                    pending=pending if isinstance(pending, Mapping) else None)  # fmt: skip
+    return pattern, generation, records, pending if isinstance(pending, Mapping) else None
+
+
+def _closed(unreadable: Sequence[Unreadable], links: Sequence[tuple[str, str | None]]) -> tuple[str, ...]:
+    """The interfaces of unreadable members that no readable one (``links``: interface, bridge) uses."""
+    good = {iface for iface, _ in links} | {bridge for _, bridge in links if bridge}
+    return tuple(sorted({u.iface for u in unreadable if u.iface and u.iface not in good}))
 
 
 def _member_from_json(record: Any, *, where: str) -> Registered:
@@ -281,9 +299,136 @@ def plan_add(registry: Registry, added: Registered) -> tuple[NftPlan, Registry]:
     old = registry.find(guest.name)
     others = [m for m in registry.members if m.guest.name != guest.name]
     settings = _next(registry.settings)
-    plan = compile_add(guest, settings, registry.names_of(added), others=[m.guest for m in others],
+    plan = compile_add(guest, settings, registry.names_of(added), others=Others.of([m.guest for m in others]),
                        replaces=None if old is None else old.guest)  # fmt: skip
     return plan, replace(registry, settings=settings, members=(*others, added))
+
+
+@final
+class RecordedAdd(Value):
+    """``guest add`` planned on the record as it is (``plan_add_recorded``):
+    what ``plan_add`` and ``pending_change`` give, without a Registry."""
+
+    __slots__ = ("plan", "record", "pending", "changes", "member", "count", "problems")
+    plan: NftPlan
+    record: dict[str, Any]
+    """The new section."""
+    pending: dict[str, Any]
+    """The change, as ``pending_change`` records it."""
+    changes: tuple[str, ...]
+    member: Registered
+    count: int
+    """Guests registered after the change."""
+    problems: tuple[str, ...]
+    """The record's unreadable members, as ``Registry.problems`` says."""
+
+    def __init__(self, *, plan: NftPlan, record: dict[str, Any], pending: dict[str, Any], changes: tuple[str, ...],
+                 member: Registered, count: int, problems: tuple[str, ...]) -> None:  # fmt: skip
+        init_field(self, "plan", plan)
+        init_field(self, "record", record)
+        init_field(self, "pending", pending)
+        init_field(self, "changes", changes)
+        init_field(self, "member", member)
+        init_field(self, "count", count)
+        init_field(self, "problems", problems)
+
+
+def plan_add_recorded(data: Mapping[str, Any] | None, added: Registered, *, where: str) -> RecordedAdd:
+    """``plan_add`` on the recorded section ``data`` (as ``salvage_registry``
+    reads it), reading only what the change needs of the other members
+    (test_firewall.py compares the two): each member's record is checked as
+    ``guest_from_json`` would and read for what it owns
+    (guest.recorded_guest); only the replaced guest, one member of each
+    group that compiles to one profile (to tell whether the replaced guest's
+    profile is still used) and records in an unusual form are read whole.
+    Reading all 1000 of 1000 guests whole was over a quarter of ``guest add``.
+    The added guest is checked against the others, and what they own against
+    each other, as ``check_guests`` does; whether each other guest's rules
+    can work for it was checked when it was added (and is again by ``apply``
+    and ``restore``)."""
+    pattern, generation, records = DEFAULT_PATTERN, 0, []
+    if data is not None:
+        pattern, generation, records, _ = _section(data, where=where)
+    guest = added.guest
+    kept: list[tuple[RecordedFields, Registered | None, Any]] = []  # (its fields, the member if read whole, its record)
+    unreadable: list[Unreadable] = []
+    for index, record in enumerate(records):
+        fields = _recorded_member(record)
+        member = None
+        if fields is None:
+            try:
+                member = _member_from_json(record, where=f"{where}: member {index + 1}")
+            except PolicyError as exc:
+                unreadable.append(_unreadable(record, str(exc)))
+                continue
+            g = member.guest
+            fields = (g.name, g.iface, g.bridge, g.mac, g.masquerade, tuple(address_key(a) for a in g.addresses), g.policy)
+        kept.append((fields, member, record))
+    closed = _closed(unreadable, [(fields[1], fields[2]) for fields, _, _ in kept])
+    settings = Settings(pattern=pattern, generation=generation + 1, closed=closed)
+    named = [(member, record) for (name, *_), member, record in kept if name == guest.name]
+    old = _read_whole(*named[0], where) if named else None
+    before = _read_whole(*named[-1], where) if named else None  # (as describe_changes: the last of that name)
+    owners: dict[OwnerKey, str] = {}
+    samples: dict[Any, Registered] = {}
+    others: list[Any] = []
+    masquerade = bridged = False
+    for (name, iface, bridge, mac, masquerades, addresses, policy), member, record in kept:
+        if name == guest.name:
+            continue
+        others.append(record)
+        claim(owners, name, owner_keys(name, iface, addresses, bridge, mac), bridge)
+        masquerade, bridged = masquerade or masquerades, bridged or bridge is not None
+        # Members of one group compile to the same profile (Profiles.of: the same
+        # policy, kind and resolved names); a member read whole is a group of its own.
+        if member is not None:
+            group: Any = id(member)
+        else:
+            resolved = record["resolved"]
+            group = (id(policy), "bridged" if bridge is not None else "mac" if mac is not None else "routed",
+                     tuple((n, tuple(found)) for n, found in resolved.items()) if resolved else ())  # fmt: skip
+        if group not in samples:
+            samples[group] = _read_whole(member, record, where)
+    names = {id(m.guest): m.names for m in (*samples.values(), *((old,) if old else ()), added)}
+    plan = compile_add(guest, settings, lambda g: names.get(id(g), {}),
+                       others=Others(owners=owners, masquerade=masquerade, bridged=bridged,
+                                     samples=tuple(m.guest for m in samples.values())),
+                       replaces=None if old is None else old.guest)  # fmt: skip
+    record = member_to_json(added)
+    members = [*others, record, *(u.raw for u in unreadable)]
+    changes = [f"add guest {guest.name} on {guest.iface}"] if before is None else [] if before.guest == guest else [f"change guest {guest.name}"]
+    problems = Registry(unreadable=tuple(unreadable)).problems()
+    return RecordedAdd(
+        plan=plan,
+        record={"pattern": settings.pattern, "generation": settings.generation, "members": members},
+        pending={"generation": settings.generation, "put": [record], "drop": [], "drop_unreadable": []},
+        changes=tuple(changes), member=added, count=len(others) + 1, problems=tuple(problems),
+    )  # fmt: skip
+
+
+def _recorded_member(record: Any) -> RecordedFields | None:
+    """``record`` read as ``_member_from_json`` reads it, without making the
+    guest (``recorded_guest``), when it can tell that it is readable; else None."""
+    if type(record) is not dict:
+        return None
+    read = recorded_guest(record)
+    resolved, unresolved = record.get("resolved"), record.get("unresolved")
+    if read is None or type(resolved) is not dict or type(unresolved) is not dict:
+        return None
+    for found in resolved.values():
+        if type(found) is not list or not all(packed_address(a) is not None for a in found):
+            return None
+    link = record.get("link")
+    if link is not None:
+        try:
+            binding_from_json(link, where="")
+        except PolicyError:
+            return None
+    return read
+
+
+def _read_whole(member: Registered | None, record: Any, where: str) -> Registered:
+    return member if member is not None else _member_from_json(record, where=where)
 
 
 def plan_remove(registry: Registry, name: str) -> tuple[NftPlan, Registry]:

@@ -8,7 +8,9 @@ reference ``@`` or variable ``$`` even though we only ever pass them as JSON
 data), addresses, gateways and the MAC. Errors are PolicyError naming the
 field and the offending text.
 
-``guest_to_json``/``guest_from_json`` are the recorded form (state file).
+``guest_to_json``/``guest_from_json`` are the recorded form (state file);
+``recorded_guest`` checks a record as ``guest_from_json`` does and reads only
+what ``guest add`` needs of the other guests, without making them.
 """
 
 from __future__ import annotations
@@ -171,12 +173,19 @@ def _parse_interface(text: str, guest: str, where: str) -> Interface:
         iface = _fast_interface(text)
     except (ValueError, TypeError):
         raise PolicyError(f"{where}guest {guest}: invalid address {text!r} (expected e.g. 192.0.2.2/30 or 2001:db8::2/64)") from None
-    ip = iface.ip  # (made anew at each access)
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        raise PolicyError(f"{where}guest {guest}: {text!r} is IPv4-mapped; give the IPv4 address")
-    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
-        raise PolicyError(f"{where}guest {guest}: {text!r} cannot be a guest's own address")
+    problem = _own_address_problem(iface.ip)  # (.ip is made anew at each access)
+    if problem:
+        raise PolicyError(f"{where}guest {guest}: {text!r} {problem}")
     return iface
+
+
+def _own_address_problem(ip: Address) -> str | None:
+    """Why ``ip`` cannot be a guest's own address, or None."""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return "is IPv4-mapped; give the IPv4 address"
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        return "cannot be a guest's own address"
+    return None
 
 
 # Reading the record of 1000 guests parses 2000 addresses on every `guest add`;
@@ -196,17 +205,70 @@ def _fast_address(text: str) -> Address:
         return address(text)
 
 
-def _fast_interface(text: str) -> Interface:
-    family, _, interface = _FAMILY[6 if ":" in text else 4]
+def _plain_interface(text: str) -> tuple[int, int, int] | None:
+    """(version, address as a number, prefix length) of an interface in the
+    plain form inet_pton reads (``192.0.2.2/30``, ``2001:db8::2``), else None."""
+    version = 6 if ":" in text else 4
     addr, slash, prefix = text.partition("/")
-    if not slash or (prefix.isascii() and prefix.isdigit() and len(prefix) <= 3 and int(prefix) <= (32 if family == socket.AF_INET else 128)):
+    if not slash or (prefix.isascii() and prefix.isdigit() and len(prefix) <= 3 and int(prefix) <= (32 if version == 4 else 128)):
         try:
-            packed = socket.inet_pton(family, addr)
+            packed = socket.inet_pton(_FAMILY[version][0], addr)
         except OSError:
-            pass
-        else:
-            return interface((int.from_bytes(packed, "big"), int(prefix) if slash else 8 * len(packed)))
-    return interface(text)
+            return None
+        return version, int.from_bytes(packed, "big"), int(prefix) if slash else 8 * len(packed)
+    return None
+
+
+def _fast_interface(text: str) -> Interface:
+    plain = _plain_interface(text)
+    if plain is None:
+        return _FAMILY[6 if ":" in text else 4][2](text)
+    version, number, prefix = plain
+    return _FAMILY[version][2]((number, prefix))
+
+
+_REFUSED_OWN = {version: tuple((int(net.netmask), int(net.network_address)) for net in map(ipaddress.ip_network, nets))
+                for version, nets in ((4, ("0.0.0.0/32", "127.0.0.0/8", "224.0.0.0/4")),
+                                      (6, ("::/128", "::1/128", "ff00::/8", "::ffff:0:0/96")))}  # fmt: skip
+"""What ``_own_address_problem`` refuses (unspecified, loopback, multicast,
+IPv4-mapped), as (netmask, network) numbers: test_guest.py compares the two."""
+
+
+def own_address_of(text: Any) -> tuple[int, int] | None:
+    """The address (without its prefix) that a recorded guest's own address
+    ``text`` stands for, as (version, number), when it is in the plain form
+    and ``parse_guest`` accepts it; None when telling takes ``parse_guest``.
+    Makes no interface (nor its network: two per recorded guest, a tenth of
+    ``guest add`` at 1000), nor address."""
+    plain = _plain_interface(text) if isinstance(text, str) else None
+    if plain is None:
+        return None
+    version, number, _ = plain
+    for mask, network in _REFUSED_OWN[version]:
+        if number & mask == network:
+            return None
+    return version, number
+
+
+def packed_address(text: Any) -> bytes | None:
+    """An address in the plain form inet_pton reads (which ``ipaddress``
+    reads the same, see ``_fast_address``), as bytes; else None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except OSError:
+        return None
+
+
+def gateway_of(text: Any) -> bool:
+    """Whether ``parse_guest`` accepts the recorded gateway ``text``, when it
+    is in the plain form inet_pton reads (else False: parse it)."""
+    packed = packed_address(text)
+    return packed is not None and (len(packed) == 4 or packed[:12] != _MAPPED_PREFIX)
+
+
+_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 def _parse_address(text: str, guest: str, where: str) -> Address:
@@ -271,3 +333,48 @@ def guest_from_json(data: Mapping[str, Any], *, where: str) -> Guest:
         )
     except (KeyError, TypeError) as exc:
         raise PolicyError(f"{where}: malformed guest record ({exc!r})") from None
+
+
+RecordedFields = tuple[str, str, Union[str, None], Union[str, None], bool, tuple[tuple[int, int], ...], Policy]
+"""What ``guest add`` needs of another recorded guest, read without making
+it (``recorded_guest``): (name, iface, bridge, mac, masquerade, addresses,
+policy), the addresses as (version, number). A tuple: one is made for each
+recorded guest at every ``guest add``, and a Value of seven fields costs as
+much as reading the record."""
+
+
+def recorded_guest(data: Mapping[str, Any]) -> RecordedFields | None:
+    """``data`` read as ``guest_from_json`` reads it, without making the
+    guest, when the record is in the form guestfence writes and
+    ``guest_from_json`` accepts it; None when telling takes
+    ``guest_from_json`` (an unusual form, or an error to report)."""
+    try:
+        policy_data = data["policy"]
+        policy = _recorded_policy(policy_data["default"], tuple(policy_data["allow"]), tuple(policy_data["deny"]))
+        name, iface, bridge, mac, comment = data["name"], data["iface"], data["bridge"], data["mac"], data["comment"]
+        texts, gateways, masquerade = data["address"], data["gateway"], data["masquerade"]
+    except Exception:  # noqa: BLE001 - whatever it is, guest_from_json says it
+        return None
+    if not (isinstance(name, str) and GUEST_NAME.match(name) and isinstance(iface, str) and IFACE_NAME.match(iface)
+            and iface not in (".", "..") and type(texts) is list and texts and type(gateways) is list):  # fmt: skip
+        return None
+    if bridge is not None and (not isinstance(bridge, str) or not IFACE_NAME.match(bridge) or bridge in (".", "..") or mac is None):
+        return None
+    if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac.lower())):
+        return None
+    if not isinstance(comment, str) or comment_problem(comment) is not None:
+        return None
+    # Loops, not generators: this runs for every recorded guest, and three
+    # generators a record were more than half of it.
+    addresses = []
+    for text in texts:
+        address = own_address_of(text)
+        if address is None:
+            return None
+        addresses.append(address)
+    if len(addresses) > 1 and len(set(addresses)) != len(addresses):
+        return None  # (an address twice: parse_guest keeps one of each interface)
+    for text in gateways:
+        if not gateway_of(text):
+            return None
+    return name, iface, bridge, None if mac is None else mac.lower(), bool(masquerade), tuple(addresses), policy

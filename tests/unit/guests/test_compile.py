@@ -13,6 +13,7 @@ import pytest
 
 from guestfence.errors import PlanError
 from guestfence.guests.compile import (
+    Others,
     Settings,
     compile_add,
     compile_flush,
@@ -58,7 +59,7 @@ def test_golden_routed_guest_ruleset() -> None:
 
 def test_golden_bridged_guest_add_and_remove() -> None:
     vm = guest("br1", 2, mac="02:00:00:00:00:02", bridge="br0")
-    check_golden("bridged_add", list(compile_add(vm, Settings(), {}, others=[], replaces=None).commands))
+    check_golden("bridged_add", list(compile_add(vm, Settings(), {}, others=Others.of([]), replaces=None).commands))
     check_golden("bridged_remove", list(compile_remove(vm, Settings(), {}, others=[]).commands))
 
 
@@ -92,8 +93,8 @@ def test_every_object_lives_in_our_tables() -> None:
 
 def test_adding_a_guest_touches_only_its_own_objects_whatever_the_number_of_guests() -> None:
     others = [guest(f"g{i}", i) for i in range(2, 60)]
-    small = compile_add(guest(), Settings(), {}, others=others[:1], replaces=None).commands
-    large = compile_add(guest(), Settings(), {}, others=others, replaces=None).commands
+    small = compile_add(guest(), Settings(), {}, others=Others.of(others[:1]), replaces=None).commands
+    large = compile_add(guest(), Settings(), {}, others=Others.of(others), replaces=None).commands
     assert small == large
     named = [c for c in large for body in c.values() for obj in body.values() if isinstance(obj, dict) and "name" in obj]
     owners = {guest_of(obj["name"]) for c in named for body in c.values() for obj in body.values()}
@@ -201,7 +202,7 @@ def test_gateway_rules_without_a_gateway_are_refused() -> None:
 def test_gateway_of_a_family_the_guest_lacks_is_refused() -> None:
     lacking = parse_guest(name="vm1", iface="vmtap-a", addresses=["192.0.2.2/30"], gateways=["2001:db8::1"])
     with pytest.raises(PlanError, match="gateway 2001:db8::1 is IPv6 but the guest has no IPv6 address"):
-        compile_add(lacking, Settings(), {}, others=[], replaces=None)
+        compile_add(lacking, Settings(), {}, others=Others.of([]), replaces=None)
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,7 @@ def test_gateway_of_a_family_the_guest_lacks_is_refused() -> None:
 )
 def test_guests_may_not_share_interfaces_or_addresses(second: dict, message: str) -> None:
     with pytest.raises(PlanError, match=message):
-        compile_add(parse_guest(**second), Settings(), {}, others=[guest()], replaces=None)
+        compile_add(parse_guest(**second), Settings(), {}, others=Others.of([guest()]), replaces=None)
 
 
 def test_pattern_can_be_turned_off() -> None:
@@ -259,7 +260,7 @@ def test_the_nat_chain_exists_only_while_a_guest_masquerades() -> None:
     assert nat_rules(compile_ruleset([plain], Settings(), {}).commands) == 0
     assert {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in compile_ruleset([plain], Settings(), {}).commands
     assert nat_rules(compile_ruleset([plain, masked], Settings(), {}).commands) == 2
-    assert nat_rules(compile_add(plain, Settings(), {}, others=[masked], replaces=None).commands) == 2
+    assert nat_rules(compile_add(plain, Settings(), {}, others=Others.of([masked]), replaces=None).commands) == 2
     removal = compile_remove(masked, Settings(), {}, others=[plain]).commands
     assert nat_rules(removal) == 0 and {"delete": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting"}}} in removal
 
@@ -293,5 +294,5 @@ def test_the_dispatch_of_bridge_ports_exists_only_while_a_guest_is_one() -> None
     routed, port = guest(), guest("br1", 2, mac="02:00:00:00:00:02", bridge="br0")
     assert bridged_lookups(compile_ruleset([routed], Settings(), {}).commands) == 0
     assert bridged_lookups(compile_ruleset([routed, port], Settings(), {}).commands) == 7
-    assert bridged_lookups(compile_add(port, Settings(), {}, others=[routed], replaces=None).commands) == 7
+    assert bridged_lookups(compile_add(port, Settings(), {}, others=Others.of([routed]), replaces=None).commands) == 7
     assert bridged_lookups(compile_remove(port, Settings(), {}, others=[routed]).commands) == 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from guestfence.config import parse_config
-from guestfence.errors import HostError, PolicyError
+from guestfence.errors import HostError, PlanError, PolicyError
 from guestfence.guests.compile import Profiles, Settings
 from guestfence.guests.drift import compare_listings
 from guestfence.guests.firewall import (
@@ -18,7 +19,9 @@ from guestfence.guests.firewall import (
     Registry,
     apply_pending,
     apply_plan,
+    describe_changes,
     plan_add,
+    plan_add_recorded,
     plan_remove,
     pending_change,
     registry_from_json,
@@ -145,6 +148,79 @@ def test_the_pending_change_of_add_and_remove_reads_back_as_the_new_record() -> 
     assert apply_pending(Registry(), json.loads(json.dumps(added.to_json())), where="pending").guests() == added.guests()
     with pytest.raises(PolicyError, match="malformed pending change"):
         apply_pending(old, {"generation": 3, "put": "vm9"}, where="pending")
+
+
+def _recorded_section() -> dict[str, Any]:
+    """Guests of every kind, records in unusual forms and unreadable ones, as a state file holds them."""
+    def member(name: str, index: int, **fields: Any) -> Any:
+        guest = parse_guest(name=name, iface=f"vmtap-{name}", addresses=[f"192.0.2.{4 * index + 2}/30", f"2001:db8:{index}::2/64"],
+                            gateways=[f"192.0.2.{4 * index + 1}"], policy=Policy.parse(allow=["tcp://@gateway:8080", "api.example.com:443"]),
+                            **fields)  # fmt: skip
+        return resolve_guest(guest, resolver)
+
+    members = [member("a", 1), member("b", 2, masquerade=True), member("c", 3, bridge="br0", mac="02:00:00:00:00:03"),
+               member("d", 4, mac="02:00:00:00:00:04")]  # fmt: skip
+    registry = Registry(members=tuple(members))
+    record = json.loads(json.dumps(registry.to_json()))
+    record["members"][3]["mac"] = "02:00:00:00:00:0A"  # upper case: read as parse_guest reads it
+    record["members"][0]["address"][1] = "2001:db8:1:0::2/64"  # not the form guestfence writes
+    record["members"] += [
+        {"name": "bad1", "iface": "vmtap-bad1", "address": ["192.0.2.50/30"]},  # keys missing
+        {**record["members"][0], "name": "bad2", "iface": "vmtap-bad2", "address": ["127.0.0.2/8"]},
+        {**record["members"][0], "name": "bad3", "iface": "vmtap-bad3", "address": ["192.0.2.58/30"], "gateway": ["::ffff:1.2.3.4"]},
+        {**record["members"][0], "name": "bad4", "iface": "vmtap-bad4", "address": ["192.0.2.62/30"], "resolved": {"x": ["nope"]}},
+        {**record["members"][0], "name": "bad5", "iface": "vmtap-bad5", "address": ["192.0.2.66/30"], "comment": "a\"b"},
+        {**record["members"][0], "name": "bad6", "iface": "vmtap-bad6", "address": ["192.0.2.70/30"], "link": {"owner": "x"}},
+        {**record["members"][0], "name": "bad7", "iface": "vmtap-bad7", "address": ["192.0.2.74/30"],
+         "policy": {"default": "deny", "allow": ["tcp://nope:x"], "deny": []}},
+        "not a record",
+    ]  # fmt: skip
+    return record
+
+
+@pytest.mark.parametrize("added", [
+    dict(name="new", iface="vmtap-new", addresses=["192.0.2.102/30"]),
+    dict(name="a", iface="vmtap-a", addresses=["192.0.2.106/30"], masquerade=True),  # replaces a guest
+    dict(name="a", iface="vmtap-a", addresses=["192.0.2.6/30", "2001:db8:1::2/64"], gateways=["192.0.2.5"],
+         policy=Policy.parse(allow=["tcp://@gateway:8080", "api.example.com:443"])),  # replaces it by the same
+    dict(name="c", iface="vmtap-c", addresses=["192.0.2.110/30"]),  # replaces the last guest of a profile
+    dict(name="new", iface="vmtap-b", addresses=["192.0.2.114/30"]),
+    dict(name="new", iface="vmtap-new", addresses=["2001:db8:1::2/64"]),  # written another way in the record
+    dict(name="new", iface="vmtap-new", addresses=["192.0.2.118/30"], bridge="br0", mac="02:00:00:00:00:03"),
+    dict(name="new", iface="vmtap-new", addresses=["192.0.2.122/30"], bridge="vmtap-d", mac="02:00:00:00:00:09"),
+    dict(name="new", iface="br0", addresses=["192.0.2.126/30"]),
+])  # fmt: skip
+def test_guest_add_on_the_record_plans_what_plan_add_on_the_whole_registry_plans(added: dict[str, Any]) -> None:
+    # guest add reads the other members only as far as the change needs (plan_add_recorded); it must plan,
+    # record, warn and refuse exactly as reading them whole (salvage_registry + plan_add) does.
+    record = _recorded_section()
+    new = resolve_guest(parse_guest(**added), resolver)
+    old = salvage_registry(record, where="state.json")
+    assert len(old.unreadable) == 8 and len(old.members) == 4
+    try:
+        plan, registry = plan_add(old, new)
+    except PlanError as exc:
+        with pytest.raises(PlanError, match=f"^{re.escape(str(exc))}$"):
+            plan_add_recorded(record, new, where="state.json")
+        return
+    recorded = plan_add_recorded(record, new, where="state.json")
+    assert recorded.plan == plan
+    assert recorded.record == registry.to_json() and recorded.pending == pending_change(old, registry)
+    assert list(recorded.changes) == describe_changes(old, registry) and recorded.count == len(registry.members)
+    assert list(recorded.problems) == registry.problems() and recorded.member == registry.find(new.guest.name)
+    # The first guest, on no record.
+    first = plan_add_recorded(None, new, where="state.json")
+    assert first.plan == plan_add(Registry(), new)[0] and first.record == plan_add(Registry(), new)[1].to_json()
+
+
+def test_a_conflict_between_recorded_guests_is_refused_by_guest_add_as_before() -> None:
+    record = _recorded_section()
+    record["members"][1]["iface"] = "vmtap-a"
+    new = resolve_guest(parse_guest(name="new", iface="vmtap-new", addresses=["192.0.2.102/30"]), resolver)
+    with pytest.raises(PlanError, match="^guest b: interface vmtap-a already belongs to guest a$"):
+        plan_add(salvage_registry(record, where="state.json"), new)
+    with pytest.raises(PlanError, match="^guest b: interface vmtap-a already belongs to guest a$"):
+        plan_add_recorded(record, new, where="state.json")
 
 
 def _rule(chain: str, *exprs: Any) -> dict[str, Any]:
