@@ -6,7 +6,8 @@ the TCP one accepts, counts and closes in a thread, the UDP one records
 what it got. ``denied_ports`` is both at one port, for counting arrivals.
 ``full_listener`` is a listener whose queue is full, so a connect to it
 waits (the kernel drops its SYNs) until the test accepts from it, which
-``drain_once_received`` does once the sends a test waits for have arrived.
+``drain_once_marked`` does once the guest says (a file) that what must
+come first is done.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -153,15 +155,20 @@ def full_listener() -> Iterator[socket.socket]:
             sock.close()
 
 
-def drain_once_received(listener: socket.socket, receiver: Listener, count: int, accepts: int) -> threading.Thread:
-    """A started thread that, once ``receiver`` has ``count`` datagrams (or
-    after 60 s), accepts up to ``accepts`` connections waiting on ``listener``.
-    Draining on arrival, not after a fixed time, keeps a test the same on a
-    slow machine; a connect that never comes fails the test on its result."""
+def drain_once_marked(listener: socket.socket, mark: Path, accepts: int) -> threading.Thread:
+    """A started thread that, once the file ``mark`` exists (or after 60 s),
+    accepts up to ``accepts`` connections waiting on ``listener``. The guest
+    creates ``mark`` once it has noted the time of what must come before the
+    connects end, so they end after it however slowly the guest is
+    scheduled; a connect that never comes fails the test on its result.
+    Not on the arrival of the guest's datagrams: the last one can arrive,
+    the queue be drained and a connect end on its SYN's retransmission, all
+    before the sending thread, descheduled after its last send, has noted
+    its time."""
 
     def drain() -> None:
         deadline = time.monotonic() + 60
-        while len(receiver.received) < count and time.monotonic() < deadline:
+        while not mark.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         listener.settimeout(30)
         try:

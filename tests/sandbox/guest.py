@@ -61,6 +61,16 @@ def sendmmsg(fd, entries):
     result = r if r >= 0 else -ctypes.get_errno()
     return result, [struct.unpack_from("=I", vec, 64 * i + 56)[0] for i in range(n)]
 
+def connecting(socks, timeout=60):
+    """Whether a connect of each of ``socks`` is under way (the connect made on our
+    behalf gave it its local port), waiting up to ``timeout`` s: a bound, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while any(s.getsockname()[1] == 0 for s in socks):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
 def sin(host, port):
     if ":" in host:
         return struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0) + socket.inet_pton(socket.AF_INET6, host) + b"\0" * 4

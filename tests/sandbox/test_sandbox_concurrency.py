@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from guestfence.sandbox import kernel, supervisor
-from tests.sandbox.conftest import DeniedPorts, Listener, drain_once_received
+from tests.sandbox.conftest import DeniedPorts, Listener, drain_once_marked
 from tests.sandbox.guest import guest_argv, run_bare, run_sandboxed
 
 
@@ -112,27 +112,30 @@ out["wrong"] = wrong[:5]
     assert got == {"wrong": []}
 
 
-def test_a_slow_connect_does_not_stall_other_threads(udp_server: Listener, full_listener: socket.socket) -> None:
+def test_a_slow_connect_does_not_stall_other_threads(udp_server: Listener, full_listener: socket.socket,
+                                                     tmp_path: Path) -> None:
     """The listener's accept queue is full, so the kernel drops the SYN and
-    the guest's blocking connect waits for a retransmit; the queue is
-    drained once the 200 sends of another thread have arrived (or after 60 s,
-    when they are stalled behind the connect). The sends must come first.
-    Draining on arrival, not after a fixed time, keeps the test the same on
+    the guest's blocking connect waits for a retransmit; once it is under
+    way, another thread sends 200 datagrams, notes the time and says so (a
+    file), and only then is the queue drained (or after 60 s, when the
+    sends are stalled behind the connect). The sends must come first.
+    Waiting for conditions, not for fixed times, keeps the test the same on
     a slow machine (a VM under TCG takes seconds to start the guest)."""
-    slow = full_listener
-    drain = drain_once_received(slow, udp_server, 200, accepts=3)
+    slow, sent = full_listener, tmp_path / "sent"
+    drain = drain_once_marked(slow, sent, accepts=3)
     code = f'''
 done = {{}}
+s = socket.socket()
 def slow():
-    s = socket.socket()
     s.connect_ex(("127.0.0.1", {slow.getsockname()[1]}))
     done["connect"] = time.monotonic()
 t = threading.Thread(target=slow); t.start()
-time.sleep(0.2)
+out["connecting"] = connecting([s])
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(200):
     sendto("127.0.0.1", {udp_server.port}, sock=u)
 done["sends"] = time.monotonic()
+open({str(sent)!r}, "w").close()
 t.join()
 out["sends_first"] = done["sends"] < done["connect"]
 '''
@@ -141,7 +144,7 @@ out["sends_first"] = done["sends"] < done["connect"]
                                          f"udp://127.0.0.1:{udp_server.port}"], timeout=120)
     finally:
         drain.join()
-    assert got == {"sends_first": True}
+    assert got == {"connecting": True, "sends_first": True}
 
 
 def test_the_guest_loses_the_network_when_the_supervisor_dies(tcp_server: Listener, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import os
 import random
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,7 @@ from guestfence.policy.decide import decide
 from guestfence.policy.model import Flow, Proto
 from guestfence.sandbox import kernel
 from guestfence.sandbox.supervisor import Denial
-from tests.sandbox.conftest import Listener, drain_once_received
+from tests.sandbox.conftest import Listener, drain_once_marked
 from tests.sandbox.guest import guest_argv, run_sandboxed
 
 PORTS = range(61000, 61004)
@@ -231,17 +232,18 @@ def test_processes_sharing_a_pidfd_slot_are_served_with_their_own_sockets(pidfds
 
 
 def test_slow_connects_after_the_pool_grew_do_not_stall_other_threads(
-        tcp_server: Listener, udp_server: Listener, full_listener: socket.socket) -> None:  # fmt: skip
+        tcp_server: Listener, udp_server: Listener, full_listener: socket.socket, tmp_path: Path) -> None:  # fmt: skip
     """First 8 threads connect at once, again and again: more blocking calls
     than idle threads, so the pool starts threads and some calls are handled
     by them (gf_handle). Then 6 threads block in connects to a full accept
     queue, more than the threads left idle: the pool must start threads
-    again, so 200 sends of another thread arrive before the connects end
-    (the queue is drained once they have, or after 60 s). A pool that
-    miscounted the first phase's threads as about to come back started none."""
-    slow = full_listener
+    again, so 200 sends of another thread, made once the connects are under
+    way, end before the connects do (the queue is drained once the sender
+    says it is done, or after 60 s). A pool that miscounted the first
+    phase's threads as about to come back started none."""
+    slow, sent = full_listener, tmp_path / "sent"
 
-    drain = drain_once_received(slow, udp_server, 200, accepts=8)
+    drain = drain_once_marked(slow, sent, accepts=8)
     code = f'''
 def burst():
     for _ in range(20):
@@ -250,17 +252,18 @@ threads = [threading.Thread(target=burst) for _ in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()
 done = {{}}
-def slow():
-    s = socket.socket()
+def slow(s):
     s.connect_ex(("127.0.0.1", {slow.getsockname()[1]}))
     done.setdefault("connect", time.monotonic())
-threads = [threading.Thread(target=slow) for _ in range(6)]
+socks = [socket.socket() for _ in range(6)]
+threads = [threading.Thread(target=slow, args=(s,)) for s in socks]
 for t in threads: t.start()
-time.sleep(0.5)
+out["connecting"] = connecting(socks)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(200):
     sendto("127.0.0.1", {udp_server.port}, sock=u)
 done["sends"] = time.monotonic()
+open({str(sent)!r}, "w").close()
 for t in threads: t.join()
 out["sends_first"] = done["sends"] < done["connect"]
 '''
@@ -269,4 +272,4 @@ out["sends_first"] = done["sends"] < done["connect"]
                                          f"udp://127.0.0.1:{udp_server.port}"], timeout=150)
     finally:
         drain.join()
-    assert got == {"sends_first": True}
+    assert got == {"connecting": True, "sends_first": True}
