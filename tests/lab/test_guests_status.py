@@ -119,7 +119,7 @@ def test_status_counts_what_a_guest_sent(scene: Scene) -> None:
 
 @pytest.mark.parametrize("form", ["section", "change"])
 def test_a_change_applied_but_not_recorded_is_seen_and_restore_keeps_it(scene: Scene, form: str) -> None:
-    from guestfence.guests.firewall import pending_change, plan_add, salvage_registry
+    from guestfence.guests.firewall import plan_add_recorded, salvage_registry
 
     first, second = scene.add_guest("g1", 1), scene.add_guest("g2", 2)
     scene.register(first, *POLICY)
@@ -133,10 +133,9 @@ def test_a_change_applied_but_not_recorded_is_seen_and_restore_keeps_it(scene: S
     crashed = json.loads(record)
     crashed["guests"]["pending"] = after["guests"]
     if form == "change":
-        committed = salvage_registry(crashed["guests"], where="state")
         added = salvage_registry(after["guests"], where="state").find("g2")
         assert added is not None
-        crashed["guests"]["pending"] = json.loads(json.dumps(pending_change(committed, plan_add(committed, added)[1])))
+        crashed["guests"]["pending"] = plan_add_recorded(crashed["guests"], added, where="state").pending
         assert crashed["guests"]["pending"]["generation"] == after["guests"]["generation"]
     (scene.state_dir / "state.json").write_text(json.dumps(crashed))
     status = scene.gf("status", check=False)

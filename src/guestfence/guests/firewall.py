@@ -293,21 +293,10 @@ def _next(settings: Settings) -> Settings:
     return replace(settings, generation=settings.generation + 1)
 
 
-def plan_add(registry: Registry, added: Registered) -> tuple[NftPlan, Registry]:
-    """Add ``added``, or replace the guest of that name."""
-    guest = added.guest
-    old = registry.find(guest.name)
-    others = [m for m in registry.members if m.guest.name != guest.name]
-    settings = _next(registry.settings)
-    plan = compile_add(guest, settings, registry.names_of(added), others=Others.of([m.guest for m in others]),
-                       replaces=None if old is None else old.guest)  # fmt: skip
-    return plan, replace(registry, settings=settings, members=(*others, added))
-
-
 @final
 class RecordedAdd(Value):
     """``guest add`` planned on the record as it is (``plan_add_recorded``):
-    what ``plan_add`` and ``pending_change`` give, without a Registry."""
+    the plan, the new section and the change ``pending_change`` records."""
 
     __slots__ = ("plan", "record", "pending", "changes", "member", "count", "problems")
     plan: NftPlan
@@ -334,9 +323,10 @@ class RecordedAdd(Value):
 
 
 def plan_add_recorded(data: Mapping[str, Any] | None, added: Registered, *, where: str) -> RecordedAdd:
-    """``plan_add`` on the recorded section ``data`` (as ``salvage_registry``
-    reads it), reading only what the change needs of the other members
-    (test_firewall.py compares the two): each member's record is checked as
+    """Add ``added`` (or replace the guest of that name) to the recorded
+    section ``data`` (as ``salvage_registry`` reads it), reading only what
+    the change needs of the other members (test_firewall.py holds it to a
+    reference that reads them all whole, tests/unit/guests/registries.py): each member's record is checked as
     ``guest_from_json`` would and read for what it owns
     (guest.recorded_guest); only the replaced guest, one member of each
     group that compiles to one profile (to tell whether the replaced guest's

@@ -20,7 +20,6 @@ from guestfence.guests.firewall import (
     apply_pending,
     apply_plan,
     describe_changes,
-    plan_add,
     plan_add_recorded,
     plan_remove,
     pending_change,
@@ -33,6 +32,7 @@ from guestfence.guests.guest import comment_problem, parse_guest
 from guestfence.policy.model import Policy
 from guestfence.resolve import Resolution
 from guestfence.state import ENV_STATE_DIR, StateStore, state_dir
+from tests.unit.guests.registries import plan_add
 
 
 class RecordingNft:
