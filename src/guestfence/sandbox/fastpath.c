@@ -332,6 +332,14 @@ static int open_pidfd(struct gf *gf, pid_t tid)
  * (here, on first use or after ESRCH) may name a task that took the
  * number of a caller that died since: NOTIF_ID_VALID after it proves the
  * caller alive, as before.
+ * One task can take a struct pid over without the number being freed:
+ * when another thread of the caller's process execs, it kills the caller
+ * and takes the leader's struct pid (de_thread). A leader caller's read
+ * and fd may then be the new program's. That program is the caller's own
+ * process, under the same filter and credentials (no_new_privs), so what
+ * is decided and made is still one allowed call on a socket inside the
+ * sandbox, on bytes the sandbox could have written itself; the answer then
+ * finds the caller gone.
  */
 static int pin(struct gf *gf, pid_t tid, int target, uint64_t received_after, int *proven)
 {
