@@ -153,7 +153,7 @@ def apply_ruleset(design: str, count: int) -> None:
 def churn(count: int, rounds: int) -> dict[str, float]:
     """Median seconds to add, then remove, one guest next to ``count`` others."""
     from guestfence.nftables.apply import apply_nft, open_nft
-    from guestfence.guests.compile import Settings, compile_add, compile_remove, compile_ruleset
+    from guestfence.guests.compile import Others, Settings, compile_add, compile_remove, compile_ruleset
     from guestfence.guests.guest import parse_guest
 
     nft = open_nft()
@@ -165,7 +165,7 @@ def churn(count: int, rounds: int) -> dict[str, float]:
     added, removed = [], []
     for _ in range(rounds):
         start = time.perf_counter()
-        apply_nft(nft, list(compile_add(newcomer, Settings(), {}, others=existing, replaces=None).commands), step="add")
+        apply_nft(nft, list(compile_add(newcomer, Settings(), {}, others=Others.of(existing), replaces=None).commands), step="add")
         added.append(time.perf_counter() - start)
         start = time.perf_counter()
         apply_nft(nft, list(compile_remove(newcomer, Settings(), {}, others=existing).commands), step="remove")
