@@ -326,9 +326,9 @@ def plan_add_recorded(data: Mapping[str, Any] | None, added: Registered, *, wher
     """Add ``added`` (or replace the guest of that name) to the recorded
     section ``data`` (as ``salvage_registry`` reads it), reading only what
     the change needs of the other members (test_firewall.py holds it to a
-    reference that reads them all whole, tests/unit/guests/registries.py): each member's record is checked as
-    ``guest_from_json`` would and read for what it owns
-    (guest.recorded_guest); only the replaced guest, one member of each
+    reference that reads them all whole, tests/unit/guests/registries.py):
+    each member's record is checked as ``guest_from_json`` would and read
+    for what it owns (guest.recorded_guest); only the replaced guest, one member of each
     group that compiles to one profile (to tell whether the replaced guest's
     profile is still used) and records in an unusual form are read whole.
     Reading all 1000 of 1000 guests whole was over a quarter of ``guest add``.
